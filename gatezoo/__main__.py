@@ -1,0 +1,5 @@
+import sys
+
+from gatezoo.cli import main
+
+sys.exit(main())

@@ -1,0 +1,73 @@
+"""GRU in the convex-combination form of THEORY.md §1.6."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from gatezoo.models.base import RecurrentCell
+from gatezoo.models.init import InitSpec
+
+__all__ = ["GRU"]
+
+
+class GRU(RecurrentCell):
+    r"""Gated recurrent unit whose update gate ``z`` weights the new candidate.
+
+    .. math::
+        z_t &= \sigma(W_z h_{t-1} + U_z x_t + b_z), \quad
+        r_t = \sigma(W_r h_{t-1} + U_r x_t + b_r), \\
+        g_t &= \tanh(W (r_t \odot h_{t-1}) + U x_t + b), \quad
+        h_t = (1 - z_t) \odot h_{t-1} + z_t \odot g_t.
+
+    The time-scale gate is ``alpha_t = z_t``. (Flax's ``nnx.GRUCell`` names the retention ``z``
+    instead; the adapter accounts for that.) Parameters ``U*`` are ``(in, hidden)``, ``W*``
+    ``(hidden, hidden)``, ``b*`` ``(hidden,)``; ``b_z`` follows the gate-bias initialisation.
+    """
+
+    _input_blocks = (("U_z", "b_z"), ("U_r", "b_r"), ("U", "b"))
+
+    def __init__(
+        self,
+        in_features: int,
+        hidden_features: int,
+        *,
+        use_bias: bool = True,
+        init: InitSpec | None = None,
+        param_dtype: Any = jnp.float32,
+        rngs: nnx.Rngs,
+    ):
+        super().__init__(
+            in_features, hidden_features, use_bias=use_bias, init=init,
+            param_dtype=param_dtype, rngs=rngs,
+        )
+        d, h = in_features, hidden_features
+        self.U_z = self._kernel(d, h, recurrent=False)
+        self.W_z = self._kernel(h, h, recurrent=True)
+        self.b_z = self._bias(h, gate=True)
+        self.U_r = self._kernel(d, h, recurrent=False)
+        self.W_r = self._kernel(h, h, recurrent=True)
+        self.b_r = self._bias(h)
+        self.U = self._kernel(d, h, recurrent=False)
+        self.W = self._kernel(h, h, recurrent=True)
+        self.b = self._bias(h)
+        self._done()
+
+    def _gates(self, xp_z, xp_r, gate_carry):
+        pre = gate_carry @ jnp.concatenate([self.W_z[...], self.W_r[...]], axis=1)
+        h = self.hidden_features
+        return jax.nn.sigmoid(xp_z + pre[..., :h]), jax.nn.sigmoid(xp_r + pre[..., h:])
+
+    def recur(self, carry: jax.Array, xp: jax.Array, gate_carry: jax.Array):
+        xp_z, xp_r, xp_c = self._split(xp)
+        z, r = self._gates(xp_z, xp_r, gate_carry)
+        g = jnp.tanh(xp_c + (r * carry) @ self.W[...])
+        h = carry + z * (g - carry)
+        return h, h
+
+    def time_scale(self, carry: jax.Array, x: jax.Array) -> jax.Array:
+        xp_z, xp_r, _ = self._split(self.project(x))
+        return self._gates(xp_z, xp_r, carry)[0]

@@ -1,0 +1,137 @@
+"""A sequence model: a cell scanned over time plus a linear readout."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from gatezoo.models.init import InitSpec, matrix_init
+from gatezoo.models.protocol import deform
+
+__all__ = ["SequenceModel", "READOUTS"]
+
+READOUTS = ("last", "all")
+
+
+class SequenceModel(nnx.Module):
+    r"""Runs ``cell`` over a sequence and reads out the last step or every step.
+
+    .. math::
+        h_t = \mathrm{cell}(h_{t-1}, x_t), \quad
+        \hat y = W_o h_T + b_o \ (\text{readout}=\text{"last"}), \quad
+        \hat y_t = W_o h_t + b_o \ (\text{readout}=\text{"all"}).
+
+    Shapes: ``xs`` is ``(batch, T, in)``; the output is ``(batch, out)`` for ``"last"`` and
+    ``(batch, T, out)`` for ``"all"``. Any cell with Flax's recurrent contract works; a cell with
+    a ``project``/``recur`` pair (every built-in cell) gets its input projection hoisted out of
+    the time loop.
+
+    Example:
+      >>> from flax import nnx
+      >>> import jax.numpy as jnp
+      >>> import gatezoo as gz
+      >>> model = gz.SequenceModel(gz.GRU(2, 16, rngs=nnx.Rngs(0)), 1, rngs=nnx.Rngs(1))
+      >>> model(jnp.ones((4, 10, 2))).shape
+      (4, 1)
+    """
+
+    def __init__(
+        self,
+        cell: nnx.Module,
+        out_features: int,
+        *,
+        readout: str = "last",
+        readout_bias: bool = True,
+        unroll: int = 1,
+        rngs: nnx.Rngs,
+    ):
+        if readout not in READOUTS:
+            raise ValueError(f"readout must be one of {READOUTS}, got {readout!r}")
+        if not isinstance(out_features, int) or out_features < 1:
+            raise ValueError(f"out_features must be a positive integer, got {out_features!r}")
+        self.cell = cell
+        self.readout = readout
+        self.unroll = int(unroll)
+        hidden = _hidden_size(cell)
+        spec = getattr(cell, "init", None)
+        spec = spec if isinstance(spec, InitSpec) else InitSpec()
+        dtype = getattr(cell, "param_dtype", jnp.float32)
+        kernel_init = matrix_init(spec, recurrent=False)
+        self.W_o = nnx.Param(kernel_init(rngs.params(), (hidden, out_features), dtype))
+        self.b_o = nnx.Param(jnp.zeros((out_features,), dtype)) if readout_bias else None
+
+    def read(self, ys: jax.Array) -> jax.Array:
+        """The readout applied to cell outputs ``(..., hidden) -> (..., out)``."""
+        out = ys @ self.W_o[...]
+        return out if self.b_o is None else out + self.b_o[...]
+
+    def unroll_states(
+        self,
+        xs: jax.Array,
+        *,
+        eps: jax.Array | float | None = None,
+        offsets: Any = None,
+        carry0: Any = None,
+    ) -> tuple[jax.Array, Any]:
+        """Scans the cell over ``xs`` and returns ``(outputs, carries)``, both time-major.
+
+        Args:
+          xs: inputs ``(batch, T, in)``.
+          eps: gate deformation (gated cells only); ``None`` runs the plain cell.
+          offsets: optional pytree shaped like the stacked carries, ``(T, batch, ...)`` per leaf,
+            added to each new carry. Its value is meant to be zero: the gradient of a loss with
+            respect to ``offsets[t]`` is then the adjoint ``dL/dh_t`` of the same backward pass
+            that gives the parameter gradient.
+          carry0: initial carry; zeros by default.
+
+        Returns:
+          ``outputs (T, batch, hidden)`` and the carries, each leaf ``(T, batch, ...)``.
+        """
+        if xs.ndim != 3:
+            raise ValueError(f"xs must have shape (batch, T, features), got {xs.shape}")
+        cell = self.cell
+        if carry0 is None:
+            carry0 = cell.initialize_carry(xs.shape[:1] + xs.shape[2:])
+        xs_t = jnp.swapaxes(xs, 0, 1)
+        hoisted = callable(getattr(cell, "project", None)) and callable(
+            getattr(cell, "recur", None)
+        )
+        seq = cell.project(xs_t) if hoisted else xs_t
+
+        def body(carry, inp):
+            x_t, off_t = inp
+            gate_carry = carry if eps is None else deform(carry, eps)
+            if hoisted:
+                new, y = cell.recur(carry, x_t, gate_carry)
+            elif eps is None:
+                new, y = cell(carry, x_t)
+            else:
+                new, y = cell.split_call(carry, x_t, gate_carry)
+            if off_t is not None:
+                last = jax.tree_util.tree_leaves(new)[-1]
+                y_is_state = y is last
+                new = jax.tree_util.tree_map(jnp.add, new, off_t)
+                if y_is_state:
+                    y = jax.tree_util.tree_leaves(new)[-1]
+            return new, (y, new)
+
+        _, (ys, carries) = jax.lax.scan(body, carry0, (seq, offsets), unroll=self.unroll)
+        return ys, carries
+
+    def __call__(self, xs: jax.Array) -> jax.Array:
+        ys, _ = self.unroll_states(xs)
+        if self.readout == "last":
+            return self.read(ys[-1])
+        return jnp.swapaxes(self.read(ys), 0, 1)
+
+
+def _hidden_size(cell: Any) -> int:
+    for attr in ("hidden_features", "hidden_size", "features"):
+        value = getattr(cell, attr, None)
+        if isinstance(value, int):
+            return value
+    carry = cell.initialize_carry((1, 1), rngs=nnx.Rngs(0))
+    return int(jax.tree_util.tree_leaves(carry)[-1].shape[-1])
