@@ -1,0 +1,106 @@
+"""The instrument protocol: Optax-style pure measurements inside the compiled train step.
+
+An :class:`Instrument` is a pair of pure functions, ``init(params) -> state`` and
+``update(ctx, state) -> (metrics, state)``, plus a tracking schedule (``every`` steps) and a cost
+tier. The trainer builds one :class:`StepContext` per step with everything instruments share (the
+forward states, the adjoints ``dL/dh_t`` from the same backward pass as the gradient, the
+optimizer state) and calls every instrument on it, under ``jit``/``vmap``/``scan``.
+
+Metrics are flat ``name -> array`` mappings; names are ``"<instrument>/<quantity>"``. Steps on
+which an instrument is not tracked report NaN for its metrics (the structure never changes, so
+there is one trace per run).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+
+__all__ = ["ModelFns", "StepContext", "Instrument", "TIERS"]
+
+TIERS = ("step", "probe")
+
+
+class ModelFns(NamedTuple):
+    """Pure functions of one sequence model, closed over its static structure.
+
+    Attributes:
+      loss: ``loss(params, xs, ys, eps=None, offsets=None) -> (loss, carries)``; ``carries`` has
+        leaves ``(T, batch, ...)``. With ``eps`` the gate path is deformed (gated cells only);
+        with ``offsets`` (zeros shaped like ``carries``) the gradient with respect to them is
+        the adjoint ``dL/dh_t``.
+      step: ``step(cell_params, carry, x, eps=None) -> (carry, y)`` for the *cell* alone (one
+        example or a batch), as in :func:`gatezoo.cell_fn`.
+      time_scale: ``time_scale(cell_params, carry, x) -> alpha`` or ``None`` (no gate protocol).
+      cell_params: ``cell_params(params) -> cell params`` (the sub-tree of the cell).
+      gated: whether the cell follows the gate protocol.
+      hidden: the hidden size ``d_h``.
+      state_size: the size of the flattened carry (``2 d_h`` for the LSTM's ``(c, h)``).
+    """
+
+    loss: Callable[..., Any]
+    step: Callable[..., Any]
+    time_scale: Callable[..., Any] | None
+    cell_params: Callable[[Any], Any]
+    gated: bool
+    hidden: int
+    state_size: int
+
+
+class StepContext(NamedTuple):
+    """What one train step hands to every instrument (all arrays, per seed).
+
+    Attributes:
+      step: the iteration index ``i`` (scalar int array), before the update.
+      params: the model parameters before the update.
+      grads: the exact gradient ``G(1)`` used by the optimizer.
+      loss: the training loss of this step's batch.
+      xs: this step's inputs ``(batch, T, in)``; ``ys`` its targets.
+      carries: forward states, leaves ``(T, batch, ...)``.
+      adjoints: ``dL/dh_t``, same structure as ``carries``.
+      updates: the parameter updates the optimizer applies this step.
+      opt_state: the optimizer state after the update (``optax.inject_hyperparams`` state, so
+        ``hyperparams['learning_rate']`` is the rate in force).
+      probe_xs, probe_ys: a fixed probe batch, the same at every step of a run.
+      fns: the model's :class:`ModelFns` (static).
+    """
+
+    step: jax.Array
+    params: Any
+    grads: Any
+    loss: jax.Array
+    xs: jax.Array
+    ys: jax.Array
+    carries: Any
+    adjoints: Any
+    updates: Any
+    opt_state: Any
+    probe_xs: jax.Array
+    probe_ys: jax.Array
+    fns: ModelFns
+
+
+class Instrument(NamedTuple):
+    """An Optax-style instrument.
+
+    Attributes:
+      name: metric prefix.
+      init: ``init(params) -> state`` (any pytree; ``()`` for stateless instruments).
+      update: ``update(ctx, state) -> (metrics, state)``; must be jit/vmap/scan compatible,
+        with no Python loop over time or lags, and return the same metric names every call.
+      every: tracking schedule: the instrument runs when ``step % every == 0``.
+      tier: ``"step"`` (reuses the training pass; cheap) or ``"probe"`` (its own passes on the
+        probe batch; scheduled).
+      needs_gates: True if it needs the gate protocol (``ModelFns.gated``).
+      needs_adjoints: True if it reads ``ctx.adjoints`` (the trainer then injects offsets).
+    """
+
+    name: str
+    init: Callable[[Any], Any]
+    update: Callable[[StepContext, Any], tuple[dict[str, jax.Array], Any]]
+    every: int = 1
+    tier: str = "step"
+    needs_gates: bool = False
+    needs_adjoints: bool = False
