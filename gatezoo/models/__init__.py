@@ -1,9 +1,34 @@
 """The cell zoo, the gate protocol, the sequence model and closed-form Jacobians."""
 
 from gatezoo.models.base import RecurrentCell
+from gatezoo.models.flax_adapters import (
+    FlaxCellAdapter,
+    FlaxGRU,
+    FlaxLSTM,
+    FlaxOptimizedLSTM,
+    FlaxSimple,
+    flax_adapter,
+    make_flax_cell,
+)
 from gatezoo.models.gates import ScalarGate, VectorGate
 from gatezoo.models.gru import GRU
 from gatezoo.models.init import InitSpec
+from gatezoo.models.jacobians import (
+    CONVENTIONS,
+    ORDERS,
+    autodiff_split,
+    deformed_product,
+    first_order,
+    frechet_l1,
+    has_closed_form,
+    loglog_slope,
+    param_jacobians,
+    register_param_jacobians,
+    register_state_jacobians,
+    state_jacobians,
+    transport,
+    truncation_error,
+)
 from gatezoo.models.leaky import Elman, Leaky
 from gatezoo.models.lstm import LSTM
 from gatezoo.models.protocol import (
@@ -41,4 +66,25 @@ __all__ = [
     "register_cell",
     "SequenceModel",
     "READOUTS",
+    "FlaxCellAdapter",
+    "FlaxGRU",
+    "FlaxLSTM",
+    "FlaxOptimizedLSTM",
+    "FlaxSimple",
+    "flax_adapter",
+    "make_flax_cell",
+    "CONVENTIONS",
+    "ORDERS",
+    "state_jacobians",
+    "param_jacobians",
+    "register_state_jacobians",
+    "register_param_jacobians",
+    "has_closed_form",
+    "autodiff_split",
+    "transport",
+    "deformed_product",
+    "first_order",
+    "frechet_l1",
+    "truncation_error",
+    "loglog_slope",
 ]

@@ -20,6 +20,7 @@ and ``B`` the gate-induced one. Nobody measuring means ``eps = None`` and the pl
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable
 from typing import Any, NamedTuple, Protocol, runtime_checkable
 
@@ -80,7 +81,8 @@ def unflatten_carry(flat: jax.Array, like: Carry) -> Carry:
     """Inverse of :func:`flatten_carry` for a carry shaped like ``like``."""
     leaves, treedef = jax.tree_util.tree_flatten(like)
     sizes = [leaf.shape[-1] for leaf in leaves]
-    splits = jnp.split(flat, list(jnp.cumsum(jnp.array(sizes))[:-1]), axis=-1) if len(
+    # static split points (Python ints), so this also works under jit
+    splits = jnp.split(flat, list(itertools.accumulate(sizes))[:-1], axis=-1) if len(
         leaves
     ) > 1 else [flat]
     return jax.tree_util.tree_unflatten(treedef, splits)

@@ -8,6 +8,7 @@ from typing import Any
 
 from flax import nnx
 
+from gatezoo.models.flax_adapters import make_flax_cell
 from gatezoo.models.gates import ScalarGate, VectorGate
 from gatezoo.models.gru import GRU
 from gatezoo.models.init import InitSpec
@@ -84,3 +85,20 @@ for _entry in (
     CellEntry("lstm", LSTM, "long short-term memory on the joint (c, h) state"),
 ):
     register_cell(_entry)
+
+
+def _flax_factory(kind: type) -> Callable[..., nnx.Module]:
+    def factory(in_features: int, hidden_features: int, **kwargs: Any) -> nnx.Module:
+        return make_flax_cell(kind, in_features, hidden_features, **kwargs)
+
+    factory.__name__ = f"flax_{kind.__name__}"
+    return factory
+
+
+for _name, _kind, _description in (
+    ("flax-gru", nnx.GRUCell, "Flax's nnx.GRUCell, adapted; alpha = 1 - z (Flax's z retains)"),
+    ("flax-lstm", nnx.LSTMCell, "Flax's nnx.LSTMCell, adapted; alpha = 1 - f"),
+    ("flax-optlstm", nnx.OptimizedLSTMCell, "Flax's nnx.OptimizedLSTMCell, adapted; alpha = 1 - f"),
+    ("flax-simple", nnx.SimpleCell, "Flax's nnx.SimpleCell, adapted; no gate, alpha = 1"),
+):
+    register_cell(CellEntry(_name, _flax_factory(_kind), _description))
