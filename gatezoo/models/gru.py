@@ -9,6 +9,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from gatezoo.models.base import RecurrentCell
+from gatezoo.models.gru_scan import gru_sequence
 from gatezoo.models.init import InitSpec
 
 __all__ = ["GRU"]
@@ -56,18 +57,33 @@ class GRU(RecurrentCell):
         self.b = self._bias(h)
         self._done()
 
-    def _gates(self, xp_z, xp_r, gate_carry):
-        pre = gate_carry @ jnp.concatenate([self.W_z[...], self.W_r[...]], axis=1)
+    def _fuse(self) -> dict[str, Any]:
+        fused = super()._fuse()
+        fused["W_zr"] = jnp.concatenate([self.W_z[...], self.W_r[...]], axis=1)
+        fused["W"] = self.W[...]
+        return fused
+
+    def _gates(self, fused, xp_z, xp_r, gate_carry):
+        pre = gate_carry @ fused["W_zr"]
         h = self.hidden_features
         return jax.nn.sigmoid(xp_z + pre[..., :h]), jax.nn.sigmoid(xp_r + pre[..., h:])
 
-    def recur(self, carry: jax.Array, xp: jax.Array, gate_carry: jax.Array):
+    def _recur(self, fused, carry: jax.Array, xp: jax.Array, gate_carry: jax.Array):
         xp_z, xp_r, xp_c = self._split(xp)
-        z, r = self._gates(xp_z, xp_r, gate_carry)
-        g = jnp.tanh(xp_c + (r * carry) @ self.W[...])
+        z, r = self._gates(fused, xp_z, xp_r, gate_carry)
+        g = jnp.tanh(xp_c + (r * carry) @ fused["W"])
         h = carry + z * (g - carry)
         return h, h
 
+    def _sequence(self, fused, xs: jax.Array, carry0: jax.Array):
+        """``(ys, hs)`` over time-major ``xs`` with the hand-written backward pass."""
+        if type(self)._recur is not GRU._recur:  # a subclass changed the step: no shortcut
+            return None
+        hs = gru_sequence(fused["U"], fused["W_zr"], fused["W"], fused["b"],
+                          xs.astype(fused["U"].dtype), carry0)
+        return hs, hs
+
     def time_scale(self, carry: jax.Array, x: jax.Array) -> jax.Array:
-        xp_z, xp_r, _ = self._split(self.project(x))
-        return self._gates(xp_z, xp_r, carry)[0]
+        fused = self._fuse()
+        xp_z, xp_r, _ = self._split(self._project(fused, x))
+        return self._gates(fused, xp_z, xp_r, carry)[0]

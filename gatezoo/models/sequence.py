@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from gatezoo.models.base import RecurrentCell
 from gatezoo.models.init import InitSpec, matrix_init
 from gatezoo.models.protocol import deform
 
@@ -26,8 +27,13 @@ class SequenceModel(nnx.Module):
 
     Shapes: ``xs`` is ``(batch, T, in)``; the output is ``(batch, out)`` for ``"last"`` and
     ``(batch, T, out)`` for ``"all"``. Any cell with Flax's recurrent contract works; a cell with
-    a ``project``/``recur`` pair (every built-in cell) gets its input projection hoisted out of
-    the time loop.
+    a ``project``/``recur`` pair gets its input projection hoisted out of the time loop. The
+    built-in GRU and LSTM instead build their concatenated kernels once outside the loop and,
+    on the plain path (no ``eps``, no ``offsets``), run a whole-sequence function with a
+    hand-written backward pass (``gru_scan.py``, ``lstm_scan.py``): same values and gradients,
+    about 1.4x faster train steps on CPU, reverse-mode only. For forward mode (``jax.jvp``)
+    through them pass ``eps=1.0``, which has the same values and derivatives and takes the
+    generic autodiff path. ``unroll`` applies to the generic ``lax.scan`` only.
 
     Example:
       >>> from flax import nnx
@@ -99,13 +105,30 @@ class SequenceModel(nnx.Module):
         hoisted = callable(getattr(cell, "project", None)) and callable(
             getattr(cell, "recur", None)
         )
-        seq = cell.project(xs_t) if hoisted else xs_t
+        if isinstance(cell, RecurrentCell) and type(cell).recur is RecurrentCell.recur:
+            # Built-in cells with fused kernels (GRU, LSTM): the concatenated kernels are built
+            # once, outside the loop, and the input projection stays inside the step. On CPU
+            # this beats hoisting the projection out of the loop: the (T, batch, k hidden)
+            # projection and its stacked cotangent cost more than T tiny matmuls.
+            cell._check_input(xs_t)
+            fused = cell._fuse()
+            if eps is None and offsets is None and callable(getattr(cell, "_sequence", None)):
+                out = cell._sequence(fused, xs_t, carry0)
+                if out is not None:
+                    return out
+            seq = xs_t
+
+            def recur(c, x, g):
+                return cell._recur(fused, c, cell._project(fused, x), g)
+        else:
+            seq = cell.project(xs_t) if hoisted else xs_t
+            recur = cell.recur if hoisted else None
 
         def body(carry, inp):
             x_t, off_t = inp
             gate_carry = carry if eps is None else deform(carry, eps)
-            if hoisted:
-                new, y = cell.recur(carry, x_t, gate_carry)
+            if recur is not None:
+                new, y = recur(carry, x_t, gate_carry)
             elif eps is None:
                 new, y = cell(carry, x_t)
             else:
