@@ -1,0 +1,43 @@
+"""Training: optimizers by name, the model's pure functions, the compiled train loop,
+checkpoints (orbax), metric sinks and multi-device sharding."""
+
+from gatezoo.training.checkpoints import Checkpoints
+from gatezoo.training.config import RunResult, TrainConfig, parse_seeds
+from gatezoo.training.loop import TrainingDiverged, train
+from gatezoo.training.model_fns import build_model, forward_fn, model_fns
+from gatezoo.training.optimizers import (
+    OPTIMIZERS,
+    SCHEDULES,
+    find_adam_state,
+    find_momentum_trace,
+    learning_rate_in_force,
+    make_optimizer,
+    make_schedule,
+    optimizer_names,
+    schedule_names,
+)
+from gatezoo.training.step import StepFns, TrainState, make_step_fns
+
+__all__ = [
+    "Checkpoints",
+    "RunResult",
+    "TrainConfig",
+    "parse_seeds",
+    "TrainingDiverged",
+    "train",
+    "build_model",
+    "forward_fn",
+    "model_fns",
+    "OPTIMIZERS",
+    "SCHEDULES",
+    "find_adam_state",
+    "find_momentum_trace",
+    "learning_rate_in_force",
+    "make_optimizer",
+    "make_schedule",
+    "optimizer_names",
+    "schedule_names",
+    "StepFns",
+    "TrainState",
+    "make_step_fns",
+]

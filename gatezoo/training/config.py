@@ -1,0 +1,221 @@
+"""The train config (a JSON-serialisable dataclass) and the result of a run."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any
+
+__all__ = ["TrainConfig", "RunResult", "parse_seeds", "COMPAT"]
+
+COMPAT = ("exact", "paper-code")
+DTYPES = ("float32", "float64", "bfloat16")
+
+# Fields a resumed run may change: they alter how far and how often, never what a step computes.
+RESUMABLE_CHANGES = (
+    "steps", "eval_every", "eval_batches", "checkpoint_every", "keep_checkpoints",
+    "steps_per_call", "devices",
+)
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    """Everything that defines a training run; every field has a working default.
+
+    Model: ``cell`` (a registered cell name), ``cell_options`` (e.g. ``{"alpha": 0.8}`` for
+    ``leaky``), ``hidden``, ``init`` (``flax``/``torch``/``normal``), ``init_std``,
+    ``gate_bias`` (float or ``"chrono"``), ``use_bias``, ``readout_bias``.
+    Task: ``task`` (registered name), ``seq_len`` (``None``: the task's default),
+    ``task_options``.
+    Optimizer: ``optimizer``, ``learning_rate``, ``schedule``, ``momentum``, ``clip``,
+    ``warmup`` (see :mod:`gatezoo.training.optimizers`).
+    Loop: ``steps`` updates, ``batch_size``, ``seeds`` (vmapped side by side), ``dtype``
+    (``float64`` switches on ``jax_enable_x64``), ``steps_per_call`` (K compiled steps per host
+    round-trip), ``eval_every``/``eval_batches`` (held-out batches of ``batch_size``),
+    ``checkpoint_every``/``keep_checkpoints``, ``devices`` (``None``: all devices when the batch
+    divides over them, else one; an integer: exactly that many, the batch must divide),
+    ``seed_batch`` (``k``: groups of ``k`` seeds vmapped, the groups run one after another in
+    the compiled step; ``None``: automatic, groups of 1 on CPU, where that is faster (see
+    benchmarks/README.md), and all seeds in one vmap on GPU and TPU).
+    Instruments: ``instruments`` (names or tiers), ``every`` (per-instrument schedule
+    overrides), ``probe_batch_size``, ``compat`` (``exact`` or ``paper-code``).
+    ``fixed_batch``: the same training batch at every step (the S2 experiment's quirk).
+    """
+
+    cell: str = "gru"
+    cell_options: dict = dataclasses.field(default_factory=dict)
+    hidden: int = 64
+    init: str = "flax"
+    init_std: float = 0.2
+    gate_bias: float | str = 0.0
+    use_bias: bool = True
+    readout_bias: bool = True
+    task: str = "adding"
+    seq_len: int | None = None
+    task_options: dict = dataclasses.field(default_factory=dict)
+    optimizer: str = "adam"
+    learning_rate: float = 1e-3
+    schedule: str = "constant"
+    momentum: float = 0.9
+    clip: float | None = None
+    warmup: int = 0
+    steps: int = 1000
+    batch_size: int = 64
+    seeds: tuple[int, ...] = (0,)
+    dtype: str = "float32"
+    steps_per_call: int = 50
+    eval_every: int = 200
+    eval_batches: int = 4
+    checkpoint_every: int = 500
+    keep_checkpoints: int = 3
+    probe_batch_size: int = 16
+    instruments: tuple[str, ...] = ()
+    every: dict = dataclasses.field(default_factory=dict)
+    compat: str = "exact"
+    fixed_batch: bool = False
+    devices: int | None = None
+    seed_batch: int | None = None
+
+    def __post_init__(self):
+        self.seeds = parse_seeds(self.seeds)
+        if isinstance(self.instruments, str):
+            self.instruments = tuple(n for n in self.instruments.split(",") if n)
+        self.instruments = tuple(self.instruments)
+        self.validate()
+
+    def validate(self) -> None:
+        """Raises ValueError (one line, naming the field) for values no run can use."""
+        def positive(name: str, allow_zero: bool = False) -> None:
+            value = getattr(self, name)
+            ok = isinstance(value, int) and not isinstance(value, bool)
+            ok = ok and (value >= 0 if allow_zero else value >= 1)
+            if not ok:
+                bound = ">= 0" if allow_zero else ">= 1"
+                raise ValueError(f"{name} must be an integer {bound}, got {value!r}")
+
+        positive("steps", allow_zero=True)
+        for name in ("hidden", "batch_size", "steps_per_call", "eval_every", "eval_batches",
+                     "checkpoint_every", "keep_checkpoints", "probe_batch_size"):
+            positive(name)
+        positive("warmup", allow_zero=True)
+        if self.seq_len is not None:
+            positive("seq_len")
+        if self.devices is not None:
+            positive("devices")
+        if self.seed_batch is not None:
+            positive("seed_batch")
+        if not float(self.learning_rate) > 0:
+            raise ValueError(f"learning_rate must be > 0, got {self.learning_rate!r}")
+        if self.clip is not None and not float(self.clip) > 0:
+            raise ValueError(f"clip must be > 0 or null, got {self.clip!r}")
+        if self.dtype not in DTYPES:
+            raise ValueError(f"unknown dtype {self.dtype!r}; choose one of: {', '.join(DTYPES)}")
+        if self.compat not in COMPAT:
+            raise ValueError(f"unknown compat {self.compat!r}; choose one of: {', '.join(COMPAT)}")
+        if not isinstance(self.every, dict) or not all(
+            isinstance(v, int) and v >= 1 for v in self.every.values()
+        ):
+            raise ValueError(
+                f"every must map instrument names to integers >= 1, got {self.every!r}"
+            )
+
+    # -- JSON ------------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["seeds"] = list(self.seeds)
+        d["instruments"] = list(self.instruments)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
+        """The config from a dict; unknown keys are an error naming them."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise ValueError(
+                f"unknown config field(s) {', '.join(unknown)}; fields: {', '.join(sorted(names))}"
+            )
+        return cls(**d)
+
+    def to_json(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n")
+
+    @classmethod
+    def from_json(cls, path: str | Path) -> TrainConfig:
+        p = Path(path)
+        if not p.is_file():
+            raise FileNotFoundError(f"config file {str(p)!r} does not exist")
+        try:
+            data = json.loads(p.read_text())
+        except json.JSONDecodeError as err:
+            raise ValueError(f"config file {str(p)!r} is not valid JSON: {err}") from None
+        if not isinstance(data, dict):
+            raise ValueError(f"config file {str(p)!r} must hold a JSON object")
+        return cls.from_dict(data)
+
+    def replace(self, **changes: Any) -> TrainConfig:
+        return dataclasses.replace(self, **changes)
+
+
+def parse_seeds(seeds: Any) -> tuple[int, ...]:
+    """Seeds from a tuple/list of ints, an int ``n`` (seeds ``0..n-1``) or a string.
+
+    Strings: ``"4"`` means ``0,1,2,3``; ``"0,5,7"`` lists them.
+    """
+    if isinstance(seeds, str):
+        text = seeds.strip()
+        try:
+            if "," in text:
+                seeds = [int(s) for s in text.split(",") if s.strip()]
+            else:
+                seeds = int(text)
+        except ValueError:
+            raise ValueError(
+                f"seeds must be a count like '4' or a list like '0,1,2', got {text!r}"
+            ) from None
+    if isinstance(seeds, int) and not isinstance(seeds, bool):
+        if seeds < 1:
+            raise ValueError(f"the number of seeds must be >= 1, got {seeds}")
+        return tuple(range(seeds))
+    try:
+        out = tuple(int(s) for s in seeds)
+    except (TypeError, ValueError):
+        raise ValueError(f"seeds must be integers, got {seeds!r}") from None
+    if not out:
+        raise ValueError("seeds must not be empty")
+    if len(set(out)) != len(out):
+        raise ValueError(f"seeds must be distinct, got {out}")
+    if any(s < 0 for s in out):
+        raise ValueError(f"seeds must be >= 0, got {out}")
+    return out
+
+
+@dataclasses.dataclass
+class RunResult:
+    """What :func:`gatezoo.training.train` returns.
+
+    Attributes:
+      params: final parameters, every leaf stacked over seeds (leading axis ``len(seeds)``).
+      opt_state: final optimizer state, stacked over seeds.
+      final_loss: the training loss of the last step, one per seed (numpy ``(S,)``).
+      final_eval: the last held-out evaluation, ``{metric: (S,) array}``.
+      history: the metric lines written to ``metrics.jsonl`` by this call (list of dicts).
+      wall_time: seconds spent in ``train`` (compilation included).
+      run_dir: the run folder (``None`` when the run was not written to disk).
+      state: the full final :class:`~gatezoo.training.state.TrainState`.
+      config: the config that ran.
+      step_fns: the compiled functions of the run (``step_fns.chunk._cache_size()`` is 1: one
+        trace per run).
+    """
+
+    params: Any
+    opt_state: Any
+    final_loss: Any
+    final_eval: dict
+    history: list
+    wall_time: float
+    run_dir: Path | None
+    state: Any
+    config: TrainConfig
+    step_fns: Any = None

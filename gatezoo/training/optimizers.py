@@ -1,0 +1,285 @@
+"""Optimizers and learning-rate schedules by name, with readable state.
+
+Every optimizer is built with :func:`optax.inject_hyperparams`, so its state is an
+inject-hyperparams state whose ``hyperparams['learning_rate']`` is the rate applied at the last
+update (a schedule is evaluated at the update's step count), and whose ``inner_state`` holds the
+momentum trace or Adam's moments where the instruments can read them.
+
+Optimizers (``g`` the gradient, ``eta_t`` the rate in force):
+
+* ``sgd``:       ``theta -= eta_t g``
+* ``momentum``:  heavy ball, ``m = beta m + g``, ``theta -= eta_t m``
+* ``nesterov``:  ``m = beta m + g``, ``theta -= eta_t (g + beta m)``
+* ``adam``:      ``theta -= eta_t mu_hat / (sqrt(nu_hat) + eps)``
+* ``adamw``:     Adam plus decoupled weight decay ``theta -= eta_t lambda theta``
+* ``rmsprop``:   ``nu = rho nu + (1 - rho) g^2``, ``theta -= eta_t g / sqrt(nu + eps)``
+
+Schedules of ``eta_t`` over ``steps`` updates (``eta`` the peak rate):
+
+* ``constant``:      ``eta``
+* ``cosine``:        ``eta (1 + cos(pi t / steps)) / 2``
+* ``warmup-cosine``: linear from 0 to ``eta`` over ``warmup`` steps, then cosine to 0
+* ``exponential``:   ``eta * decay_rate ** (t / steps)``
+* ``step``:          ``eta * decay_rate ** floor(t / step_size)`` (``step_size = steps // 3``)
+
+With ``clip`` the gradient is first rescaled to global norm at most ``clip``.
+
+Example:
+  >>> import jax.numpy as jnp
+  >>> from gatezoo.training.optimizers import make_optimizer, learning_rate_in_force
+  >>> opt = make_optimizer("momentum", 0.1, schedule="cosine", steps=100)
+  >>> state = opt.init({"w": jnp.ones(3)})
+  >>> _, state = opt.update({"w": jnp.ones(3)}, state, {"w": jnp.ones(3)})
+  >>> round(float(learning_rate_in_force(state)), 6)  # cosine at t = 0
+  0.1
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+
+__all__ = [
+    "OPTIMIZERS",
+    "SCHEDULES",
+    "optimizer_names",
+    "schedule_names",
+    "make_schedule",
+    "make_optimizer",
+    "learning_rate_in_force",
+    "find_hyperparams_state",
+    "find_adam_state",
+    "find_momentum_trace",
+]
+
+
+@dataclasses.dataclass(frozen=True)
+class _Entry:
+    description: str
+    build: Callable[..., optax.GradientTransformation]
+    hyperparams: tuple[str, ...]  # the knobs injected (and readable) besides learning_rate
+
+
+def _sgd(learning_rate, clip=None):
+    return _clipped(clip, optax.sgd(learning_rate))
+
+
+def _momentum(learning_rate, momentum, clip=None):
+    return _clipped(clip, optax.sgd(learning_rate, momentum=momentum))
+
+
+def _nesterov(learning_rate, momentum, clip=None):
+    return _clipped(clip, optax.sgd(learning_rate, momentum=momentum, nesterov=True))
+
+
+def _adam(learning_rate, b1, b2, eps, clip=None):
+    return _clipped(clip, optax.adam(learning_rate, b1=b1, b2=b2, eps=eps))
+
+
+def _adamw(learning_rate, b1, b2, eps, weight_decay, clip=None):
+    return _clipped(
+        clip, optax.adamw(learning_rate, b1=b1, b2=b2, eps=eps, weight_decay=weight_decay)
+    )
+
+
+def _rmsprop(learning_rate, decay, eps, clip=None):
+    return _clipped(clip, optax.rmsprop(learning_rate, decay=decay, eps=eps))
+
+
+def _clipped(clip, inner: optax.GradientTransformation) -> optax.GradientTransformation:
+    # Clipping sits inside the injected factory so the optimizer state stays one
+    # InjectHyperparamsState (and the clip norm is a readable hyperparameter too).
+    if clip is None:
+        return inner
+    return optax.chain(optax.clip_by_global_norm(clip), inner)
+
+
+OPTIMIZERS: dict[str, _Entry] = {
+    "sgd": _Entry("plain gradient descent theta -= eta g", _sgd, ()),
+    "momentum": _Entry("heavy-ball momentum m = beta m + g, theta -= eta m", _momentum,
+                       ("momentum",)),
+    "nesterov": _Entry("Nesterov momentum theta -= eta (g + beta m)", _nesterov, ("momentum",)),
+    "adam": _Entry("Adam (bias-corrected first and second moments)", _adam, ("b1", "b2", "eps")),
+    "adamw": _Entry("Adam with decoupled weight decay", _adamw,
+                    ("b1", "b2", "eps", "weight_decay")),
+    "rmsprop": _Entry("RMSProp nu = rho nu + (1 - rho) g^2, theta -= eta g / sqrt(nu)", _rmsprop,
+                      ("decay", "eps")),
+}
+
+SCHEDULES: dict[str, str] = {
+    "constant": "the peak rate at every step",
+    "cosine": "cosine decay from the peak rate to 0 over the run",
+    "warmup-cosine": "linear warmup over `warmup` steps, then cosine decay to 0",
+    "exponential": "rate * decay_rate ** (t / steps)",
+    "step": "rate * decay_rate ** floor(t / step_size), step_size = steps // 3",
+}
+
+
+def optimizer_names() -> list[str]:
+    return sorted(OPTIMIZERS)
+
+
+def schedule_names() -> list[str]:
+    return sorted(SCHEDULES)
+
+
+def make_schedule(
+    name: str,
+    learning_rate: float,
+    *,
+    steps: int = 1000,
+    warmup: int = 0,
+    decay_rate: float = 0.1,
+    step_size: int | None = None,
+) -> optax.Schedule:
+    """The schedule ``t -> eta_t`` called ``name`` (see the module docstring).
+
+    Raises:
+      ValueError: for an unknown name or inconsistent lengths.
+    """
+    if name not in SCHEDULES:
+        raise ValueError(
+            f"unknown schedule {name!r}; choose one of: {', '.join(schedule_names())}"
+        )
+    lr = float(learning_rate)
+    steps = max(int(steps), 1)
+    if name == "warmup-cosine" and not 0 <= int(warmup) < steps:
+        raise ValueError(f"warmup must be in [0, steps={steps}), got {warmup}")
+    if name == "constant":
+        return optax.constant_schedule(lr)
+    if name == "cosine":
+        return optax.cosine_decay_schedule(lr, decay_steps=steps)
+    if name == "warmup-cosine":
+        if int(warmup) == 0:  # optax needs a positive warmup; no warmup is plain cosine
+            return optax.cosine_decay_schedule(lr, decay_steps=steps)
+        return optax.warmup_cosine_decay_schedule(
+            0.0, lr, warmup_steps=int(warmup), decay_steps=steps, end_value=0.0
+        )
+    if name == "exponential":
+        return optax.exponential_decay(lr, transition_steps=steps, decay_rate=decay_rate)
+    size = int(step_size) if step_size is not None else max(steps // 3, 1)
+    if size < 1:
+        raise ValueError(f"step_size must be a positive integer, got {step_size}")
+    return optax.exponential_decay(
+        lr, transition_steps=size, decay_rate=decay_rate, staircase=True
+    )
+
+
+def make_optimizer(
+    name: str,
+    learning_rate: float,
+    *,
+    schedule: str = "constant",
+    steps: int = 1000,
+    momentum: float = 0.9,
+    weight_decay: float = 1e-4,
+    warmup: int = 0,
+    decay_rate: float = 0.1,
+    step_size: int | None = None,
+    clip: float | None = None,
+    b1: float = 0.9,
+    b2: float = 0.999,
+    eps: float = 1e-8,
+    rmsprop_decay: float = 0.9,
+) -> optax.GradientTransformation:
+    """The optimizer ``name`` with the rate schedule ``schedule``, wrapped by inject_hyperparams.
+
+    Args:
+      name: one of :data:`OPTIMIZERS` (``sgd``, ``momentum``, ``nesterov``, ``adam``, ``adamw``,
+        ``rmsprop``).
+      learning_rate: the peak rate ``eta`` (> 0).
+      schedule: one of :data:`SCHEDULES`; ``steps``, ``warmup``, ``decay_rate`` and
+        ``step_size`` shape it.
+      momentum: ``beta`` of ``momentum``/``nesterov``.
+      weight_decay: ``lambda`` of ``adamw``.
+      clip: if given, clip the gradient to this global norm first.
+      b1, b2, eps: Adam's; ``rmsprop_decay`` is RMSProp's ``rho``.
+
+    Returns:
+      An ``optax.GradientTransformation`` whose state is an inject-hyperparams state
+      (:func:`find_hyperparams_state`).
+
+    Raises:
+      ValueError: for an unknown optimizer or schedule name or a non-positive rate.
+    """
+    entry = OPTIMIZERS.get(name)
+    if entry is None:
+        raise ValueError(
+            f"unknown optimizer {name!r}; choose one of: {', '.join(optimizer_names())}"
+        )
+    if not float(learning_rate) > 0:
+        raise ValueError(f"learning_rate must be > 0, got {learning_rate}")
+    if clip is not None and not float(clip) > 0:
+        raise ValueError(f"clip must be > 0 (or None), got {clip}")
+    rate = make_schedule(
+        schedule, learning_rate, steps=steps, warmup=warmup, decay_rate=decay_rate,
+        step_size=step_size,
+    )
+    knobs = {"momentum": momentum, "b1": b1, "b2": b2, "eps": eps,
+             "weight_decay": weight_decay, "decay": rmsprop_decay}
+    kwargs: dict[str, Any] = {k: float(knobs[k]) for k in entry.hyperparams}
+    if clip is not None:
+        kwargs["clip"] = float(clip)
+    return optax.inject_hyperparams(entry.build)(learning_rate=rate, **kwargs)
+
+
+# -- readers ----------------------------------------------------------------------------------
+
+def _walk(tree: Any):
+    """Yields every node of a nest of tuples/lists/dicts/NamedTuples, depth first."""
+    yield tree
+    if isinstance(tree, dict):
+        for v in tree.values():
+            yield from _walk(v)
+    elif isinstance(tree, (tuple, list)):
+        for v in tree:
+            yield from _walk(v)
+
+
+def find_hyperparams_state(opt_state: Any) -> Any:
+    """The first inject_hyperparams state inside ``opt_state`` (or ``None``).
+
+    optax has two such NamedTuples (``InjectHyperparamsState`` and, for schedules,
+    ``InjectStatefulHyperparamsState``); both carry ``hyperparams`` and ``inner_state``.
+    """
+    for node in _walk(opt_state):
+        if isinstance(node, tuple) and hasattr(node, "hyperparams") and hasattr(
+            node, "inner_state"
+        ):
+            return node
+    return None
+
+
+def learning_rate_in_force(opt_state: Any) -> jax.Array:
+    """The rate applied by the last update (after ``init``: the rate at step 0).
+
+    Works on vmapped states too (the result then has the seed axis).
+
+    Raises:
+      ValueError: if ``opt_state`` was not built by :func:`make_optimizer` (no injected rate).
+    """
+    state = find_hyperparams_state(opt_state)
+    if state is None or "learning_rate" not in state.hyperparams:
+        raise ValueError("optimizer state has no injected learning_rate (use make_optimizer)")
+    return jnp.asarray(state.hyperparams["learning_rate"])
+
+
+def find_adam_state(opt_state: Any) -> optax.ScaleByAdamState | None:
+    """Adam's ``ScaleByAdamState`` (``count``, ``mu``, ``nu``) or ``None``."""
+    for node in _walk(opt_state):
+        if isinstance(node, optax.ScaleByAdamState):
+            return node
+    return None
+
+
+def find_momentum_trace(opt_state: Any) -> optax.TraceState | None:
+    """The momentum buffer ``TraceState(trace)`` (momentum/nesterov) or ``None``."""
+    for node in _walk(opt_state):
+        if isinstance(node, optax.TraceState):
+            return node
+    return None
