@@ -6,7 +6,8 @@ tier. The trainer builds one :class:`StepContext` per step with everything instr
 forward states, the adjoints ``dL/dh_t`` from the same backward pass as the gradient, the
 optimizer state) and calls every instrument on it, under ``jit``/``vmap``/``scan``.
 
-Metrics are flat ``name -> array`` mappings; names are ``"<instrument>/<quantity>"``. Steps on
+Metrics are flat ``name -> array`` mappings; ``update`` returns the bare quantities and the
+trainer writes them as ``"<instrument>/<quantity>"``. Steps on
 which an instrument is not tracked report NaN for its metrics (the structure never changes, so
 there is one trace per run).
 """
@@ -38,6 +39,11 @@ class ModelFns(NamedTuple):
       gated: whether the cell follows the gate protocol.
       hidden: the hidden size ``d_h``.
       state_size: the size of the flattened carry (``2 d_h`` for the LSTM's ``(c, h)``).
+      split_step: optional ``split_step(cell_params, carry, x, gate_carry) -> (carry, y)``, the
+        cell's ``split_call`` (gates read ``gate_carry``). Its derivatives with respect to
+        ``carry`` and ``gate_carry`` are ``A_t`` and ``B_t`` (THEORY.md §2.1) in one pass; without
+        it the instruments take ``A = J(eps=0)`` and ``B = J(1) - J(0)`` from two passes of
+        ``step`` (same numbers, about twice the cost).
     """
 
     loss: Callable[..., Any]
@@ -47,6 +53,7 @@ class ModelFns(NamedTuple):
     gated: bool
     hidden: int
     state_size: int
+    split_step: Callable[..., Any] | None = None
 
 
 class StepContext(NamedTuple):

@@ -1,0 +1,58 @@
+"""Instruments: pure, jit-compiled measurements of how gates rescale the gradient, inside the
+train step (per-step tier) or on a schedule on a fixed probe batch (probe tier).
+
+See :mod:`gatezoo.instruments.protocol` for the contract and :mod:`.registry` for the names.
+"""
+
+from gatezoo.instruments.anisotropy import gradient_spectrum, jacobian_spectra
+from gatezoo.instruments.expansion import expansion_metrics, first_order_gradients
+from gatezoo.instruments.optimizer import (
+    adam_effective_lr,
+    hyperparams,
+    learning_rate_in_force,
+    momentum_beta,
+)
+from gatezoo.instruments.protocol import TIERS, Instrument, ModelFns, StepContext
+from gatezoo.instruments.registry import (
+    INSTRUMENTS,
+    PRESETS,
+    InstrumentEntry,
+    instrument_names,
+    list_section,
+    make_instruments,
+)
+from gatezoo.instruments.sensitivity import Sensitivity, lag_sensitivity, sensitivity_metrics
+from gatezoo.instruments.stats import power_fit, spectrum_stats
+from gatezoo.instruments.truncation import truncation_curve, window_factors
+from gatezoo.instruments.views import Measure, StepViews, fuse
+
+__all__ = [
+    "Instrument",
+    "ModelFns",
+    "StepContext",
+    "TIERS",
+    "INSTRUMENTS",
+    "PRESETS",
+    "InstrumentEntry",
+    "instrument_names",
+    "list_section",
+    "make_instruments",
+    "Measure",
+    "StepViews",
+    "fuse",
+    "first_order_gradients",
+    "expansion_metrics",
+    "lag_sensitivity",
+    "sensitivity_metrics",
+    "Sensitivity",
+    "jacobian_spectra",
+    "gradient_spectrum",
+    "truncation_curve",
+    "window_factors",
+    "power_fit",
+    "spectrum_stats",
+    "hyperparams",
+    "learning_rate_in_force",
+    "momentum_beta",
+    "adam_effective_lr",
+]

@@ -1,0 +1,114 @@
+r"""Gates beside the optimizer, as numbers (THEORY.md §3.5 and §5).
+
+* ``effective_lr``: the per-neuron, per-lag effective learning rate
+  :math:`\mu^{(q)}_\ell = \Lambda^{(q)}\,\bar\Gamma^{(q)}_\ell`, the optimizer's base rate per
+  neuron (Adam's per-row step, else the learning rate in force times the momentum factor) times
+  the gate transport :math:`\bar\Gamma^{(q)}_\ell = E_{b,t}\prod_{j=t-\ell+1}^{t}(1-\alpha^{(q)}_j)`
+  (the zeroth-order retention factor of §3.5; the diagonal first-order correction is left out).
+* ``analogies``: the leak as momentum, :math:`\beta_{gate} = 1 - E[\alpha]` beside the
+  optimizer's :math:`\beta`; the gate as a schedule, :math:`\eta E[\alpha]` beside :math:`\eta`;
+  the vector gate as a diagonal preconditioner, the per-neuron mean gate beside Adam's per-row
+  step (Pearson correlation across neurons and the max/min anisotropy of each).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from gatezoo.instruments.optimizer import adam_rows, learning_rate_in_force, momentum_beta
+from gatezoo.instruments.stats import LOG_FLOOR, lag_grid, pearson, prefix_sum
+from gatezoo.instruments.views import Measure, StepViews
+
+__all__ = ["retention_transport", "effective_lr", "analogies"]
+
+
+def retention_transport(alpha: jax.Array, lags: jax.Array, max_ends: int = 32) -> jax.Array:
+    r"""``(len(lags), hidden)``: :math:`E_{b,t}\prod_{j=t-\ell+1}^{t}(1-\alpha_j)` per neuron.
+
+    Windows must fit in the sequence (``t >= ell``); the expectation over ``t`` uses at most
+    ``max_ends`` end times evenly strided over the sequence. Computed with cumulative sums of
+    ``log(1 - alpha)`` and one ``lax.map`` over the lags (memory ``O(T batch hidden)``).
+    """
+    T = alpha.shape[0]
+    log_keep = jnp.maximum(jnp.log1p(-alpha), LOG_FLOOR)  # alpha = 1 (Elman): keep exactly 0
+    cum = jnp.concatenate([jnp.zeros_like(alpha[:1]), prefix_sum(log_keep)], axis=0)
+    # cum[n] = sum_{j<=n} log(1 - alpha_j), n = 0..T
+    t = jnp.arange(1, T + 1)[:: max(1, -(-T // max_ends))]
+    cum_t = cum[t]
+
+    def one(ell):
+        lo = t - ell
+        valid = (lo >= 0)[:, None, None]
+        g = jnp.exp(cum_t - cum[jnp.clip(lo, 0)])
+        g = jnp.where(valid, g, 0.0)
+        return jnp.sum(g, axis=(0, 1)) / (jnp.sum(valid) * alpha.shape[1])
+
+    return jax.lax.map(one, lags)
+
+
+def _base_rate(ctx, views: StepViews) -> jax.Array:
+    rows = adam_rows(ctx.fns, ctx.opt_state)
+    if rows is not None:
+        return rows
+    lr = learning_rate_in_force(ctx.opt_state)
+    beta, kind = momentum_beta(ctx.opt_state)
+    base = jnp.asarray(1.0) if lr is None else lr
+    if kind == "heavy-ball":
+        base = base / (1.0 - beta)
+    return jnp.full((ctx.fns.hidden,), base, views.alpha.dtype)
+
+
+def effective_lr(fns, *, every: int = 1) -> Measure:
+    """The ``effective_lr`` instrument (gated cells; see module docstring).
+
+    Metrics: ``effective_lr/base`` (mean over neurons of the base rate), and on the lag grid
+    ``effective_lr/envelope@ell`` (:math:`\\|\\mu_\\ell\\|_1`, sum over neurons) and
+    ``effective_lr/anisotropy@ell`` (max/min over neurons of :math:`\\mu^{(q)}_\\ell`). The
+    expectation is over the examples of the gate trace (:class:`StepViews`).
+    """
+
+    def measure(ctx, state, views: StepViews):
+        base = _base_rate(ctx, views)
+        grid = lag_grid(views.seq_len)
+        out = {"effective_lr/base": jnp.mean(base)}
+        if grid:
+            gamma = retention_transport(views.alpha, jnp.asarray(grid))
+            mu = base[None, :] * gamma
+            for i, ell in enumerate(grid):
+                out[f"effective_lr/envelope@{ell}"] = jnp.sum(mu[i])
+                out[f"effective_lr/anisotropy@{ell}"] = jnp.max(mu[i]) / jnp.min(mu[i])
+        return out, state
+
+    return Measure("effective_lr", lambda p: (), measure, every=every, needs_gates=True)
+
+
+def analogies(fns, *, every: int = 1) -> Measure:
+    """The ``analogies`` instrument (gated cells; see module docstring).
+
+    Metrics: ``analogies/beta_gate``, ``analogies/beta_optimizer``, ``analogies/lr``,
+    ``analogies/gate_step`` (``lr * E[alpha]``), ``analogies/gate_anisotropy`` (max/min over
+    neurons of the mean gate), and with Adam ``analogies/adam_anisotropy`` and
+    ``analogies/precond_corr``.
+    """
+
+    def measure(ctx, state, views: StepViews):
+        mean_alpha = jnp.mean(views.alpha)
+        beta, _ = momentum_beta(ctx.opt_state)
+        p_gate = views.alpha_neuron_mean
+        out = {
+            "analogies/beta_gate": 1.0 - mean_alpha,
+            "analogies/beta_optimizer": beta,
+            "analogies/gate_anisotropy": jnp.max(p_gate) / jnp.min(p_gate),
+        }
+        lr = learning_rate_in_force(ctx.opt_state)
+        if lr is not None:
+            out["analogies/lr"] = lr
+            out["analogies/gate_step"] = lr * mean_alpha
+        rows = adam_rows(ctx.fns, ctx.opt_state)
+        if rows is not None:
+            out["analogies/adam_anisotropy"] = jnp.max(rows) / jnp.min(rows)
+            out["analogies/precond_corr"] = pearson(p_gate, rows.astype(p_gate.dtype))
+        return out, state
+
+    return Measure("analogies", lambda p: (), measure, every=every, needs_gates=True)

@@ -1,0 +1,52 @@
+r"""Gate statistics: the time-scale gate :math:`\alpha_t` and its time constants :math:`1/\alpha`.
+
+THEORY.md §1.2: a gate is a data-driven time step; neuron ``i`` at step ``t`` integrates with
+time constant :math:`\tau_{i,t} = 1/\alpha_{i,t}` steps.
+"""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+
+from gatezoo.instruments.stats import fast_quantiles, subsample
+from gatezoo.instruments.views import Measure, StepViews
+
+__all__ = ["gate_stats", "gates"]
+
+_QUANTILES = (0.1, 0.5, 0.9)
+
+
+def gate_stats(alpha, prefix: str = "gates") -> dict:
+    """Summaries of a gate trace ``alpha (T, batch, hidden)``.
+
+    ``alpha_mean/min/max`` over everything; ``alpha_p10/p50/p90`` over batch, time and neurons
+    (on a strided subsample of at most 4k values); ``tau_mean = E[1/alpha]`` and
+    ``tau_p50/p90`` (``1/alpha_p50``, ``1/alpha_p10``); ``neuron_spread``: the standard deviation
+    across neurons of the per-neuron mean gate (0 for a scalar gate); ``time_std``: the mean over
+    neurons and batch of the standard deviation over time (how much the gate moves in a sequence).
+    """
+    q = fast_quantiles(subsample(alpha), _QUANTILES)
+    per_neuron = jnp.mean(alpha, axis=(0, 1))
+    return {
+        f"{prefix}/alpha_mean": jnp.mean(alpha),
+        f"{prefix}/alpha_min": jnp.min(alpha),
+        f"{prefix}/alpha_max": jnp.max(alpha),
+        f"{prefix}/alpha_p10": q[0],
+        f"{prefix}/alpha_p50": q[1],
+        f"{prefix}/alpha_p90": q[2],
+        f"{prefix}/tau_mean": jnp.mean(1.0 / alpha),
+        f"{prefix}/tau_p50": 1.0 / q[1],
+        f"{prefix}/tau_p90": 1.0 / q[0],
+        f"{prefix}/neuron_spread": jnp.std(per_neuron),
+        f"{prefix}/time_std": jnp.mean(jnp.std(alpha, axis=0)),
+    }
+
+
+def gates(fns, *, every: int = 1) -> Measure:
+    """The ``gates`` instrument (gated cells): :func:`gate_stats` of this step's gate trace
+    (:class:`StepViews`: the first 16 examples of the batch, every step)."""
+
+    def measure(ctx, state, views: StepViews):
+        return gate_stats(views.alpha), state
+
+    return Measure("gates", lambda p: (), measure, every=every, needs_gates=True)

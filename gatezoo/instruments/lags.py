@@ -1,0 +1,93 @@
+r"""The error signal by lag and the gate-product predictors of its decay (THEORY.md §4.1-§4.3).
+
+Measured profile: the adjoint norm :math:`\|\partial L/\partial h_{T-\ell}\|` at lag ``ell`` from
+the last step, from the same backward pass as the gradient (no extra pass).
+
+Predictors, per example ``b`` and lag ``ell``, as neuron means of products over the window
+(cumulative sums of logs from the last step, no loop over lags):
+
+* candidate weight :math:`P^{c}_\ell = \tfrac1{d_h}\sum_i \prod_{j=T-\ell+1}^{T} \alpha^{(i)}_j`
+  (the S1 code's predictor, :math:`\alpha^\ell` for a constant gate);
+* retention :math:`P^{r}_\ell = \tfrac1{d_h}\sum_i \prod_j (1-\alpha^{(i)}_j)` (the follow-up's).
+
+Each is fitted as a power law, ``log ||lambda|| = c + s log P`` over all ``(b, ell >= 1)`` with the
+1 %/99 % trim of §4.4; ``s`` and ``R^2`` say how well it explains the measured decay.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from gatezoo.instruments.stats import LOG_FLOOR, fast_median, lag_grid, power_fit, prefix_sum
+from gatezoo.instruments.views import Measure, StepViews
+
+__all__ = ["adjoint_profile", "window_products", "lags", "transport"]
+
+
+def adjoint_profile(norms: jax.Array) -> jax.Array:
+    """Median over the batch of ``||dL/dh_{T-ell}||``, ``ell = 0..T-1``: ``(T, batch) -> (T,)``."""
+    return fast_median(norms[::-1])
+
+
+def window_products(log_factor: jax.Array) -> jax.Array:
+    """Neuron-mean products over the last ``ell`` steps, ``(T, batch, hidden) -> (T-1, batch)``.
+
+    Row ``ell - 1`` holds :math:`\\tfrac1{d_h}\\sum_i\\exp\\sum_{j>T-\\ell} \\log f^{(i)}_j` for
+    ``ell = 1..T-1``.
+    """
+    cum = prefix_sum(log_factor[::-1])[:-1]
+    return jnp.mean(jnp.exp(cum), axis=-1)
+
+
+def lags(fns, *, every: int = 1) -> Measure:
+    """The ``lags`` instrument (any cell): the adjoint-norm profile by lag from the last step.
+
+    Metrics: ``lags/adjoint_last`` (median ``||dL/dh_T||``), ``lags/ratio@ell`` (profile at lag
+    ``ell`` over lag 0, on the grid 1, 2, 4, ...), ``lags/decay_rate`` (OLS slope of
+    ``log profile`` on ``ell``: the log-gain per step of lag).
+    """
+
+    def measure(ctx, state, views: StepViews):
+        prof = adjoint_profile(views.adjoint_norms)
+        T = prof.shape[0]
+        out = {"lags/adjoint_last": prof[0]}
+        for ell in lag_grid(T):
+            out[f"lags/ratio@{ell}"] = prof[ell] / prof[0]
+        ell = jnp.arange(T, dtype=prof.dtype)
+        out["lags/decay_rate"] = power_fit(ell, jnp.log(prof), jnp.ones(T, bool), trim=0.0)[0]
+        return out, state
+
+    return Measure("lags", lambda p: (), measure, every=every, needs_adjoints=True)
+
+
+def transport(fns, *, every: int = 1) -> Measure:
+    """The ``transport`` instrument (gated cells): gate-product predictors vs the adjoint profile.
+
+    Metrics ``transport/{candidate,retention}_s`` and ``..._r2`` (fitted power and R^2), and
+    ``transport/{candidate,retention}@ell`` (the batch-median predictor at the lag grid). The
+    fit uses the examples of the gate trace (:class:`StepViews`: the first 16 of the batch).
+    """
+
+    def measure(ctx, state, views: StepViews):
+        alpha = views.alpha
+        norms = views.adjoint_norms[:, : alpha.shape[1]]  # (T, b)
+        T = norms.shape[0]
+        measured = jnp.log(norms[::-1][1:])  # lag 1..T-1
+        out = {}
+        for tag, log_f in (
+            ("candidate", jnp.log(alpha)),
+            ("retention", jnp.maximum(jnp.log1p(-alpha), LOG_FLOOR)),
+        ):
+            p = window_products(log_f)
+            s, r2 = power_fit(jnp.log(p), measured, jnp.ones_like(measured, bool))
+            out[f"transport/{tag}_s"] = s
+            out[f"transport/{tag}_r2"] = r2
+            med = fast_median(p)
+            for ell in lag_grid(T):
+                out[f"transport/{tag}@{ell}"] = med[ell - 1]
+        return out, state
+
+    return Measure(
+        "transport", lambda p: (), measure, every=every, needs_gates=True, needs_adjoints=True
+    )

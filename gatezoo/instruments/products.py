@@ -1,0 +1,73 @@
+r"""Products of step Jacobians over lags, built by one ``lax.scan`` over the lag.
+
+For end times ``t_n`` (1-indexed states ``h_t``), examples ``b_n`` and lags ``ell = 1..L``:
+
+.. math::
+    M_{t,t-\ell} = M_{t,t-\ell+1} J_{t-\ell+1}  \quad (\text{exact order } J_t \cdots J_{t-\ell+1}),
+
+or, under ``compat="paper-code"``, :math:`R_{t,t-\ell} = J_{t-\ell+1} R_{t,t-\ell+1}` (the
+authors' reversed order, THEORY.md §2.3 item 2). Each scan step computes the ``N`` Jacobians it
+needs from the stored states (``jax.jacfwd`` of the step), so memory is ``O(N d^2)`` whatever
+``T`` is. A product only grows while ``ell <= stop_n`` and the window stays inside the sequence
+(``t - ell >= 1``); ``per_lag`` reduces the current products at every lag.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from gatezoo.instruments import steps
+from gatezoo.instruments.protocol import ModelFns
+
+__all__ = ["lag_products", "probe_states"]
+
+
+def probe_states(fns: ModelFns, params: Any, xs: jax.Array, ys: jax.Array):
+    """``(cell_params, prev, xs_t)`` of a forward pass on ``xs`` (time-major states)."""
+    _, carries = fns.loss(params, xs, ys)
+    return fns.cell_params(params), steps.previous_states(carries), steps.time_major(xs)
+
+
+def lag_products(
+    fns: ModelFns,
+    cell_params: Any,
+    prev: Any,
+    xs_t: jax.Array,
+    ends: jax.Array,
+    examples: jax.Array,
+    n_lags: int,
+    *,
+    stop: jax.Array | None = None,
+    compat: str = "exact",
+    per_lag: Callable[[jax.Array], jax.Array] | None = None,
+) -> tuple[jax.Array, jax.Array | None, jax.Array]:
+    """Jacobian products for ``N`` windows ending at ``ends`` (1-indexed) in ``examples``.
+
+    Returns ``(products (N, d, d), per_lag values (n_lags, N, ...) or None, valid (n_lags, N))``
+    where ``valid[l-1, n]`` says the lag-``l`` product of window ``n`` exists (``t - l >= 1``
+    and ``l <= stop``).
+    """
+    n = ends.shape[0]
+    d = fns.state_size
+    dtype = xs_t.dtype
+    stop = jnp.full((n,), n_lags) if stop is None else stop
+    jac = jax.vmap(lambda h, x: steps.state_jacobians(fns, cell_params, h, x, compat))
+
+    def body(prod, ell):
+        i = ends - ell  # 0-indexed step of J_{t-ell+1}
+        active = (i >= 1) & (ell <= stop)
+        ic = jnp.clip(i, 0)
+        h = jax.tree_util.tree_map(lambda c: c[ic, examples], prev)
+        a, b = jac(h, xs_t[ic, examples])
+        j = a + b
+        new = prod @ j if compat == "exact" else j @ prod
+        prod = jnp.where(active[:, None, None], new, prod)
+        return prod, (None if per_lag is None else per_lag(prod), active)
+
+    eye = jnp.broadcast_to(jnp.eye(d, dtype=dtype), (n, d, d))
+    prod, (vals, valid) = jax.lax.scan(body, eye, jnp.arange(1, n_lags + 1))
+    return prod, vals, valid

@@ -1,0 +1,99 @@
+"""G0, G1, G(1): the reverse-scan first-order correction against its definition (float64)."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from test_instruments_fixtures import data, make_context, make_model, model_fns
+
+from gatezoo.instruments import first_order_gradients
+from gatezoo.instruments.expansion import expansion_metrics, param_group_names
+
+
+def _max_err(a, b):
+    return max(float(jnp.max(jnp.abs(x - y))) for x, y in
+               zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b), strict=True))
+
+
+def _definition(fns, params, xs, ys):
+    """(G0, G1) = jax.jvp of jax.grad of the eps-deformed loss (THEORY.md §3.4 recipe 4)."""
+    grad = lambda e: jax.grad(lambda p: fns.loss(p, xs, ys, eps=e)[0])(params)  # noqa: E731
+    return jax.jvp(grad, (0.0,), (1.0,))
+
+
+@pytest.mark.parametrize(
+    "name,split,readout",
+    [("vector", True, "last"), ("scalar", False, "all"), ("gru", True, "all"),
+     ("lstm", True, "last")],
+)
+def test_matches_forward_over_reverse_definition(name, split, readout, x64):
+    model = make_model(name, readout=readout, dtype=jnp.float64, seed=3)
+    fns, params = model_fns(model, split=split)
+    xs, ys = data(1, 3, 6, 3, dtype=jnp.float64, readout=readout)
+    ctx = make_context(fns, params, xs, ys)
+    fo = jax.jit(
+        lambda p, x, c, a, g: first_order_gradients(fns, p, x, c, a, g, self_check=True)
+    )(params, xs, ctx.carries, ctx.adjoints, ctx.grads)
+    g0, g1 = jax.jit(lambda p: _definition(fns, p, xs, ys))(params)
+    scale = max(float(jnp.max(jnp.abs(x))) for x in jax.tree_util.tree_leaves(ctx.grads))
+    assert _max_err(fo.g0, g0) <= 1e-12 * scale
+    assert _max_err(fo.g1, g1) <= 1e-12 * scale
+    assert max(float(jnp.max(jnp.abs(x))) for x in jax.tree_util.tree_leaves(g1)) > 1e-6
+    # G(1): the eps-step at eps = 1 is the ordinary gradient, and the adjoints rebuild its cell
+    # part through the immediate parameter Jacobians
+    exact, plain = jax.jit(lambda p: (
+        jax.grad(lambda q: fns.loss(q, xs, ys, eps=1.0)[0])(p),
+        jax.grad(lambda q: fns.loss(q, xs, ys)[0])(p),
+    ))(params)
+    assert _max_err(exact, plain) <= 1e-10
+    assert _max_err(ctx.grads, plain) <= 1e-10
+    assert _max_err(fo.exact_cell["cell"], plain["cell"]) <= 1e-10
+
+
+def test_corrections_scale_with_gate_weights(x64):
+    """Scaling the recurrent gate weights by c: ||G1|| = O(c), ||G(1) - G0 - G1|| = O(c^2)."""
+    model = make_model("vector", hidden=6, dtype=jnp.float64, seed=5)
+    fns, params = model_fns(model)
+    xs, ys = data(2, 4, 10, 3, dtype=jnp.float64)
+    run = jax.jit(lambda p: _terms(fns, p, xs, ys))
+    cs = np.array([0.2, 0.1, 0.05, 0.025])
+    n1, rem = [], []
+    for c in cs:
+        p = jax.tree_util.tree_map(lambda a: a, params)
+        p["cell"]["W_g"] = params["cell"]["W_g"] * c
+        a, b = run(p)
+        n1.append(float(a))
+        rem.append(float(b))
+    slope1 = np.polyfit(np.log(cs), np.log(n1), 1)[0]
+    slope2 = np.polyfit(np.log(cs), np.log(rem), 1)[0]
+    assert abs(slope1 - 1.0) < 0.05, slope1
+    assert abs(slope2 - 2.0) < 0.1, slope2
+
+
+def _terms(fns, params, xs, ys):
+    ctx = make_context(fns, params, xs, ys)
+    fo = first_order_gradients(fns, params, xs, ctx.carries, ctx.adjoints, ctx.grads)
+    sq = lambda t: sum(jnp.sum(x * x) for x in jax.tree_util.tree_leaves(t))  # noqa: E731
+    rem = jax.tree_util.tree_map(lambda g, a, b: g - a - b, ctx.grads, fo.g0, fo.g1)
+    return jnp.sqrt(sq(fo.g1)), jnp.sqrt(sq(rem))
+
+
+def test_metrics_per_group_and_totals(x64):
+    model = make_model("gru", dtype=jnp.float64)
+    fns, params = model_fns(model)
+    xs, ys = data(0, 3, 5, 3, dtype=jnp.float64)
+    ctx = make_context(fns, params, xs, ys)
+    fo = first_order_gradients(fns, params, xs, ctx.carries, ctx.adjoints, ctx.grads)
+    out = expansion_metrics(fns, params, ctx.grads, fo.g0, fo.g1)
+    names = param_group_names(params)
+    assert "cell.W_z" in names and "W_o" in names
+    cell_groups = [n for n in names if n.startswith("cell.")]
+    assert {f"expansion/cos@{n}" for n in cell_groups} <= set(out)
+    assert "expansion/cos@W_o" not in out  # the readout has no gate correction
+    g, g0, g1 = (np.asarray(t["cell"]["W_z"]) for t in (ctx.grads, fo.g0, fo.g1))
+    np.testing.assert_allclose(out["expansion/g1_over_g0@cell.W_z"],
+                               np.linalg.norm(g1) / np.linalg.norm(g0), rtol=1e-12)
+    np.testing.assert_allclose(out["expansion/cos@cell.W_z"],
+                               np.sum(g * g0) / np.linalg.norm(g) / np.linalg.norm(g0), rtol=1e-12)
+    np.testing.assert_allclose(out["expansion/remainder@cell.W_z"],
+                               np.linalg.norm(g - g0 - g1) / np.linalg.norm(g), rtol=1e-10)
