@@ -90,3 +90,13 @@ def test_chrono_gate_bias_gives_time_constants_up_to_tmax():
     assert float(lstm.b_f[...].min()) >= 0.0
     with pytest.raises(ValueError, match="gate_bias"):
         gz.InitSpec(gate_bias="warm")
+
+
+def test_sequence_model_runs_flax_own_cells_unadapted():
+    xs = jax.random.normal(jax.random.key(0), (2, 6, 3))
+    rngs = nnx.Rngs(0)
+    for cell in (nnx.GRUCell(3, 5, rngs=rngs), nnx.OptimizedLSTMCell(3, 5, rngs=rngs)):
+        model = gz.SequenceModel(cell, 1, readout="all", rngs=nnx.Rngs(1))
+        ys, _ = model.unroll_states(xs)
+        ref = nnx.RNN(cell)(xs)
+        np.testing.assert_allclose(np.swapaxes(ys, 0, 1), ref, atol=1e-6)

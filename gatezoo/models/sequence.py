@@ -100,7 +100,7 @@ class SequenceModel(nnx.Module):
             raise ValueError(f"xs must have shape (batch, T, features), got {xs.shape}")
         cell = self.cell
         if carry0 is None:
-            carry0 = cell.initialize_carry(xs.shape[:1] + xs.shape[2:])
+            carry0 = _zero_carry(cell, xs.shape[:1] + xs.shape[2:])
         xs_t = jnp.swapaxes(xs, 0, 1)
         hoisted = callable(getattr(cell, "project", None)) and callable(
             getattr(cell, "recur", None)
@@ -158,3 +158,11 @@ def _hidden_size(cell: Any) -> int:
             return value
     carry = cell.initialize_carry((1, 1), rngs=nnx.Rngs(0))
     return int(jax.tree_util.tree_leaves(carry)[-1].shape[-1])
+
+
+def _zero_carry(cell: Any, input_shape: tuple[int, ...]) -> Any:
+    """The cell's initial carry; Flax's own cells insist on an ``rngs`` even for zeros."""
+    try:
+        return cell.initialize_carry(input_shape)
+    except (ValueError, TypeError):
+        return cell.initialize_carry(input_shape, rngs=nnx.Rngs(0))
