@@ -3,9 +3,48 @@
 The public API is re-exported here; see README.md for the two-command quick start.
 """
 
+from gatezoo.instruments import (
+    INSTRUMENTS,
+    PRESETS,
+    Instrument,
+    ModelFns,
+    StepContext,
+    make_instruments,
+)
 from gatezoo.models import *  # noqa: F403
 from gatezoo.models import __all__ as _models_all
+from gatezoo.tasks import TASKS, DatasetNotPrepared, Task, make_task, task_names
+from gatezoo.training import (
+    RunResult,
+    TrainConfig,
+    TrainingDiverged,
+    make_optimizer,
+    make_schedule,
+    model_fns,
+    train,
+)
 
 __version__ = "0.1.0"
 
-__all__ = [*_models_all, "__version__"]
+__all__ = [
+    *_models_all,
+    "Task",
+    "TASKS",
+    "DatasetNotPrepared",
+    "make_task",
+    "task_names",
+    "Instrument",
+    "StepContext",
+    "ModelFns",
+    "INSTRUMENTS",
+    "PRESETS",
+    "make_instruments",
+    "TrainConfig",
+    "RunResult",
+    "TrainingDiverged",
+    "train",
+    "make_optimizer",
+    "make_schedule",
+    "model_fns",
+    "__version__",
+]
