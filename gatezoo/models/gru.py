@@ -75,12 +75,12 @@ class GRU(RecurrentCell):
         h = carry + z * (g - carry)
         return h, h
 
-    def _sequence(self, fused, xs: jax.Array, carry0: jax.Array):
+    def _sequence(self, fused, xs: jax.Array, carry0: jax.Array, offsets: Any = None):
         """``(ys, hs)`` over time-major ``xs`` with the hand-written backward pass."""
         if type(self)._recur is not GRU._recur:  # a subclass changed the step: no shortcut
             return None
         hs = gru_sequence(fused["U"], fused["W_zr"], fused["W"], fused["b"],
-                          xs.astype(fused["U"].dtype), carry0)
+                          xs.astype(fused["U"].dtype), carry0, offsets)
         return hs, hs
 
     def time_scale(self, carry: jax.Array, x: jax.Array) -> jax.Array:

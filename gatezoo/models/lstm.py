@@ -91,13 +91,15 @@ class LSTM(RecurrentCell):
         h_new = o * jnp.tanh(c_new)
         return (c_new, h_new), h_new
 
-    def _sequence(self, fused, xs: jax.Array, carry0):
+    def _sequence(self, fused, xs: jax.Array, carry0, offsets: Any = None):
         """``(ys, (cs, hs))`` over time-major ``xs`` with the hand-written backward pass."""
         if type(self)._recur is not LSTM._recur:  # a subclass changed the step: no shortcut
             return None
         c0, h0 = carry0
+        if offsets is not None:
+            offsets = tuple(offsets)  # the custom VJP returns a tuple cotangent
         hs, cs = lstm_sequence(fused["U"], fused["W"], fused["b"], xs.astype(fused["U"].dtype),
-                               c0, h0)
+                               c0, h0, offsets)
         return hs, (cs, hs)
 
     def time_scale(self, carry, x: jax.Array) -> jax.Array:

@@ -16,10 +16,29 @@ and stacks :math:`\bar a_t`; the parameter gradients are then three large matrix
 ``dW = H_{prev}^T dA``, ``dU = X^T dA``, ``db = sum dA``. On a CPU that is about 1.3x to 2x
 faster than autodiff of the scan for hidden 128. Being a ``jax.custom_vjp``, it supports
 reverse mode (``grad``, ``vjp``, ``vmap`` of those) but not forward mode; the sequence model
-uses it only on the plain path (no ``eps``, no ``offsets``).
+uses it whenever ``eps`` is None.
+
+Optional additive ``offsets`` :math:`(\gamma_t, \delta_t)` follow
+``SequenceModel.unroll_states``: the step's new carry is shifted,
+:math:`c_t = f_t c_{t-1} + i_t g_t + \gamma_t` and :math:`h_t = o_t \tanh(\tilde c_t) +
+\delta_t` with :math:`\tilde c_t = c_t - \gamma_t` the unshifted cell state (stored apart
+so that the backward pass reads it exactly). The cotangents of :math:`\gamma_t, \delta_t`
+are the adjoints :math:`\bar c_t` (before the :math:`\bar h_t` term is added) and
+:math:`\bar h_t` of the reverse loop, only stacked.
 
 Shapes: ``xs (T, B, in)``, ``c0, h0 (B, n)``, ``U (in, 4n)``, ``W (n, 4n)``, ``b (4n,)`` or
-``None``; gate order ``[i, f, o, g]``. Returns ``hs, cs``, each ``(T, B, n)``.
+``None``, ``offsets`` a pair ``(T, B, n)`` (for ``c``, ``h``) or ``None``; gate order
+``[i, f, o, g]``. Returns ``hs, cs``, each ``(T, B, n)``.
+
+Example:
+  >>> import jax.numpy as jnp
+  >>> T, B, d, n = 5, 2, 3, 4
+  >>> zeros = jnp.zeros((T, B, n))
+  >>> hs, cs = lstm_sequence(jnp.ones((d, 4 * n)), jnp.zeros((n, 4 * n)), None,
+  ...                        jnp.ones((T, B, d)), jnp.zeros((B, n)), jnp.zeros((B, n)),
+  ...                        (zeros, zeros))
+  >>> hs.shape, cs.shape
+  ((5, 2, 4), (5, 2, 4))
 """
 
 from __future__ import annotations
@@ -33,9 +52,11 @@ __all__ = ["lstm_sequence"]
 
 def _step(U, W, b, c, h, x):
     n = h.shape[-1]
-    pre = x @ U + h @ W
+    # (x U + b) + h W, in the order of LSTM._project/_recur, so values match bit for bit
+    pre = x @ U
     if b is not None:
         pre = pre + b
+    pre = pre + h @ W
     gates = jax.nn.sigmoid(pre[..., : 3 * n])
     g = jnp.tanh(pre[..., 3 * n :])
     i, f, o = gates[..., :n], gates[..., n : 2 * n], gates[..., 2 * n :]
@@ -45,30 +66,37 @@ def _step(U, W, b, c, h, x):
 
 
 @jax.custom_vjp
-def lstm_sequence(U, W, b, xs, c0, h0):
-    """``(hs, cs)`` of the LSTM run over ``xs`` from ``(c0, h0)`` (see module docstring)."""
-    return _forward(U, W, b, xs, c0, h0)[0]
+def lstm_sequence(U, W, b, xs, c0, h0, offsets=None):
+    """``(hs, cs)`` of the LSTM over ``xs`` from ``(c0, h0)``, with ``offsets`` (see module)."""
+    return _forward(U, W, b, xs, c0, h0, offsets)[0]
 
 
-def _forward(U, W, b, xs, c0, h0):
-    def body(carry, x):
+def _forward(U, W, b, xs, c0, h0, offsets):
+    def body(carry, inp):
+        x, off = inp
         c, h = carry
         c, h, act = _step(U, W, b, c, h, x)
-        return (c, h), (h, c, act)
+        if off is None:
+            return (c, h), (h, c, act, None)
+        c_shift, h = c + off[0], h + off[1]
+        return (c_shift, h), (h, c_shift, act, c)
 
-    _, (hs, cs, acts) = jax.lax.scan(body, (c0, h0), xs)
-    return (hs, cs), acts
+    _, (hs, cs, acts, c_raw) = jax.lax.scan(body, (c0, h0), (xs, offsets))
+    return (hs, cs), (acts, c_raw)
 
 
 def _fwd(*primals):
     # symbolic_zeros: leaves arrive wrapped with a ``perturbed`` flag, which is not needed here
-    U, W, b, xs, c0, h0 = custom_vjp_primal_tree_values(primals)
-    (hs, cs), acts = _forward(U, W, b, xs, c0, h0)
-    return (hs, cs), (U, W, b, xs, c0, h0, hs, cs, acts)
+    U, W, b, xs, c0, h0, offsets = custom_vjp_primal_tree_values(primals)
+    (hs, cs), (acts, c_raw) = _forward(U, W, b, xs, c0, h0, offsets)
+    return (hs, cs), (U, W, b, xs, c0, h0, hs, cs, acts, c_raw)
 
 
 def _bwd(res, cotangents):
-    U, W, b, xs, c0, h0, hs, cs, acts = res
+    U, W, b, xs, c0, h0, hs, cs, acts, c_raw = res
+    # with offsets, tanh reads the unshifted cell state and c_{t-1} the shifted one
+    has_offsets = c_raw is not None
+    c_tanh = c_raw if has_offsets else cs
     # An unused output (the stacked ``cs`` for a last-step readout, say) comes as a symbolic
     # zero; skipping it saves building and reading a (T, B, n) array of zeros.
     dhs, dcs = (None if type(d) is SymbolicZero else d for d in cotangents)
@@ -79,11 +107,13 @@ def _bwd(res, cotangents):
     def body(carry, inp):
         dc, dh = carry
         t, dh_out, dc_out, act = inp
-        c = cs[t]
+        c = c_tanh[t]
         c_prev = jnp.where(t > 0, cs[jnp.maximum(t - 1, 0)], c0)
         i, f, o, g = act[..., :n], act[..., n : 2 * n], act[..., 2 * n : 3 * n], act[..., 3 * n :]
         dh = dh if dh_out is None else dh + dh_out
         dc = dc if dc_out is None else dc + dc_out
+        # dc, dh are now the adjoints of the (offset) carry at t, hence the offsets' cotangents
+        doff = (dc, dh) if has_offsets else None
         tc = jnp.tanh(c)
         dc = dc + dh * o * (1 - tc * tc)
         da = jnp.concatenate(
@@ -91,10 +121,10 @@ def _bwd(res, cotangents):
              dc * i * (1 - g * g)],
             axis=-1,
         )
-        return (dc * f, da @ w_t), da
+        return (dc * f, da @ w_t), (da, doff)
 
     zero = jnp.zeros_like(c0)
-    (dc0, dh0), da = jax.lax.scan(
+    (dc0, dh0), (da, doffsets) = jax.lax.scan(
         body, (zero, zero), (jnp.arange(T), dhs, dcs, acts), reverse=True
     )
     flat = da.reshape(-1, da.shape[-1])
@@ -104,7 +134,7 @@ def _bwd(res, cotangents):
         dW = dW + hs[:-1].reshape(-1, n).T @ da[1:].reshape(-1, da.shape[-1])
     db = None if b is None else flat.sum(axis=0)
     dxs = (da @ U.T).astype(xs.dtype)
-    return dU, dW, db, dxs, dc0, dh0
+    return dU, dW, db, dxs, dc0, dh0, doffsets
 
 
 lstm_sequence.defvjp(_fwd, _bwd, symbolic_zeros=True)

@@ -29,11 +29,12 @@ class SequenceModel(nnx.Module):
     ``(batch, T, out)`` for ``"all"``. Any cell with Flax's recurrent contract works; a cell with
     a ``project``/``recur`` pair gets its input projection hoisted out of the time loop. The
     built-in GRU and LSTM instead build their concatenated kernels once outside the loop and,
-    on the plain path (no ``eps``, no ``offsets``), run a whole-sequence function with a
-    hand-written backward pass (``gru_scan.py``, ``lstm_scan.py``): same values and gradients,
-    about 1.4x faster train steps on CPU, reverse-mode only. For forward mode (``jax.jvp``)
-    through them pass ``eps=1.0``, which has the same values and derivatives and takes the
-    generic autodiff path. ``unroll`` applies to the generic ``lax.scan`` only.
+    when ``eps`` is None (with or without ``offsets``), run a whole-sequence function with a
+    hand-written backward pass (``gru_scan.py``, ``lstm_scan.py``): same values and gradients
+    (``offsets``' included), about 1.4x faster train steps on CPU, reverse-mode only. For
+    forward mode (``jax.jvp``) through them pass ``eps=1.0``, which has the same values and
+    derivatives and takes the generic autodiff path. ``unroll`` applies to the generic
+    ``lax.scan`` only.
 
     Example:
       >>> from flax import nnx
@@ -112,8 +113,8 @@ class SequenceModel(nnx.Module):
             # projection and its stacked cotangent cost more than T tiny matmuls.
             cell._check_input(xs_t)
             fused = cell._fuse()
-            if eps is None and offsets is None and callable(getattr(cell, "_sequence", None)):
-                out = cell._sequence(fused, xs_t, carry0)
+            if eps is None and callable(getattr(cell, "_sequence", None)):
+                out = cell._sequence(fused, xs_t, carry0, offsets)
                 if out is not None:
                     return out
             seq = xs_t
