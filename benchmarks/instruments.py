@@ -16,6 +16,9 @@ Usage::
     python benchmarks/instruments.py                 # all sizes, vector + gru cells
     python benchmarks/instruments.py --sizes 64x80 --cells vector --steps 20
 
+Each ratio is printed in wall time and in process CPU time (the steadier one on a shared machine:
+XLA:CPU runs these steps on one thread).
+
 Goals (issue 4): economy <= 1.3x and expansion <= 2x every step. For comparison, Cockpit's
 cheapest preset costs 1.5x tracked every step and its full preset 21x.
 """
@@ -116,18 +119,22 @@ def timeit(fn, *args, repeats: int = 3) -> float:
     return best
 
 
-def interleaved(fns: dict, args: tuple, repeats: int) -> dict[str, float]:
-    """Best-of-``repeats`` wall time per function, the functions alternating in every round so
-    that a change of machine load hits all of them alike."""
+def interleaved(fns: dict, args: tuple, repeats: int) -> tuple[dict[str, float], dict[str, float]]:
+    """Best-of-``repeats`` wall time and process CPU time per function, the functions alternating
+    in every round so that a change of machine load hits all of them alike. (XLA:CPU runs these
+    steps on one thread, so CPU time is the steadier figure when other processes share the
+    cores.)"""
     for fn in fns.values():
         jax.block_until_ready(fn(*args))  # compile + warm
     best = {k: float("inf") for k in fns}
+    cpu = {k: float("inf") for k in fns}
     for _ in range(repeats):
         for k, fn in fns.items():
-            t = time.perf_counter()
+            t, c = time.perf_counter(), time.process_time()
             jax.block_until_ready(fn(*args))
             best[k] = min(best[k], time.perf_counter() - t)
-    return best
+            cpu[k] = min(cpu[k], time.process_time() - c)
+    return best, cpu
 
 
 def main() -> None:
@@ -141,8 +148,9 @@ def main() -> None:
     print(f"# {platform.node()} {platform.processor() or platform.machine()} "
           f"cores={os.cpu_count()} jax={jax.__version__} backend={jax.default_backend()} "
           f"load={os.getloadavg()[0]:.2f} date={time.strftime('%Y-%m-%d %H:%M')}")
+    print("ratios to the uninstrumented step of the same run: wall time, then process CPU time")
     header = (f"{'cell':7} {'size':9} {'base ms':>8} {'economy':>8} {'expansion':>9} "
-              f"{'econ+exp':>8}")
+              f"{'econ+exp':>8} {'cpu econ':>8} {'cpu exp':>8} {'cpu e+e':>8}")
     if not args.no_probes:
         header += f" {'sens s':>8} {'aniso s':>8} {'trunc s':>8}"
     print(header)
@@ -162,11 +170,12 @@ def main() -> None:
                                  ("econ+exp", ["economy", "expansion"])):
                 insts = make_instruments(names, fns) if names else []
                 runs[label] = make_run(fns, params, insts, opt, args.steps)
-            times = interleaved(runs, (params, s0, xs, ys, probe), args.repeats)
-            base = times["base"]
+            times, cpu = interleaved(runs, (params, s0, xs, ys, probe), args.repeats)
+            base, cbase = times["base"], cpu["base"]
             line = (f"{cell_name:7} {size:9} {1e3 * base / args.steps:8.2f} "
                     f"{times['economy'] / base:7.2f}x {times['expansion'] / base:8.2f}x "
-                    f"{times['econ+exp'] / base:7.2f}x")
+                    f"{times['econ+exp'] / base:7.2f}x {cpu['economy'] / cbase:7.2f}x "
+                    f"{cpu['expansion'] / cbase:7.2f}x {cpu['econ+exp'] / cbase:7.2f}x")
             if not args.no_probes:
                 for name in ("sensitivity", "anisotropy", "truncation"):
                     kw = {"max_lag": 64} if (name == "sensitivity" and T > 200) else {}

@@ -242,3 +242,23 @@ def test_retention_transport_and_order_statistics(x64):
     m = rng.random(x.size) > 0.4
     np.testing.assert_allclose(masked_quantiles(jnp.asarray(x.ravel()), jnp.asarray(m), (0.01,)),
                                np.quantile(x.ravel()[m], [0.01]), rtol=1e-15)
+
+
+def test_window_products_by_doubling_and_suffix_means(x64):
+    """Products over windows of any length (binary digits of the lag) and suffix-product means,
+    against Python loops; windows reaching before the start give 0."""
+    from gatezoo.instruments.stats import suffix_mean_products, window_products_at
+
+    rng = np.random.default_rng(5)
+    f = rng.random((13, 2, 3))
+    ends = np.array([0, 2, 6, 12])
+    lags = (1, 3, 5, 6, 7, 11, 13)
+    got = np.asarray(window_products_at(jnp.asarray(f), jnp.asarray(ends), lags))
+    for i, ell in enumerate(lags):
+        for n, end in enumerate(ends):
+            want = np.prod(f[end - ell + 1:end + 1], axis=0) if end - ell + 1 >= 0 else 0.0
+            np.testing.assert_allclose(got[i, n], want, rtol=1e-13, atol=0)
+    sm = np.asarray(suffix_mean_products(jnp.asarray(f)))
+    for ell in range(13):
+        np.testing.assert_allclose(sm[ell], np.mean(np.prod(f[12 - ell:], axis=0), axis=-1),
+                                   rtol=1e-13)

@@ -15,36 +15,32 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from gatezoo.instruments.optimizer import adam_rows, learning_rate_in_force, momentum_beta
-from gatezoo.instruments.stats import LOG_FLOOR, lag_grid, pearson, prefix_sum
+from gatezoo.instruments.stats import lag_grid, pearson, window_products_at
 from gatezoo.instruments.views import Measure, StepViews
 
 __all__ = ["retention_transport", "effective_lr", "analogies"]
 
 
-def retention_transport(alpha: jax.Array, lags: jax.Array, max_ends: int = 32) -> jax.Array:
+def retention_transport(alpha: jax.Array, lags, max_ends: int = 32) -> jax.Array:
     r"""``(len(lags), hidden)``: :math:`E_{b,t}\prod_{j=t-\ell+1}^{t}(1-\alpha_j)` per neuron.
 
     Windows must fit in the sequence (``t >= ell``); the expectation over ``t`` uses at most
-    ``max_ends`` end times evenly strided over the sequence. Computed with cumulative sums of
-    ``log(1 - alpha)`` and one ``lax.map`` over the lags (memory ``O(T batch hidden)``).
+    ``max_ends`` end times evenly strided over the sequence. ``lags`` are concrete integers
+    (a tuple, list or array). The window products are built by doubling with multiplications
+    only (:func:`~gatezoo.instruments.stats.window_products_at`): no logs or exponentials, which
+    cost more than the rest of the instrument on CPU; memory ``O(log(max lag) T batch hidden)``.
     """
+    lags = tuple(int(v) for v in np.asarray(lags).reshape(-1))
     T = alpha.shape[0]
-    log_keep = jnp.maximum(jnp.log1p(-alpha), LOG_FLOOR)  # alpha = 1 (Elman): keep exactly 0
-    cum = jnp.concatenate([jnp.zeros_like(alpha[:1]), prefix_sum(log_keep)], axis=0)
-    # cum[n] = sum_{j<=n} log(1 - alpha_j), n = 0..T
-    t = jnp.arange(1, T + 1)[:: max(1, -(-T // max_ends))]
-    cum_t = cum[t]
-
-    def one(ell):
-        lo = t - ell
-        valid = (lo >= 0)[:, None, None]
-        g = jnp.exp(cum_t - cum[jnp.clip(lo, 0)])
-        g = jnp.where(valid, g, 0.0)
-        return jnp.sum(g, axis=(0, 1)) / (jnp.sum(valid) * alpha.shape[1])
-
-    return jax.lax.map(one, lags)
+    t = np.arange(1, T + 1)[:: max(1, -(-T // max_ends))]  # 1-indexed end times
+    g = window_products_at(1.0 - alpha, jnp.asarray(t - 1), lags)  # (L, n_ends, b, hidden)
+    valid = jnp.asarray(t[None, :] >= np.asarray(lags)[:, None])  # (L, n_ends)
+    g = jnp.where(valid[:, :, None, None], g, 0.0)
+    count = jnp.sum(valid, axis=1).astype(alpha.dtype) * alpha.shape[1]
+    return jnp.sum(g, axis=(1, 2)) / count[:, None]
 
 
 def _base_rate(ctx, views: StepViews) -> jax.Array:
@@ -73,7 +69,7 @@ def effective_lr(fns, *, every: int = 1) -> Measure:
         grid = lag_grid(views.seq_len)
         out = {"effective_lr/base": jnp.mean(base)}
         if grid:
-            gamma = retention_transport(views.alpha, jnp.asarray(grid))
+            gamma = retention_transport(views.alpha, grid)
             mu = base[None, :] * gamma
             for i, ell in enumerate(grid):
                 out[f"effective_lr/envelope@{ell}"] = jnp.sum(mu[i])

@@ -4,7 +4,7 @@ Measured profile: the adjoint norm :math:`\|\partial L/\partial h_{T-\ell}\|` at
 the last step, from the same backward pass as the gradient (no extra pass).
 
 Predictors, per example ``b`` and lag ``ell``, as neuron means of products over the window
-(cumulative sums of logs from the last step, no loop over lags):
+(cumulative products from the last step, no loop over lags):
 
 * candidate weight :math:`P^{c}_\ell = \tfrac1{d_h}\sum_i \prod_{j=T-\ell+1}^{T} \alpha^{(i)}_j`
   (the S1 code's predictor, :math:`\alpha^\ell` for a constant gate);
@@ -19,7 +19,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from gatezoo.instruments.stats import LOG_FLOOR, fast_median, lag_grid, power_fit, prefix_sum
+from gatezoo.instruments.stats import fast_median, lag_grid, power_fit, suffix_mean_products
 from gatezoo.instruments.views import Measure, StepViews
 
 __all__ = ["adjoint_profile", "window_products", "lags", "transport"]
@@ -30,14 +30,17 @@ def adjoint_profile(norms: jax.Array) -> jax.Array:
     return fast_median(norms[::-1])
 
 
-def window_products(log_factor: jax.Array) -> jax.Array:
-    """Neuron-mean products over the last ``ell`` steps, ``(T, batch, hidden) -> (T-1, batch)``.
+def window_products(factor: jax.Array) -> jax.Array:
+    """Neuron-mean products over the last ``ell`` steps, ``(..., T, batch, hidden) -> (..., T-1,
+    batch)`` (leading axes, e.g. one per predictor, pass through).
 
-    Row ``ell - 1`` holds :math:`\\tfrac1{d_h}\\sum_i\\exp\\sum_{j>T-\\ell} \\log f^{(i)}_j` for
-    ``ell = 1..T-1``.
+    Row ``ell - 1`` holds :math:`\\tfrac1{d_h}\\sum_i\\prod_{j>T-\\ell} f^{(i)}_j` for
+    ``ell = 1..T-1``: a cumulative product from the last step (no logs, see
+    :func:`~gatezoo.instruments.stats.suffix_mean_products`).
     """
-    cum = prefix_sum(log_factor[::-1])[:-1]
-    return jnp.mean(jnp.exp(cum), axis=-1)
+    lead = factor.ndim - 3
+    means = suffix_mean_products(jnp.moveaxis(factor, lead, 0))[:-1]  # (T-1, ..., batch)
+    return jnp.moveaxis(means, 0, lead)
 
 
 def lags(fns, *, every: int = 1) -> Measure:
@@ -74,18 +77,18 @@ def transport(fns, *, every: int = 1) -> Measure:
         norms = views.adjoint_norms[:, : alpha.shape[1]]  # (T, b)
         T = norms.shape[0]
         measured = jnp.log(norms[::-1][1:])  # lag 1..T-1
+        # both predictors in one pass: (2, T, b, hidden) factors, products, fits and medians
+        p = window_products(jnp.stack([alpha, 1.0 - alpha]))  # (2, T-1, b)
+        s, r2 = jax.vmap(lambda lp: power_fit(lp, measured, jnp.ones_like(measured, bool)))(
+            jnp.log(p)
+        )
+        med = fast_median(p)  # (2, T-1)
         out = {}
-        for tag, log_f in (
-            ("candidate", jnp.log(alpha)),
-            ("retention", jnp.maximum(jnp.log1p(-alpha), LOG_FLOOR)),
-        ):
-            p = window_products(log_f)
-            s, r2 = power_fit(jnp.log(p), measured, jnp.ones_like(measured, bool))
-            out[f"transport/{tag}_s"] = s
-            out[f"transport/{tag}_r2"] = r2
-            med = fast_median(p)
+        for i, tag in enumerate(("candidate", "retention")):
+            out[f"transport/{tag}_s"] = s[i]
+            out[f"transport/{tag}_r2"] = r2[i]
             for ell in lag_grid(T):
-                out[f"transport/{tag}@{ell}"] = med[ell - 1]
+                out[f"transport/{tag}@{ell}"] = med[i, ell - 1]
         return out, state
 
     return Measure(
