@@ -38,6 +38,415 @@ def _cmd_list(args: argparse.Namespace) -> int:
 _LIST_SECTIONS: list = []
 
 
+def _list_tasks() -> dict[str, str]:
+    from gatezoo.tasks import TASKS
+
+    return {name: entry.description for name, entry in TASKS.items()}
+
+
+def _list_optimizers() -> dict[str, str]:
+    from gatezoo.training.optimizers import OPTIMIZERS
+
+    return {name: entry.description for name, entry in OPTIMIZERS.items()}
+
+
+def _list_schedules() -> dict[str, str]:
+    from gatezoo.training.optimizers import SCHEDULES
+
+    return dict(SCHEDULES)
+
+
+def _list_instruments() -> dict[str, str]:
+    from gatezoo.instruments import list_section
+
+    return list_section()
+
+
+_LIST_SECTIONS += [
+    ("tasks", _list_tasks), ("optimizers", _list_optimizers), ("schedules", _list_schedules),
+    ("instruments", _list_instruments),
+]
+
+
+# -- gatezoo train ------------------------------------------------------------------------------
+
+# (flag, TrainConfig field, type, help); every default is None so that a --config file (or the
+# stored config of a resumed run) is the base and only the flags given override it.
+_TRAIN_FLAGS = [
+    ("--cell", "cell", str, "cell name (gatezoo list cells); default gru"),
+    ("--hidden", "hidden", int, "hidden size d_h; default 64"),
+    ("--init", "init", str, "weight init: flax, torch or normal; default flax"),
+    ("--init-std", "init_std", float, "std of --init normal; default 0.2"),
+    ("--gate-bias", "gate_bias", None, "time-scale gate bias (float) or 'chrono'; default 0"),
+    ("--task", "task", str, "task name (gatezoo list tasks); default adding"),
+    ("--seq-len", "seq_len", int, "sequence length T; default: the task's"),
+    ("--optimizer", "optimizer", str,
+     "sgd, momentum, nesterov, adam, adamw, rmsprop; default adam"),
+    ("--lr", "learning_rate", float, "peak learning rate; default 1e-3"),
+    ("--schedule", "schedule", str,
+     "constant, cosine, warmup-cosine, exponential, step; default constant"),
+    ("--momentum", "momentum", float, "momentum beta of momentum/nesterov; default 0.9"),
+    ("--clip", "clip", float, "clip gradients to this global norm; default off"),
+    ("--warmup", "warmup", int, "warmup steps of warmup-cosine; default 0"),
+    ("--steps", "steps", int, "number of updates; default 1000"),
+    ("--batch", "batch_size", int, "batch size per seed (divided over devices); default 64"),
+    ("--seeds", "seeds", str, "a count ('4' = seeds 0..3) or a list ('0,5,7'), run side by side "
+     "with vmap; default 1"),
+    ("--dtype", "dtype", str, "float32, float64 (switches on jax_enable_x64) or bfloat16; "
+     "default float32"),
+    ("--steps-per-call", "steps_per_call", int,
+     "K, compiled steps per host round trip; default 50"),
+    ("--eval-every", "eval_every", int, "evaluate on held-out batches every N steps; default 200"),
+    ("--eval-batches", "eval_batches", int, "held-out batches per evaluation; default 4"),
+    ("--checkpoint-every", "checkpoint_every", int, "save a checkpoint every N steps; default 500"),
+    ("--keep", "keep_checkpoints", int, "keep the last k checkpoints; default 3"),
+    ("--devices", "devices", int, "shard the batch over exactly N devices (the batch must divide); "
+     "default: all devices when the batch divides, else one"),
+    ("--seed-batch", "seed_batch", int, "vmap seeds in groups of k, groups one after another "
+     "inside the compiled step; default: 1 on CPU (faster there), all seeds in one vmap "
+     "on GPU/TPU"),
+    ("--instruments", "instruments", str,
+     "instruments to attach, comma-separated names or tiers (economy, full)"),
+    ("--probe-batch", "probe_batch_size", int, "probe batch size of probe-tier instruments; "
+     "default 16"),
+    ("--compat", "compat", str, "exact (default) or paper-code conventions"),
+]
+
+
+def _parse_value(text: str):
+    import json
+
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+def _parse_pairs(items: Sequence[str], flag: str) -> dict:
+    out = {}
+    for item in items:
+        for part in item.split(","):
+            if not part:
+                continue
+            key, sep, value = part.partition("=")
+            if not sep or not key:
+                raise UsageError(f"{flag} takes NAME=VALUE, got {part!r}")
+            out[key.strip()] = _parse_value(value.strip())
+    return out
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    import time
+    from pathlib import Path
+
+    from gatezoo.training.config import TrainConfig
+
+    out = Path(args.out) if args.out else None
+    if args.resume and out is None:
+        raise UsageError("--resume needs --out RUN_DIR (the folder of the run to continue)")
+    if args.config:
+        base = TrainConfig.from_json(args.config)
+    elif args.resume and (out / "config.json").is_file():
+        base = TrainConfig.from_json(out / "config.json")
+    else:
+        base = TrainConfig()
+    changes: dict = {}
+    for _, field, _, _ in _TRAIN_FLAGS:
+        value = getattr(args, field)
+        if value is not None:
+            changes[field] = value
+    if "gate_bias" in changes and changes["gate_bias"] != "chrono":
+        try:
+            changes["gate_bias"] = float(changes["gate_bias"])
+        except ValueError:
+            raise UsageError(
+                f"--gate-bias must be a number or 'chrono', got {changes['gate_bias']!r}"
+            ) from None
+    if args.cell_option:
+        changes["cell_options"] = {**base.cell_options, **_parse_pairs(args.cell_option,
+                                                                       "--cell-option")}
+    if args.task_option:
+        changes["task_options"] = {**base.task_options, **_parse_pairs(args.task_option,
+                                                                       "--task-option")}
+    if args.every:
+        changes["every"] = {**base.every, **_parse_pairs(args.every, "--every")}
+    if args.fixed_batch:
+        changes["fixed_batch"] = True
+    config = TrainConfig.from_dict({**base.to_dict(), **changes})
+    if out is None:
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        out = Path("runs") / f"{config.cell}-{config.task}-{stamp}"
+
+    from gatezoo.training.loop import TrainingDiverged, train
+
+    try:
+        result = train(config, out, resume=args.resume, progress=not args.quiet)
+    except TrainingDiverged as err:
+        print(f"gatezoo train: {err}", file=sys.stderr)
+        return 1
+    ev = result.final_eval
+    if "loss" in ev:
+        import numpy as np
+
+        from gatezoo.training.loop import load_task
+
+        losses = np.asarray(ev["loss"])
+        baseline = getattr(load_task(config), "baseline", None)
+        text = f"eval loss {losses.mean():.4g} (seeds: {', '.join(f'{v:.4g}' for v in losses)})"
+        if baseline is not None:
+            text += f"; baseline {baseline:.4g}"
+        print(text)
+    print(f"run folder: {out}")
+    return 0
+
+
+def _add_train_parser(sub) -> None:
+    p = sub.add_parser(
+        "train",
+        help="train a cell on a task (seeds side by side), with checkpoints and metrics",
+        description=(
+            "Train a cell on a benchmark task with an Optax optimizer. Seeds run side by side "
+            "(jax.vmap), K steps per host round trip run as one compiled lax.scan, the batch is "
+            "sharded over devices. The run folder gets config.json, metrics.jsonl (one line per "
+            "step and seed), checkpoints/ (orbax) and events/ (TensorBoard, with the "
+            "tensorboard extra). Every flag has a working default; flags override --config."
+        ),
+        epilog=(
+            "examples:\n"
+            "  gatezoo train --cell gru --task adding --seq-len 50 --lr 1e-2 --steps 400 "
+            "--seeds 4\n"
+            "  gatezoo train --config run.json --out runs/mine\n"
+            "  gatezoo train --out runs/mine --resume --steps 2000\n"
+            "  gatezoo train --dtype float64 ...   (enables jax_enable_x64 for the process)\n"
+            "  gatezoo train --seeds 32 --seed-batch 1   (on CPUs: see benchmarks/README.md)\n"
+            "several hosts: set JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES and JAX_PROCESS_ID\n"
+            "(or GATEZOO_DISTRIBUTED=auto under SLURM/MPI/Cloud TPU) and run the same command\n"
+            "on every host; process 0 writes the run folder."
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--config", metavar="FILE", help="JSON file of TrainConfig fields")
+    p.add_argument("--out", metavar="DIR",
+                   help="run folder; default runs/<cell>-<task>-<timestamp>")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the run in --out from its newest checkpoint")
+    for flag, field, kind, help_text in _TRAIN_FLAGS:
+        p.add_argument(flag, dest=field, type=kind, default=None, help=help_text)
+    p.add_argument("--cell-option", action="append", metavar="K=V",
+                   help="cell option, e.g. alpha=0.8 for leaky (repeatable)")
+    p.add_argument("--task-option", action="append", metavar="K=V",
+                   help="task option, e.g. channels=6 for adding (repeatable)")
+    p.add_argument("--every", action="append", metavar="NAME=N",
+                   help="track instrument NAME every N steps (repeatable or comma-separated)")
+    p.add_argument("--fixed-batch", action="store_true",
+                   help="the same training batch at every step (the S2 experiment's quirk)")
+    p.add_argument("--quiet", action="store_true", help="no progress line")
+    p.set_defaults(func=_cmd_train)
+
+
+# -- compare, reproduce, report ----------------------------------------------------------------
+
+
+def _csv(text: str | None) -> tuple[str, ...] | None:
+    if text is None:
+        return None
+    return tuple(part.strip() for part in text.split(",") if part.strip())
+
+
+def _timestamp() -> str:
+    import time
+
+    return time.strftime("%Y%m%d-%H%M%S")
+
+
+def _cmd_compare(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from gatezoo.experiments.compare import CompareConfig, run_compare
+
+    base = CompareConfig()
+    changes: dict = {}
+    for flag, field in (("cells", "cells"), ("optimizers", "optimizers"),
+                        ("schedules", "schedules"), ("instruments", "instruments")):
+        value = _csv(getattr(args, flag))
+        if value is not None:
+            changes[field] = value
+    for field in ("task", "seq_len", "seeds", "steps", "batch_size", "hidden", "target",
+                  "eval_every", "compat"):
+        value = getattr(args, field)
+        if value is not None:
+            changes[field] = value
+    if args.lr:
+        changes["learning_rates"] = {k: float(v) for k, v in _parse_pairs(args.lr, "--lr").items()}
+    if args.every:
+        changes["every"] = {k: int(v) for k, v in _parse_pairs(args.every, "--every").items()}
+    if args.task_option:
+        changes["task_options"] = _parse_pairs(args.task_option, "--task-option")
+    config = dataclasses.replace(base, **changes)
+    out = args.out or f"runs/compare-{_timestamp()}"
+    from gatezoo.experiments.compare import default_workers
+
+    workers = args.workers if args.workers is not None else default_workers()
+    try:
+        run_compare(config, out, progress=not args.quiet, workers=workers)
+    except KeyboardInterrupt:
+        print(f"gatezoo compare: interrupted; building the report of what finished in {out}",
+              file=sys.stderr)
+        _report_quietly(out)
+        raise
+    from gatezoo.report import build_report
+
+    page = build_report(out)
+    print(f"report: {page}")
+    return 0
+
+
+def _report_quietly(out) -> None:
+    from gatezoo.report import build_report
+
+    try:
+        page = build_report(out)
+        print(f"report: {page}", file=sys.stderr)
+    except (FileNotFoundError, ValueError) as err:
+        print(f"gatezoo: no report: {err}", file=sys.stderr)
+
+
+def _cmd_reproduce(args: argparse.Namespace) -> int:
+    import dataclasses
+    import time
+
+    import jax
+
+    from gatezoo.experiments.appendix import AppendixConfig, run_appendix
+    from gatezoo.experiments.s1 import S1Config, run_s1
+    from gatezoo.experiments.s2 import S2Config, run_s2
+    from gatezoo.report import build_report
+
+    which = args.experiment
+    out = args.out or f"runs/reproduce-{which}-{_timestamp()}"
+    tasks = _csv(args.tasks)
+
+    def log(msg: str) -> None:
+        if not args.quiet:
+            print(msg, file=sys.stderr, flush=True)
+
+    start = time.perf_counter()
+    # float64 for the expansion check and the SVDs (training stays float32 by explicit dtypes);
+    # a context, so that a caller's (or a test's) global setting is left as it was
+    x64 = jax.enable_x64(True)
+    x64.__enter__()
+    try:
+        if which in ("appendix", "all"):
+            cfg = AppendixConfig(compat=args.compat, **(
+                {"seeds": args.seeds} if args.seeds else {}))
+            summary = run_appendix(cfg, out)
+            for gate, g in summary["gates"].items():
+                a = g["aggregate"]
+                log(f"appendix {gate}: small-eps slope {a['slope_mean']:.4f} +/- "
+                    f"{a['slope_std']:.4f} ({a['n_kept']} seeds kept), median r_j "
+                    f"{a['r_median_of_medians']:.3g}, {g['wall_time_s']:.1f} s")
+        if which in ("s1", "all"):
+            cfg = S1Config(compat=args.compat, **({"seeds": args.seeds} if args.seeds else {}),
+                           **({"tasks": tasks} if tasks else {}))
+            steps = args.steps if args.steps else (800 if which == "all" else 600)
+            cfg = cfg.with_steps(steps)
+            if args.models:
+                cfg = dataclasses.replace(cfg, models=_csv(args.models))
+            run_s1(cfg, out, log=log)
+        if which in ("s2", "all"):
+            cfg = S2Config(compat=args.compat, **({"seeds": args.seeds} if args.seeds else {}),
+                           **({"tasks": tasks} if tasks else {}))
+            steps = args.steps if args.steps else (1200 if which == "all" else 800)
+            cfg = cfg.with_steps(steps)
+            if args.models:
+                cfg = dataclasses.replace(cfg, models=_csv(args.models))
+            run_s2(cfg, out, log=log)
+    except KeyboardInterrupt:
+        print(f"gatezoo reproduce: interrupted; report of what finished in {out}",
+              file=sys.stderr)
+        _report_quietly(out)
+        raise
+    finally:
+        x64.__exit__(None, None, None)
+    page = build_report(out)
+    print(f"reproduce {which}: {time.perf_counter() - start:.1f} s; report: {page}")
+    return 0
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from gatezoo.report import build_report
+
+    page = build_report(args.run_dir, args.out)
+    print(f"report: {page}")
+    return 0
+
+
+def _add_experiment_parsers(sub) -> None:
+    p = sub.add_parser(
+        "compare",
+        help="train cells x optimizers on one task with instruments; write a report",
+        description="Train a grid of cells x optimizers (x schedules) x seeds on one task "
+        "(seeds vmapped), with instruments on, and write report.html, summary.json, table.md "
+        "and figures/*.png. With no arguments: the adding task (T=50), cells leaky, scalar, "
+        "vector, gru, lstm; optimizers sgd, momentum, adam; 3 seeds; 300 steps.",
+    )
+    p.add_argument("--task", help="task name (default adding)")
+    p.add_argument("--seq-len", type=int, help="sequence length T (default 50)")
+    p.add_argument("--task-option", action="append", metavar="KEY=VALUE", default=[],
+                   help="task option (repeatable)")
+    p.add_argument("--cells", help="comma-separated cell names")
+    p.add_argument("--optimizers", help="comma-separated optimizer names")
+    p.add_argument("--schedules", help="comma-separated schedules (default constant)")
+    p.add_argument("--lr", action="append", metavar="OPT=RATE", default=[],
+                   help="learning rate per optimizer, e.g. --lr sgd=0.05 (repeatable)")
+    p.add_argument("--seeds", type=int, help="number of seeds (default 3)")
+    p.add_argument("--steps", type=int, help="training steps per run (default 300)")
+    p.add_argument("--batch-size", type=int, help="batch size (default 32)")
+    p.add_argument("--hidden", type=int, help="hidden size (default 32)")
+    p.add_argument("--instruments", help="comma-separated instruments/presets "
+                   "(default economy,expansion,anisotropy)")
+    p.add_argument("--every", action="append", metavar="NAME=N", default=[],
+                   help="instrument or tier schedule (default step=10,probe=150; repeatable)")
+    p.add_argument("--eval-every", type=int, help="held-out evaluation period (default 100)")
+    p.add_argument("--target", type=float,
+                   help="loss for the steps-to-target column (default half the baseline)")
+    p.add_argument("--compat", choices=("exact", "paper-code"), help="Jacobian conventions")
+    p.add_argument("--workers", type=int, help="grid cells trained at once in separate "
+                   "processes (default 2 on a CPU-only machine with 2+ cores, else 1)")
+    p.add_argument("--out", help="output folder (default runs/compare-<timestamp>); an "
+                   "existing compare folder continues where it stopped")
+    p.add_argument("--quiet", action="store_true", help="no progress line")
+    p.set_defaults(func=_cmd_compare)
+
+    p = sub.add_parser(
+        "reproduce",
+        help="reproduce the paper's experiments (appendix, s1, s2, all)",
+        description="Run the experiments of THEORY.md §6 with the paper's settings: appendix "
+        "(first-order expansion check, 20 seeds), s1 (effective-LR profiles, SGD, 600 steps; "
+        "800 via 'all'), s2 (anisotropy, 800 iterations; 1200 via 'all'). Writes JSON "
+        "summaries, figures and report.html.",
+    )
+    p.add_argument("experiment", choices=("appendix", "s1", "s2", "all"))
+    p.add_argument("--seeds", type=int, help="number of seeds (default 20)")
+    p.add_argument("--tasks", help="comma-separated tasks (s1: adding,recall,sinmix,short; "
+                   "s2: adding,ar2,movingavg,delaysum,narma10,narma20)")
+    p.add_argument("--models", help="comma-separated models (s1: leaky,scalar,vector; "
+                   "s2: plain,scalar,multi)")
+    p.add_argument("--steps", type=int, help="training iterations (checkpoints clipped to it)")
+    p.add_argument("--compat", choices=("exact", "paper-code"), default="exact",
+                   help="exact mathematics (default) or the authors' code conventions")
+    p.add_argument("--out", help="output folder (default runs/reproduce-<what>-<timestamp>)")
+    p.add_argument("--quiet", action="store_true", help="no progress lines")
+    p.set_defaults(func=_cmd_reproduce)
+
+    p = sub.add_parser("report", help="rebuild the report of a (finished or interrupted) run",
+                       description="Rebuild report.html, summary.json, table.md and "
+                       "figures/*.png from the files of a run folder.")
+    p.add_argument("run_dir", help="a compare, reproduce or train run folder")
+    p.add_argument("--out", help="write the report here instead of into RUN_DIR")
+    p.set_defaults(func=_cmd_report)
+
+
 def _build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="gatezoo",
@@ -53,6 +462,8 @@ def _build_parser() -> argparse.ArgumentParser:
         "what", nargs="?", default=None, help="only this section (cells, tasks, optimizers, ...)"
     )
     p.set_defaults(func=_cmd_list)
+    _add_train_parser(sub)
+    _add_experiment_parsers(sub)
     return parser
 
 

@@ -1,0 +1,293 @@
+"""``gatezoo compare``: a grid of cells x optimizers (x schedules) on one task, seeds vmapped.
+
+Each grid cell is an ordinary training run (:func:`gatezoo.training.train`) with instruments on,
+written to its own sub-folder of the compare folder, so every part of the comparison can be
+opened, resumed or re-plotted on its own:
+
+.. code-block:: text
+
+    runs/compare-<timestamp>/
+      compare.json              the grid (what was asked) and the status of each cell
+      <cell>-<optimizer>[-<schedule>]/
+        config.json metrics.jsonl checkpoints/ result.json (when that run finished)
+      report.html summary.json table.md figures/*.png   (gatezoo.report)
+
+The defaults are the README's main job: the adding task, cells leaky, scalar, vector, GRU and
+LSTM, optimizers SGD, momentum and Adam, three seeds, sized to finish in about five minutes on a
+2-core CPU.
+
+Example:
+  >>> # from gatezoo.experiments.compare import CompareConfig, run_compare
+  >>> # run_compare(CompareConfig(cells=("gru",), optimizers=("adam",), steps=50), "runs/x")
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+__all__ = ["CompareConfig", "DEFAULT_LR", "grid", "run_name", "run_compare", "default_workers"]
+
+#: base learning rate per optimizer when none is given (chosen so every cell trains stably)
+DEFAULT_LR = {"sgd": 0.1, "momentum": 0.02, "nesterov": 0.02, "adam": 1e-2, "adamw": 1e-2,
+              "rmsprop": 1e-3}
+
+
+@dataclasses.dataclass(frozen=True)
+class CompareConfig:
+    """The grid and the shared settings of every run in it.
+
+    Attributes:
+      task, seq_len, task_options: the task (``seq_len=None``: the task's default).
+      cells: cell names; ``cell_options``: per-cell options, e.g. ``{"leaky": {"alpha": 0.8}}``.
+      optimizers: optimizer names; ``learning_rates``: per-optimizer base rates (missing ones
+        from :data:`DEFAULT_LR`).
+      schedules: learning-rate schedules (each multiplies the grid).
+      seeds: number of seeds (``0 .. seeds - 1``), vmapped inside each run.
+      steps, batch_size, hidden: the run's size.
+      instruments: instrument names or presets attached to every run (gate instruments are
+        skipped for cells without gates); ``every``: their schedule (names or tiers).
+      target: loss to reach for the "steps to target" column (``None``: half the task's
+        trivial baseline).
+    """
+
+    task: str = "adding"
+    seq_len: int | None = 50
+    task_options: dict = dataclasses.field(default_factory=dict)
+    cells: tuple[str, ...] = ("leaky", "scalar", "vector", "gru", "lstm")
+    cell_options: dict = dataclasses.field(default_factory=lambda: {"leaky": {"alpha": 0.8}})
+    optimizers: tuple[str, ...] = ("sgd", "momentum", "adam")
+    learning_rates: dict = dataclasses.field(default_factory=dict)
+    schedules: tuple[str, ...] = ("constant",)
+    seeds: int = 3
+    steps: int = 300
+    batch_size: int = 32
+    hidden: int = 32
+    instruments: tuple[str, ...] = ("economy", "expansion", "anisotropy")
+    every: dict = dataclasses.field(
+        default_factory=lambda: {"step": 10, "probe": 150})
+    eval_every: int = 100
+    steps_per_call: int = 50
+    compat: str = "exact"
+    target: float | None = None
+
+    def __post_init__(self):
+        for name in ("cells", "optimizers", "schedules"):
+            if not getattr(self, name):
+                raise ValueError(f"compare needs at least one entry in {name}")
+        for name in ("seeds", "steps", "batch_size", "hidden"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+                raise ValueError(f"{name} must be a positive integer, got {v!r}")
+
+    def learning_rate(self, optimizer: str) -> float:
+        return float(self.learning_rates.get(optimizer, DEFAULT_LR.get(optimizer, 1e-3)))
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        for k in ("cells", "optimizers", "schedules", "instruments"):
+            d[k] = list(d[k])
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> CompareConfig:
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise ValueError(f"unknown compare field(s) {', '.join(unknown)}")
+        d = dict(d)
+        for k in ("cells", "optimizers", "schedules", "instruments"):
+            if k in d:
+                d[k] = tuple(d[k])
+        return cls(**d)
+
+
+def run_name(cell: str, optimizer: str, schedule: str, schedules: tuple[str, ...]) -> str:
+    """Sub-folder of one grid cell: ``<cell>-<optimizer>`` (plus ``-<schedule>`` if several)."""
+    return f"{cell}-{optimizer}" + (f"-{schedule}" if len(schedules) > 1 else "")
+
+
+def grid(config: CompareConfig) -> list[dict[str, Any]]:
+    """The grid cells in run order: ``{"name", "cell", "optimizer", "schedule"}``."""
+    return [
+        {"name": run_name(c, o, s, config.schedules), "cell": c, "optimizer": o, "schedule": s}
+        for c in config.cells for o in config.optimizers for s in config.schedules
+    ]
+
+
+def train_config(config: CompareConfig, entry: dict[str, Any]):
+    """The :class:`gatezoo.training.TrainConfig` of one grid cell."""
+    from gatezoo.training import TrainConfig
+
+    return TrainConfig(
+        cell=entry["cell"], cell_options=dict(config.cell_options.get(entry["cell"], {})),
+        hidden=config.hidden, task=config.task, seq_len=config.seq_len,
+        task_options=dict(config.task_options), optimizer=entry["optimizer"],
+        learning_rate=config.learning_rate(entry["optimizer"]), schedule=entry["schedule"],
+        steps=config.steps, batch_size=config.batch_size, seeds=tuple(range(config.seeds)),
+        steps_per_call=config.steps_per_call, eval_every=config.eval_every,
+        checkpoint_every=config.steps, keep_checkpoints=1,
+        instruments=tuple(config.instruments), every=dict(config.every), compat=config.compat,
+    )
+
+
+def validate(config: CompareConfig) -> None:
+    """Checks every name of the grid before anything runs (one clear error line)."""
+    from gatezoo.models import cell_names
+    from gatezoo.tasks import make_task
+    from gatezoo.training.optimizers import optimizer_names, schedule_names
+
+    for c in config.cells:
+        if c not in cell_names():
+            raise ValueError(f"unknown cell {c!r}; choose from: {', '.join(cell_names())}")
+    for o in config.optimizers:
+        if o not in optimizer_names():
+            raise ValueError(
+                f"unknown optimizer {o!r}; choose from: {', '.join(optimizer_names())}")
+    for s in config.schedules:
+        if s not in schedule_names():
+            raise ValueError(f"unknown schedule {s!r}; choose from: {', '.join(schedule_names())}")
+    make_task(config.task, config.seq_len, **dict(config.task_options))
+    for entry in grid(config):
+        train_config(config, entry)
+
+
+def _write_status(out: Path, config: CompareConfig, status: dict[str, Any], start: float):
+    doc = {"experiment": "compare", "config": config.to_dict(), "grid": grid(config),
+           "status": status, "wall_time_s": time.perf_counter() - start}
+    tmp = out / "compare.json.tmp"
+    tmp.write_text(json.dumps(doc, indent=1))
+    tmp.replace(out / "compare.json")
+
+
+def default_workers() -> int:
+    """Two worker processes on a CPU-only machine with at least two cores, else one (an
+    accelerator is not shared between processes)."""
+    import os
+
+    import jax
+
+    return 2 if jax.default_backend() == "cpu" and (os.cpu_count() or 1) >= 2 else 1
+
+
+def _run_entry(config_dict: dict[str, Any], entry: dict[str, Any], out: str,
+               progress: bool) -> dict[str, Any]:
+    """Trains one grid cell into ``out/<name>`` and writes its ``result.json`` (a top-level
+    function, so worker processes can run it)."""
+    from gatezoo.training import train
+
+    config = CompareConfig.from_dict(config_dict)
+    run_dir = Path(out) / entry["name"]
+    tc = train_config(config, entry)
+    resume = (run_dir / "checkpoints").is_dir()
+    result = train(tc, run_dir, resume=resume, progress=progress)
+    record = {
+        "wall_time_s": float(result.wall_time),
+        "final_loss": [float(v) for v in result.final_loss],
+        "final_eval": {k: [float(x) for x in v] for k, v in result.final_eval.items()},
+    }
+    (run_dir / "result.json").write_text(json.dumps(record, indent=1))
+    return record
+
+
+def run_compare(
+    config: CompareConfig,
+    out_dir: str | Path,
+    *,
+    progress: bool = True,
+    workers: int = 1,
+    log: Callable[[str], None] | None = None,
+) -> Path:
+    """Runs the grid into ``out_dir`` and returns the folder (the report is built separately,
+    by :func:`gatezoo.report.build_report`; the CLI does both, also after Ctrl-C).
+
+    ``workers > 1`` trains that many grid cells at once in separate processes: compiling a
+    run's train step is single-threaded and takes most of a small run's time, so two workers
+    on two cores finish the grid sooner. A grid cell whose folder already holds a finished run
+    (``result.json``) is skipped, so a compare interrupted by Ctrl-C continues where it stopped
+    when run again with the same ``--out``.
+    """
+    log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
+    validate(config)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    cells = grid(config)
+    status: dict[str, Any] = {}
+    prev = out / "compare.json"
+    if prev.exists():
+        status = json.loads(prev.read_text()).get("status", {})
+    todo = []
+    for i, entry in enumerate(cells, 1):
+        if (out / entry["name"] / "result.json").exists():
+            log(f"[{i}/{len(cells)}] {entry['name']}: already finished, kept")
+            status[entry["name"]] = "done"
+        else:
+            todo.append((i, entry))
+    _write_status(out, config, status, start)
+
+    def started(i, entry):
+        log(f"[{i}/{len(cells)}] {entry['name']}: {config.task}, "
+            f"lr {config.learning_rate(entry['optimizer']):g}, {config.steps} steps x "
+            f"{config.seeds} seeds")
+        status[entry["name"]] = "running"
+        _write_status(out, config, status, start)
+
+    def finished(i, entry, record=None, err=None):
+        if err is not None:  # a diverged run must not lose the rest of the grid
+            status[entry["name"]] = f"failed: {err}"
+            log(f"[{i}/{len(cells)}] {entry['name']}: failed: {err}")
+        else:
+            status[entry["name"]] = "done"
+            loss = record["final_loss"]
+            log(f"[{i}/{len(cells)}] {entry['name']}: done in {record['wall_time_s']:.1f} s, "
+                f"final loss {sum(loss) / len(loss):.4g}")
+        _write_status(out, config, status, start)
+
+    cfg_dict = config.to_dict()
+    if workers <= 1 or len(todo) <= 1:
+        for i, entry in todo:
+            started(i, entry)
+            try:
+                record = _run_entry(cfg_dict, entry, str(out), progress)
+            except KeyboardInterrupt:
+                status[entry["name"]] = "interrupted"
+                _write_status(out, config, status, start)
+                raise
+            except Exception as err:
+                finished(i, entry, err=err)
+                continue
+            finished(i, entry, record)
+    else:
+        import concurrent.futures as cf
+        import multiprocessing as mp
+
+        # spawn: a fresh interpreter per worker (JAX's runtime is not fork-safe)
+        pool = cf.ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn"))
+        futures = {}
+        try:
+            for i, entry in todo:
+                log(f"[{i}/{len(cells)}] {entry['name']}: queued")
+                status[entry["name"]] = "queued"
+                futures[pool.submit(_run_entry, cfg_dict, entry, str(out), False)] = (i, entry)
+            for fut in cf.as_completed(futures):
+                i, entry = futures[fut]
+                try:
+                    finished(i, entry, fut.result())
+                except Exception as err:
+                    finished(i, entry, err=err)
+        except KeyboardInterrupt:
+            for fut, (_, entry) in futures.items():
+                if not fut.done():
+                    status[entry["name"]] = "interrupted"
+            _write_status(out, config, status, start)
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise
+        pool.shutdown()
+    _write_status(out, config, status, start)
+    return out

@@ -1,0 +1,322 @@
+r"""S2: joint anisotropy of propagation and of updates (THEORY.md §4.5, §6.4).
+
+Three model/optimizer pairs train on a task (``T = 120``, batch 64, ``d_x = 6``, ``d_h = 64``, no
+biases): ``plain`` (Elman) with Adam 1e-3, ``scalar`` with SGD 1e-2, ``multi`` (vector gate) with
+SGD 1e-2. At each checkpoint two anisotropy measurements are taken:
+
+* **Propagation.** On a fixed probe batch (64 sequences), for lags
+  ``l in {1, 2, 4, 8, 12, 16, 24, 32, 40}`` and up to 64 random ``(b, t, k)`` with ``t - k = l``,
+  the Jacobian product ``M = prod_{j=t}^{k+1} J_j`` and its top 16 singular values (float64):
+  ``AI = sigma_1 / sigma_10`` and ``CE_10 = sum_{i<=10} sigma_i^2 / sum_{i<=16} sigma_i^2``, median
+  over the triples.
+* **Updates (gradient covariance).** 256 per-sequence gradients on fresh sequences, flattened into
+  rows (float64), each row normalised, columns centred, near-constant columns dropped, ``1e-8``
+  jitter; ``AI`` and ``CE_10`` of its singular values (denominator: all of them).
+
+Project additions (not in the release, THEORY.md §8 item 11): effective rank
+``exp(H(sigma^2 / sum sigma^2))`` and participation ratio ``(sum sigma^2)^2 / sum sigma^4``.
+
+``compat="paper-code"`` adds the release's conventions: reversed products and the post-update
+``B`` (§2.3), the same training batch at every step and for every seed (a default-seeded
+generator per call) with ``1e-6`` input jitter, and checkpoint ``c`` taken after the update of
+iteration ``c`` (``c + 1`` updates). The exact default trains on fresh batches and checkpoints
+``c`` after ``c`` updates.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from gatezoo.experiments.appendix import COMPATS
+from gatezoo.experiments.s1 import _every_hundred
+from gatezoo.experiments.seeded import (
+    SeededModels,
+    flat_size,
+    over_seeds,
+    train_with_checkpoints,
+)
+from gatezoo.experiments.stats import median_iqr, to_list
+from gatezoo.models import cell_fn
+from gatezoo.models.jacobians import state_jacobians
+
+__all__ = ["S2Config", "S2_PAIRS", "S2_TASKS", "spectrum_stats", "run_s2"]
+
+# model name -> (cell, optimizer, learning rate)
+S2_PAIRS = {
+    "plain": ("elman", "adam", 1e-3),
+    "scalar": ("scalar", "sgd", 1e-2),
+    "multi": ("vector", "sgd", 1e-2),
+}
+S2_TASKS = ("adding", "ar2", "movingavg", "delaysum", "narma10", "narma20")
+S2_LAGS = (1, 2, 4, 8, 12, 16, 24, 32, 40)
+_BASE_OFFSET = {"plain": 0, "scalar": 1000, "multi": 2000}
+
+
+@dataclasses.dataclass(frozen=True)
+class S2Config:
+    """Settings of S2; the defaults are THEORY.md §6.4's (1200 iterations as through run_all)."""
+
+    tasks: tuple[str, ...] = ("adding", "ar2", "movingavg", "delaysum", "narma10")
+    models: tuple[str, ...] = tuple(S2_PAIRS)
+    seeds: int = 20
+    steps: int = 1200
+    checkpoints: tuple[int, ...] = (0, 400, 800, 1200)
+    seq_len: int = 120
+    hidden: int = 64
+    input_dim: int = 6
+    batch_size: int = 64
+    probe_batch: int = 64
+    lags: tuple[int, ...] = S2_LAGS
+    triples_per_lag: int = 64
+    svd_k: int = 16
+    rank_r: int = 10
+    grad_samples: int = 256
+    compat: str = "exact"
+
+    def __post_init__(self):
+        for m in self.models:
+            if m not in S2_PAIRS:
+                raise ValueError(f"unknown S2 model {m!r}; choose from {tuple(S2_PAIRS)}")
+        for t in self.tasks:
+            if t not in S2_TASKS:
+                raise ValueError(f"unknown S2 task {t!r}; choose from {S2_TASKS}")
+        if self.compat not in COMPATS:
+            raise ValueError(f"unknown compat {self.compat!r}; choose one of {COMPATS}")
+        for name in ("seeds", "steps", "seq_len", "hidden", "batch_size", "probe_batch",
+                     "grad_samples", "triples_per_lag"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or v < 1:
+                raise ValueError(f"{name} must be a positive integer, got {v!r}")
+        bad = [c for c in self.checkpoints if not 0 <= c <= self.steps]
+        if bad:
+            raise ValueError(f"checkpoints {bad} lie outside [0, steps={self.steps}]")
+        if not 1 <= self.rank_r <= min(self.svd_k, self.hidden):
+            raise ValueError(f"rank_r must lie in [1, min(svd_k, hidden)], got {self.rank_r}")
+        if max(self.lags) >= self.seq_len:
+            raise ValueError(f"lags must be < seq_len={self.seq_len}, got max {max(self.lags)}")
+
+    def with_steps(self, steps: int) -> S2Config:
+        ck = sorted({c for c in self.checkpoints if c <= steps} | {0, steps})
+        return dataclasses.replace(self, steps=steps, checkpoints=tuple(ck))
+
+
+def spectrum_stats(sv: jax.Array, r: int, k: int | None = None) -> dict[str, jax.Array]:
+    """Anisotropy statistics of singular values ``sv`` (descending, last axis).
+
+    ``AI = sv_1 / sv_r``; ``CE_r = sum_{i<=r} sv_i^2 / sum_{i<=k} sv_i^2`` (``k=None``: all);
+    effective rank ``exp(entropy(p))`` and participation ratio ``1 / sum p^2`` with
+    ``p = sv^2 / sum sv^2`` over the same ``k`` values.
+    """
+    top = sv if k is None else sv[..., :k]
+    e = top**2
+    total = jnp.sum(e, axis=-1)
+    p = e / total[..., None]
+    ent = -jnp.sum(jnp.where(p > 0, p * jnp.log(jnp.where(p > 0, p, 1.0)), 0.0), axis=-1)
+    return {
+        "ai": sv[..., 0] / sv[..., r - 1],
+        "ce": jnp.sum(e[..., :r], axis=-1) / total,
+        "eff_rank": jnp.exp(ent),
+        "participation": 1.0 / jnp.sum(p**2, axis=-1),
+    }
+
+
+def _propagation(cell, xs: jax.Array, key: jax.Array, config: S2Config) -> dict[str, jax.Array]:
+    """Per-lag medians of the product anisotropy on the probe batch ``xs (B, T, d_x)``."""
+    fn = cell_fn(cell)
+    B, T, _ = xs.shape
+    d = cell.hidden_features
+    convention = "paper-code" if config.compat == "paper-code" else "exact"
+
+    def factors(x):
+        def fwd(h, xt):
+            return fn.step(fn.params, h, xt)[0], h
+
+        _, h_prev = jax.lax.scan(fwd, jnp.zeros((d,), x.dtype), x)
+        A, Bm = jax.vmap(lambda h, xt: state_jacobians(cell, h, xt, convention=convention))(
+            h_prev, x)
+        return A + Bm
+
+    J = jax.vmap(factors)(xs)  # (B, T, d, d); J[b, j - 1] = J_j
+    out = {}
+    for i, lag in enumerate(config.lags):
+        kb, kk = jax.random.split(jax.random.fold_in(key, i))
+        n = config.triples_per_lag
+        b = jax.random.randint(kb, (n,), 0, B)
+        k = jax.random.randint(kk, (n,), 0, T - lag + 1)  # window k+1..k+lag, t = k + lag <= T
+        idx = k[:, None] + jnp.arange(lag)[None, :]
+        window = J[b[:, None], idx]  # (n, lag, d, d), earliest first
+        eye = jnp.broadcast_to(jnp.eye(d, dtype=J.dtype), (n, d, d))
+
+        def mul(P, Jj):
+            return (P @ Jj if config.compat == "paper-code" else Jj @ P), None
+
+        M, _ = jax.lax.scan(mul, eye, jnp.swapaxes(window, 0, 1))
+        sv = jnp.linalg.svd(M.astype(jnp.float64), compute_uv=False)
+        st = spectrum_stats(sv, config.rank_r, config.svd_k)
+        for name, v in st.items():
+            out.setdefault(name, []).append(jnp.median(v))
+    return {k: jnp.stack(v) for k, v in out.items()}
+
+
+def _grad_cov(models: SeededModels, task, params, keys: jax.Array, config: S2Config):
+    """Gradient-covariance spectrum statistics from per-sequence gradients (``keys (M,)``)."""
+
+    def one(key):
+        x, y = task.sample(key, 1)
+        g = jax.grad(lambda p: task.loss(models.predict(p, x), y))(params)
+        return jnp.concatenate([jnp.ravel(v) for v in jax.tree_util.tree_leaves(g)])
+
+    G = jax.vmap(one)(keys).astype(jnp.float64)  # (M, n_params)
+    M = G.shape[0]
+    G = G / (jnp.linalg.norm(G, axis=1, keepdims=True) + 1e-300)
+    G = G - G.mean(axis=0, keepdims=True)
+    keep = jnp.linalg.norm(G, axis=0) > 1e-10 * jnp.sqrt(M)
+    jitter = 1e-8 * jax.random.normal(jax.random.fold_in(keys[0], 17), G.shape, G.dtype)
+    G = jnp.where(keep[None, :], G + jitter, 0.0)  # dropping a column = zeroing it for the SVD
+    # singular values from the (M x M) Gram matrix: M << n_params
+    lam = jnp.linalg.eigvalsh(G @ G.T)[::-1]
+    sv = jnp.sqrt(jnp.maximum(lam, 0.0))
+    st = spectrum_stats(sv, config.rank_r)
+    st["kept_columns"] = jnp.sum(keep)
+    return st
+
+
+def run_s2_task(
+    task_name: str, config: S2Config, log: Callable[[str], None] = print
+) -> dict[str, Any]:
+    from gatezoo.tasks import make_task
+
+    task = make_task(task_name, seq_len=config.seq_len, channels=config.input_dim)
+    seeds = list(range(config.seeds))
+    probe_xs = jnp.stack([task.sample(jax.random.key(s), config.probe_batch)[0] for s in seeds])
+    triple_keys = jnp.stack([jax.random.fold_in(jax.random.key(s), 31) for s in seeds])
+    paper = config.compat == "paper-code"
+    out: dict[str, Any] = {}
+    for name in config.models:
+        t0 = time.perf_counter()
+        cell, opt, lr = S2_PAIRS[name]
+        models = SeededModels.build(cell, task.input_dim, config.hidden, seeds)
+        n_params = flat_size(models.params)
+        progress = _every_hundred(
+            lambda d, n, name=name: log(f"s2 {task_name}/{name}: step {d}/{n}"))
+        if paper:
+            marks = [min(c + 1, config.steps) for c in config.checkpoints]
+            run = train_with_checkpoints(
+                models, task, opt, lr, marks, batch_size=config.batch_size,
+                batch_key=lambda s, i: jax.random.key(0), input_jitter=1e-6,
+                jitter_key=lambda s, i: jax.random.fold_in(jax.random.key(s + 555), i),
+                progress=progress,
+            )
+            params_at = {c: run.checkpoints[min(c + 1, config.steps)] for c in config.checkpoints}
+        else:
+            run = train_with_checkpoints(
+                models, task, opt, lr, config.checkpoints, batch_size=config.batch_size,
+                batch_key=lambda s, i: jax.random.fold_in(jax.random.key(s + 123), i),
+                progress=progress,
+            )
+            params_at = run.checkpoints
+
+        def probe(params, xs, tkey, gkeys):
+            cell_mod = models.model(params).cell
+            prop = _propagation(cell_mod, xs, tkey, config)
+            gc = _grad_cov(models, task, params, gkeys, config)
+            return prop, gc
+
+        probe_j = jax.jit(lambda *a: over_seeds(lambda b: probe(*b), a))
+        prop_rows, gc_rows = [], []
+        for c in config.checkpoints:
+            base = np.asarray(seeds) + c + _BASE_OFFSET[name]
+            gkeys = jnp.stack([
+                jax.vmap(jax.random.key)(b + 100000 + jnp.arange(config.grad_samples))
+                for b in base
+            ])
+            prop, gc = probe_j(params_at[c], probe_xs, triple_keys, gkeys)
+            prop_rows.append({k: np.asarray(v) for k, v in prop.items()})
+            gc_rows.append({k: np.asarray(v) for k, v in gc.items()})
+        out[name] = _summarise(prop_rows, gc_rows, config, seeds, run, n_params, cell, opt, lr)
+        out[name]["wall_time_s"] = time.perf_counter() - t0
+        log(f"s2 {task_name}/{name}: {config.steps} steps x {len(seeds)} seeds, "
+            f"{out[name]['wall_time_s']:.1f} s (training {run.wall_time_s:.1f} s)")
+    comparison = _headline(out)
+    return {"task": task_name, "baseline": task.baseline, "models": out,
+            "comparison": comparison}
+
+
+def _summarise(prop_rows, gc_rows, config, seeds, run, n_params, cell, opt, lr):
+    per_seed_prop = {k: np.stack([r[k] for r in prop_rows]) for k in prop_rows[0]}  # (C, S, L)
+    per_seed_gc = {k: np.stack([r[k] for r in gc_rows]) for k in gc_rows[0]}  # (C, S)
+    agg_prop = {}
+    for k, v in per_seed_prop.items():
+        m = median_iqr(v, axis=1)
+        agg_prop[f"{k}_median"], agg_prop[f"{k}_q25"], agg_prop[f"{k}_q75"] = (
+            m["median"], m["q25"], m["q75"])
+    agg_gc = {}
+    for k, v in per_seed_gc.items():
+        m = median_iqr(v, axis=1)
+        agg_gc[f"{k}_median"], agg_gc[f"{k}_q25"], agg_gc[f"{k}_q75"] = (
+            m["median"], m["q25"], m["q75"])
+    return {
+        "cell": cell, "optimizer": opt, "learning_rate": lr, "n_params": n_params,
+        "checkpoints": list(config.checkpoints), "lags": list(config.lags), "seeds": seeds,
+        "per_seed": {"propagation": per_seed_prop, "grad_cov": per_seed_gc},
+        "aggregate": {"propagation": agg_prop, "grad_cov": agg_gc},
+        "train_loss_curve": {"mean": run.losses.mean(axis=1), "std": run.losses.std(axis=1)},
+        "final_train_loss": run.losses[-1] if len(run.losses) else np.full(len(seeds), np.nan),
+    }
+
+
+def _headline(models: dict[str, Any]) -> dict[str, Any]:
+    """THEORY.md §7 claim 15: is multi+SGD's anisotropy >= plain+Adam's? Fractions over seeds,
+    lags and checkpoints (a sign test's raw material)."""
+    if "multi" not in models or "plain" not in models:
+        return {}
+    out = {}
+    for kind in ("propagation", "grad_cov"):
+        for stat in ("ai", "ce"):
+            a = models["multi"]["per_seed"][kind][stat]
+            b = models["plain"]["per_seed"][kind][stat]
+            ok = np.isfinite(a) & np.isfinite(b)
+            out[f"{kind}_{stat}_multi_ge_plain_fraction"] = (
+                float(np.mean(a[ok] >= b[ok])) if ok.any() else float("nan"))
+            out[f"{kind}_{stat}_n"] = int(ok.sum())
+    return out
+
+
+def run_s2(
+    config: S2Config = S2Config(), out_dir: str | Path | None = None,
+    log: Callable[[str], None] = print,
+) -> dict[str, Any]:
+    """Runs S2 on every task of ``config``; writes ``s2.json`` into ``out_dir`` when given.
+
+    Needs float64 for the SVDs: run under ``jax.enable_x64(True)`` (the CLI does).
+    """
+    if not jax.config.jax_enable_x64:
+        raise ValueError("S2 takes its SVDs in float64: wrap it in jax.enable_x64(True)")
+    start = time.perf_counter()
+    tasks = {}
+    for t in config.tasks:
+        tasks[t] = run_s2_task(t, config, log)
+        if out_dir is not None:
+            _write(out_dir, config, tasks, time.perf_counter() - start)
+    wall = time.perf_counter() - start
+    if out_dir is not None:
+        _write(out_dir, config, tasks, wall)
+    return {"experiment": "s2", "config": dataclasses.asdict(config), "tasks": tasks,
+            "wall_time_s": wall}
+
+
+def _write(out_dir, config, tasks, wall):
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    summary = {"experiment": "s2", "config": dataclasses.asdict(config), "tasks": tasks,
+               "wall_time_s": wall}
+    (out / "s2.json").write_text(json.dumps(to_list(summary)))

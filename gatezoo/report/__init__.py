@@ -1,0 +1,98 @@
+"""Reports: figures (matplotlib, Agg) and one self-contained ``report.html`` per run folder.
+
+:func:`build_report` looks at what a folder holds and builds the matching report, only from
+files, so ``gatezoo report RUN_DIR`` works on a finished run, an interrupted one, or a copy:
+
+* ``compare.json`` (a ``gatezoo compare`` folder) or ``metrics.jsonl`` (one train run): loss
+  curves, effective learning rate by lag, gate correction, gate-vs-optimizer analogies,
+  anisotropy, and the cell x optimizer table.
+* ``appendix.json``, ``s1.json``, ``s2.json`` (``gatezoo reproduce``): the figures of each
+  experiment of the paper and their summary tables.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from gatezoo.report.figures import ReportFigure
+from gatezoo.report.page import Table, markdown_table, write_report
+
+__all__ = ["build_report", "report_figures", "ReportFigure", "Table", "markdown_table",
+           "write_report"]
+
+
+def report_figures(run_dir: str | Path):
+    """``(title, intro, figures, tables, summary)`` of a run folder, without writing anything."""
+    root = Path(run_dir)
+    if not root.is_dir():
+        raise FileNotFoundError(f"run folder {str(root)!r} does not exist")
+    figures, tables, summary, parts = [], [], {}, []
+    if (root / "compare.json").is_file() or (root / "metrics.jsonl").is_file():
+        from gatezoo.report.compare_report import compare_figures, compare_table, load_compare
+
+        cr = load_compare(root)
+        if not cr.runs:
+            raise FileNotFoundError(f"{str(root)!r} holds no run with metrics yet")
+        figures += compare_figures(cr)
+        table, records = compare_table(cr)
+        tables.append(table)
+        summary["compare"] = {"config": cr.doc.get("config", {}),
+                              "status": cr.doc.get("status", {}), "runs": records}
+        parts.append("compare")
+    for name in ("appendix", "s1", "s2"):
+        path = root / f"{name}.json"
+        if not path.is_file():
+            continue
+        doc = json.loads(path.read_text())
+        if name == "appendix":
+            from gatezoo.report.appendix_report import appendix_figures, appendix_table
+
+            figures += appendix_figures(doc)
+            tables.append(appendix_table(doc))
+            summary["appendix"] = {g: v["aggregate"] | {"outliers": v["outliers"]}
+                                   for g, v in doc["gates"].items()}
+        elif name == "s1":
+            from gatezoo.report.paper_report import s1_figures, s1_table
+
+            figures += s1_figures(doc)
+            tables.append(s1_table(doc))
+            summary["s1"] = {t: {m: v["aggregate"] for m, v in tv["models"].items()}
+                             for t, tv in doc["tasks"].items()}
+        else:
+            from gatezoo.report.paper_report import s2_figures, s2_table
+
+            figures += s2_figures(doc)
+            tables.append(s2_table(doc))
+            summary["s2"] = {t: {"models": {m: v["aggregate"] for m, v in tv["models"].items()},
+                                 "comparison": tv["comparison"]}
+                             for t, tv in doc["tasks"].items()}
+        summary[f"{name}_wall_time_s"] = doc.get("wall_time_s")
+        parts.append(name)
+    if not parts:
+        raise FileNotFoundError(
+            f"{str(root)!r} holds no run files (compare.json, metrics.jsonl, appendix.json, "
+            "s1.json or s2.json)")
+    title = "gatezoo report: " + ", ".join(parts)
+    intro = _INTRO.get(parts[0], "") if len(parts) == 1 else (
+        "Reproduction of the experiments of Livi, arXiv 2508.12121 (THEORY.md §6).")
+    return title, intro, figures, tables, summary
+
+
+_INTRO = {
+    "compare": "Cells x optimizers trained side by side on one task, with instruments "
+               "measuring inside the train step how the gates rescale gradients by lag and "
+               "direction (gate-induced adaptivity) next to what the optimizer does "
+               "(optimizer-induced adaptivity).",
+    "appendix": "First-order expansion check of the paper's appendix (THEORY.md §6.2).",
+    "s1": "S1: lag-dependent effective learning rates under SGD (THEORY.md §6.3).",
+    "s2": "S2: anisotropy of propagation and of updates (THEORY.md §6.4).",
+}
+
+
+def build_report(run_dir: str | Path, out_dir: str | Path | None = None) -> Path:
+    """Builds ``report.html``, ``summary.json``, ``table.md`` and ``figures/*.png`` of a run
+    folder (into the folder itself unless ``out_dir``) and returns the page's path."""
+    title, intro, figures, tables, summary = report_figures(run_dir)
+    return write_report(out_dir or run_dir, title=title, intro=intro, figures=figures,
+                        tables=tables, summary=summary)
