@@ -40,7 +40,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gatezoo.experiments.appendix import COMPATS
+from gatezoo.experiments.checks import check_experiment, clip_checkpoints
 from gatezoo.experiments.seeded import SeededModels, over_seeds, train_with_checkpoints
 from gatezoo.experiments.stats import mean_std, ols_slope, to_list
 from gatezoo.models import cell_fn
@@ -85,26 +85,16 @@ class S1Config:
     compat: str = "exact"
 
     def __post_init__(self):
-        for m in self.models:
-            if m not in S1_MODELS:
-                raise ValueError(f"unknown S1 model {m!r}; choose from {S1_MODELS}")
-        for t in self.tasks:
-            if t not in S1_TASKS:
-                raise ValueError(f"unknown S1 task {t!r}; choose from {S1_TASKS}")
-        if self.compat not in COMPATS:
-            raise ValueError(f"unknown compat {self.compat!r}; choose one of {COMPATS}")
-        for name in ("seeds", "steps", "seq_len", "hidden", "batch_size", "probe_batch"):
-            v = getattr(self, name)
-            if not isinstance(v, int) or v < 1:
-                raise ValueError(f"{name} must be a positive integer, got {v!r}")
-        bad = [c for c in self.checkpoints if not 0 <= c <= self.steps]
-        if bad:
-            raise ValueError(f"checkpoints {bad} lie outside [0, steps={self.steps}]")
+        check_experiment(
+            self, label="S1", models=S1_MODELS, tasks=S1_TASKS,
+            positive=("seeds", "steps", "seq_len", "hidden", "batch_size", "probe_batch"),
+        )
 
     def with_steps(self, steps: int) -> S1Config:
         """The same config with ``steps`` and the checkpoints clipped to it (plus ``steps``)."""
-        ck = sorted({c for c in self.checkpoints if c <= steps} | {0, steps})
-        return dataclasses.replace(self, steps=steps, checkpoints=tuple(ck))
+        return dataclasses.replace(
+            self, steps=steps, checkpoints=clip_checkpoints(self.checkpoints, steps)
+        )
 
 
 def _spectral_norms(P: jax.Array, v: jax.Array, iters: int, plain: bool):

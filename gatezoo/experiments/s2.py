@@ -36,7 +36,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gatezoo.experiments.appendix import COMPATS
+from gatezoo.experiments.checks import check_experiment, clip_checkpoints
 from gatezoo.experiments.s1 import _every_hundred
 from gatezoo.experiments.seeded import (
     SeededModels,
@@ -83,30 +83,20 @@ class S2Config:
     compat: str = "exact"
 
     def __post_init__(self):
-        for m in self.models:
-            if m not in S2_PAIRS:
-                raise ValueError(f"unknown S2 model {m!r}; choose from {tuple(S2_PAIRS)}")
-        for t in self.tasks:
-            if t not in S2_TASKS:
-                raise ValueError(f"unknown S2 task {t!r}; choose from {S2_TASKS}")
-        if self.compat not in COMPATS:
-            raise ValueError(f"unknown compat {self.compat!r}; choose one of {COMPATS}")
-        for name in ("seeds", "steps", "seq_len", "hidden", "batch_size", "probe_batch",
-                     "grad_samples", "triples_per_lag"):
-            v = getattr(self, name)
-            if not isinstance(v, int) or v < 1:
-                raise ValueError(f"{name} must be a positive integer, got {v!r}")
-        bad = [c for c in self.checkpoints if not 0 <= c <= self.steps]
-        if bad:
-            raise ValueError(f"checkpoints {bad} lie outside [0, steps={self.steps}]")
+        check_experiment(
+            self, label="S2", models=S2_PAIRS, tasks=S2_TASKS,
+            positive=("seeds", "steps", "seq_len", "hidden", "batch_size", "probe_batch",
+                      "grad_samples", "triples_per_lag"),
+        )
         if not 1 <= self.rank_r <= min(self.svd_k, self.hidden):
             raise ValueError(f"rank_r must lie in [1, min(svd_k, hidden)], got {self.rank_r}")
         if max(self.lags) >= self.seq_len:
             raise ValueError(f"lags must be < seq_len={self.seq_len}, got max {max(self.lags)}")
 
     def with_steps(self, steps: int) -> S2Config:
-        ck = sorted({c for c in self.checkpoints if c <= steps} | {0, steps})
-        return dataclasses.replace(self, steps=steps, checkpoints=tuple(ck))
+        return dataclasses.replace(
+            self, steps=steps, checkpoints=clip_checkpoints(self.checkpoints, steps)
+        )
 
 
 def spectrum_stats(sv: jax.Array, r: int, k: int | None = None) -> dict[str, jax.Array]:
