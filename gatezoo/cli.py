@@ -335,10 +335,11 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
     # a context, so that a caller's (or a test's) global setting is left as it was
     x64 = jax.enable_x64(True)
     x64.__enter__()
+    # 0 is a value to validate, not "use the default"
+    seeds_kw = {"seeds": args.seeds} if args.seeds is not None else {}
     try:
         if which in ("appendix", "all"):
-            cfg = AppendixConfig(compat=args.compat, **(
-                {"seeds": args.seeds} if args.seeds else {}))
+            cfg = AppendixConfig(compat=args.compat, **seeds_kw)
             summary = run_appendix(cfg, out)
             for gate, g in summary["gates"].items():
                 a = g["aggregate"]
@@ -346,17 +347,15 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
                     f"{a['slope_std']:.4f} ({a['n_kept']} seeds kept), median r_j "
                     f"{a['r_median_of_medians']:.3g}, {g['wall_time_s']:.1f} s")
         if which in ("s1", "all"):
-            cfg = S1Config(compat=args.compat, **({"seeds": args.seeds} if args.seeds else {}),
-                           **({"tasks": tasks} if tasks else {}))
-            steps = args.steps if args.steps else (800 if which == "all" else 600)
+            cfg = S1Config(compat=args.compat, **seeds_kw, **({"tasks": tasks} if tasks else {}))
+            steps = args.steps if args.steps is not None else (800 if which == "all" else 600)
             cfg = cfg.with_steps(steps)
             if args.models:
                 cfg = dataclasses.replace(cfg, models=_csv(args.models))
             run_s1(cfg, out, log=log)
         if which in ("s2", "all"):
-            cfg = S2Config(compat=args.compat, **({"seeds": args.seeds} if args.seeds else {}),
-                           **({"tasks": tasks} if tasks else {}))
-            steps = args.steps if args.steps else (1200 if which == "all" else 800)
+            cfg = S2Config(compat=args.compat, **seeds_kw, **({"tasks": tasks} if tasks else {}))
+            steps = args.steps if args.steps is not None else (1200 if which == "all" else 800)
             cfg = cfg.with_steps(steps)
             if args.models:
                 cfg = dataclasses.replace(cfg, models=_csv(args.models))

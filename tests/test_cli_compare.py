@@ -72,3 +72,12 @@ def test_reproduce_appendix_cli(tmp_path, capsys):
         assert abs(doc["gates"][gate]["aggregate"]["slope_median"] - 2) < 0.05
     assert (tmp_path / "figures" / "appendix_vector_E.png").is_file()
     assert "report:" in capsys.readouterr().out
+
+
+def test_reproduce_rejects_zero_seeds_and_steps_instead_of_using_defaults(capsys):
+    from gatezoo.cli import main
+
+    assert main(["reproduce", "s1", "--seeds", "0"]) == 2
+    assert "seeds must be a positive integer, got 0" in capsys.readouterr().err
+    assert main(["reproduce", "s2", "--seeds", "1", "--steps", "0"]) == 2
+    assert "steps must be a positive integer, got 0" in capsys.readouterr().err
