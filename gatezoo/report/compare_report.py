@@ -219,41 +219,30 @@ def compare_figures(cr: CompareRuns) -> list[ReportFigure]:
 
     fig, axes = new_figure(ncols=3, width=4.4)
     ax_m, ax_s, ax_a = axes[0]
-    data = {"momentum": {}, "schedule": {}, "adam": {}}
+    # (panel key, axis, optimizers compared, gate metric, optimizer metric, log-y, label)
+    panels = (
+        ("momentum", ax_m, ("momentum", "nesterov"), "beta_gate", "beta_optimizer", False,
+         "1 - mean(alpha)"),
+        ("schedule", ax_s, ("sgd",), "gate_step", "lr", True, "lr x mean(alpha)"),
+        ("adam", ax_a, ("adam", "adamw", "rmsprop"), "gate_anisotropy", "adam_anisotropy",
+         True, "gate"),
+    )
+    data = {key: {} for key, *_ in panels}
     drew = False
-    for name, e, m in runs_of(("momentum", "nesterov")):
-        col = color_for(cells.index(e["cell"]))
-        st, bg = m.seed_mean("analogies/beta_gate")
-        if st.size:
+    for key, ax, kinds, gate_metric, opt_metric, logy, label in panels:
+        plot = ax.semilogy if logy else ax.plot
+        for name, e, m in runs_of(kinds):
+            col = color_for(cells.index(e["cell"]))
+            st, gate = m.seed_mean(f"analogies/{gate_metric}")
+            if not st.size:
+                continue
             drew = True
-            ax_m.plot(st, bg, color=col, label=f"{e['cell']}: 1 - mean(alpha) ({_variant(e)})")
-            data["momentum"][name] = {"step": st.tolist(), "beta_gate": bg.tolist()}
-            st2, bo = m.seed_mean("analogies/beta_optimizer")
+            plot(st, gate, color=col, label=f"{e['cell']}: {label} ({_variant(e)})")
+            data[key][name] = {"step": st.tolist(), gate_metric: gate.tolist()}
+            st2, opt = m.seed_mean(f"analogies/{opt_metric}")
             if st2.size:
-                ax_m.plot(st2, bo, color=col, ls="--", lw=1)
-                data["momentum"][name]["beta_optimizer"] = bo.tolist()
-    for name, e, m in runs_of(("sgd",)):
-        col = color_for(cells.index(e["cell"]))
-        st, gs = m.seed_mean("analogies/gate_step")
-        if st.size:
-            drew = True
-            ax_s.semilogy(st, gs, color=col, label=f"{e['cell']}: lr x mean(alpha) ({_variant(e)})")
-            data["schedule"][name] = {"step": st.tolist(), "gate_step": gs.tolist()}
-            st2, lr = m.seed_mean("analogies/lr")
-            if st2.size:
-                ax_s.semilogy(st2, lr, color=col, ls="--", lw=1)
-                data["schedule"][name]["lr"] = lr.tolist()
-    for name, e, m in runs_of(("adam", "adamw", "rmsprop")):
-        col = color_for(cells.index(e["cell"]))
-        st, ga = m.seed_mean("analogies/gate_anisotropy")
-        if st.size:
-            drew = True
-            ax_a.semilogy(st, ga, color=col, label=f"{e['cell']}: gate ({_variant(e)})")
-            data["adam"][name] = {"step": st.tolist(), "gate_anisotropy": ga.tolist()}
-            st2, aa = m.seed_mean("analogies/adam_anisotropy")
-            if st2.size:
-                ax_a.semilogy(st2, aa, color=col, ls="--", lw=1)
-                data["adam"][name]["adam_anisotropy"] = aa.tolist()
+                plot(st2, opt, color=col, ls="--", lw=1)
+                data[key][name][opt_metric] = opt.tolist()
     ax_m.set_title("momentum: leak 1 - alpha vs optimizer beta (--)", fontsize=9)
     ax_s.set_title("schedule: lr x alpha vs lr in force (--)", fontsize=9)
     ax_a.set_title("Adam: gate vs Adam per-row anisotropy (--)", fontsize=9)
