@@ -42,6 +42,7 @@ import numpy as np
 from flax import nnx
 
 from gatezoo.experiments.stats import iqr_inliers, loglog_slope, mean_std, median_iqr, to_list
+from gatezoo.linalg import singular_values
 from gatezoo.models import InitSpec, cell_fn, make_cell
 from gatezoo.models.jacobians import (
     deformed_product,
@@ -152,8 +153,8 @@ def appendix_per_seed(a: jax.Array, b: jax.Array, eps_grid: jax.Array, order: st
     f0, l1 = first_order(a, b, order=order)
     e = truncation_error(a, b, eps_grid, order=order, norm="fro")
     f1 = deformed_product(a, b, 1.0, order=order)
-    norm_a = jnp.linalg.norm(a, ord=2, axis=(-2, -1))
-    norm_b = jnp.linalg.norm(b, ord=2, axis=(-2, -1))
+    norm_a = singular_values(a)[..., 0]
+    norm_b = singular_values(b)[..., 0]
     return {
         "E": e,
         "C2": e / eps_grid**2,

@@ -43,6 +43,7 @@ import numpy as np
 from gatezoo.experiments.checks import check_experiment, clip_checkpoints
 from gatezoo.experiments.seeded import SeededModels, over_seeds, train_with_checkpoints
 from gatezoo.experiments.stats import mean_std, ols_slope, to_list
+from gatezoo.linalg import singular_values
 from gatezoo.models import cell_fn
 from gatezoo.models.jacobians import state_jacobians
 
@@ -179,7 +180,7 @@ def sensitivity_probe(cell, xs: jax.Array, compat: str, power_iters: int, alpha_
         S_rows = S_rows.at[k0:, k0:k1].set(blk)  # rows t = k0+1..T
     if not plain:  # lag 1 normalises every profile: take it exactly, by SVD
         diag = jnp.arange(T)
-        S_rows = S_rows.at[diag, diag].set(jnp.linalg.norm(J, ord=2, axis=(-2, -1)))
+        S_rows = S_rows.at[diag, diag].set(singular_values(J)[..., 0])
     nan_row = jnp.full((1, T), jnp.nan, S_rows.dtype)
     S = jnp.concatenate([nan_row, S_rows], axis=0)  # [t, k], t = 0..T
     S = jnp.concatenate([S, jnp.full((T + 1, 1), jnp.nan, S.dtype)], axis=1)

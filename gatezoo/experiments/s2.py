@@ -45,6 +45,7 @@ from gatezoo.experiments.seeded import (
     train_with_checkpoints,
 )
 from gatezoo.experiments.stats import median_iqr, to_list
+from gatezoo.linalg import singular_values, symmetric_eigenvalues
 from gatezoo.models import cell_fn
 from gatezoo.models.jacobians import state_jacobians
 
@@ -150,7 +151,7 @@ def _propagation(cell, xs: jax.Array, key: jax.Array, config: S2Config) -> dict[
             return (P @ Jj if config.compat == "paper-code" else Jj @ P), None
 
         M, _ = jax.lax.scan(mul, eye, jnp.swapaxes(window, 0, 1))
-        sv = jnp.linalg.svd(M.astype(jnp.float64), compute_uv=False)
+        sv = singular_values(M.astype(jnp.float64))
         st = spectrum_stats(sv, config.rank_r, config.svd_k)
         for name, v in st.items():
             out.setdefault(name, []).append(jnp.median(v))
@@ -173,7 +174,7 @@ def _grad_cov(models: SeededModels, task, params, keys: jax.Array, config: S2Con
     jitter = 1e-8 * jax.random.normal(jax.random.fold_in(keys[0], 17), G.shape, G.dtype)
     G = jnp.where(keep[None, :], G + jitter, 0.0)  # dropping a column = zeroing it for the SVD
     # singular values from the (M x M) Gram matrix: M << n_params
-    lam = jnp.linalg.eigvalsh(G @ G.T)[::-1]
+    lam = symmetric_eigenvalues(G @ G.T)[::-1]
     sv = jnp.sqrt(jnp.maximum(lam, 0.0))
     st = spectrum_stats(sv, config.rank_r)
     st["kept_columns"] = jnp.sum(keep)

@@ -10,6 +10,8 @@ import math
 import jax
 import jax.numpy as jnp
 
+from gatezoo.linalg import singular_values
+
 __all__ = [
     "lag_grid",
     "power_fit",
@@ -189,9 +191,9 @@ def pearson(a: jax.Array, b: jax.Array) -> jax.Array:
 
 def spectral_norm(m: jax.Array) -> jax.Array:
     """Exact largest singular value of (a batch of) matrices, ``(..., n, k) -> (...)``, by SVD
-    (on CPU a batched SVD of 64 x 64 matrices costs about 0.3 ms each; XLA's symmetric
-    eigensolver on ``M^T M`` was an order of magnitude slower when measured)."""
-    return jnp.linalg.svd(m, compute_uv=False)[..., 0]
+    (:func:`gatezoo.linalg.singular_values`, safe from the CPU thread-pool deadlock).
+    """
+    return singular_values(m)[..., 0]
 
 
 def prefix_sum(x: jax.Array, axis: int = 0) -> jax.Array:
