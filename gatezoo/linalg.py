@@ -50,10 +50,25 @@ def _host_batched(fn: Callable[[np.ndarray], np.ndarray], m: np.ndarray, width: 
 
 
 def _on_host(fn: Callable[[np.ndarray], np.ndarray], m: jax.Array, width: int) -> jax.Array:
-    shape = jax.ShapeDtypeStruct(m.shape[:-2] + (width,), m.dtype)
-    return jax.pure_callback(
-        lambda a: _host_batched(fn, a, width), shape, m, vmap_method="expand_dims"
-    )
+    dtype = m.dtype
+    out_shape = m.shape[:-2] + (width,)
+    if dtype.itemsize != 8:
+        shape = jax.ShapeDtypeStruct(out_shape, dtype)
+        return jax.pure_callback(
+            lambda a: _host_batched(fn, np.asarray(a, dtype), width), shape, m,
+            vmap_method="expand_dims")
+    # 64-bit values cross as uint32 pairs: jax.enable_x64 is thread-local and the callback runs
+    # on an XLA thread, where a float64 result would otherwise be cast to float32
+    shape = jax.ShapeDtypeStruct(out_shape + (2,), jnp.uint32)
+
+    def host(bits):
+        a = np.ascontiguousarray(np.asarray(bits)).view(dtype).reshape(bits.shape[:-1])
+        return _host_batched(fn, a, width).astype(dtype).view(np.uint32).reshape(
+            a.shape[:-2] + (width, 2))
+
+    bits = jax.lax.bitcast_convert_type(m, jnp.uint32)  # (..., n, k, 2)
+    out = jax.pure_callback(host, shape, bits, vmap_method="expand_dims")
+    return jax.lax.bitcast_convert_type(out, dtype)
 
 
 def singular_values(m: jax.Array) -> jax.Array:
