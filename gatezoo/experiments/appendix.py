@@ -262,6 +262,9 @@ def run_appendix(
     """
     if not jax.config.jax_enable_x64:
         raise ValueError("the appendix check runs in float64: wrap it in jax.enable_x64(True)")
+    done = _finished(out_dir, config)
+    if done is not None:
+        return done
     start = time.perf_counter()
     gates = {}
     for gate in config.gates:
@@ -277,6 +280,18 @@ def run_appendix(
     if out_dir is not None:
         write_appendix(summary, out_dir)
     return summary
+
+
+def _finished(out_dir: str | Path | None, config: AppendixConfig) -> dict[str, Any] | None:
+    """The ``appendix.json`` of an earlier run of ``config`` in ``out_dir``, if there is one."""
+    path = None if out_dir is None else Path(out_dir) / "appendix.json"
+    if path is None or not path.is_file():
+        return None
+    doc = json.loads(path.read_text())
+    if doc.get("config") != to_list(dataclasses.asdict(config)):
+        raise ValueError(f"{str(path)!r} holds an appendix run with other settings; choose "
+                         "another --out, or the same settings to continue it")
+    return doc
 
 
 def write_appendix(summary: dict[str, Any], out_dir: str | Path) -> None:

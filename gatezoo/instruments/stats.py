@@ -158,8 +158,13 @@ def power_fit(
     return jnp.where(good, slope, jnp.nan), jnp.where(good, r2, jnp.nan)
 
 
-def spectrum_stats(sv: jax.Array, r: int = 10, top: int | None = None) -> dict[str, jax.Array]:
+def spectrum_stats(
+    sv: jax.Array, r: int = 10, top: int | None = None, floor: float = 0.0
+) -> dict[str, jax.Array]:
     r"""Anisotropy summaries of singular values ``sv`` (descending, last axis).
+
+    ``floor`` is added to the denominators of ``ai`` and ``ce`` (0 for the exact statistics; the
+    release's S2 uses ``1e-12``, THEORY.md §2.3 item 6).
 
     * ``ai``: anisotropy index :math:`\sigma_1/\sigma_r` (``r`` capped at the number of values);
     * ``ce``: energy concentration :math:`\sum_{i\le r}\sigma_i^2 / \sum_{i\le top}\sigma_i^2`
@@ -176,8 +181,8 @@ def spectrum_stats(sv: jax.Array, r: int = 10, top: int | None = None) -> dict[s
     p = e / total[..., None]
     entropy = -jnp.sum(jnp.where(p > 0, p * jnp.log(jnp.where(p > 0, p, 1.0)), 0.0), axis=-1)
     return {
-        "ai": sv[..., 0] / sv[..., r - 1],
-        "ce": jnp.sum(e[..., :r], axis=-1) / denom,
+        "ai": sv[..., 0] / (sv[..., r - 1] + floor),
+        "ce": jnp.sum(e[..., :r], axis=-1) / (denom + floor),
         "erank": jnp.exp(entropy),
         "pr": total**2 / jnp.sum(e * e, axis=-1),
     }

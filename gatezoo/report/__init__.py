@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from gatezoo.experiments.verdicts import claims_of
 from gatezoo.report.figures import ReportFigure
 from gatezoo.report.page import Table, markdown_table, write_report
 
@@ -40,11 +41,13 @@ def report_figures(run_dir: str | Path):
         summary["compare"] = {"config": cr.doc.get("config", {}),
                               "status": cr.doc.get("status", {}), "runs": records}
         parts.append("compare")
+    claims: list[dict] = []
     for name in ("appendix", "s1", "s2"):
         path = root / f"{name}.json"
         if not path.is_file():
             continue
         doc = json.loads(path.read_text())
+        claims += claims_of(name, doc)
         if name == "appendix":
             from gatezoo.report.appendix_report import appendix_figures, appendix_table
 
@@ -69,6 +72,9 @@ def report_figures(run_dir: str | Path):
                              for t, tv in doc["tasks"].items()}
         summary[f"{name}_wall_time_s"] = doc.get("wall_time_s")
         parts.append(name)
+    if claims:
+        tables.insert(0, claims_table(claims))
+        summary["claims"] = claims
     if not parts:
         raise FileNotFoundError(
             f"{str(root)!r} holds no run files (compare.json, metrics.jsonl, appendix.json, "
@@ -77,6 +83,16 @@ def report_figures(run_dir: str | Path):
     intro = _INTRO.get(parts[0], "") if len(parts) == 1 else (
         "Reproduction of the experiments of Livi, arXiv 2508.12121 (THEORY.md §6).")
     return title, intro, figures, tables, summary
+
+
+def claims_table(claims: list[dict]) -> Table:
+    """The claims of THEORY.md §7 a reproduction tested, with numbers and verdicts."""
+    rows = [[f"{c['claim']} ({c['part']})", c["statement"], c["measured"], c["spread"],
+             c["verdict"], c["rule"] + (f". {c['note']}" if c["note"] else "")]
+            for c in claims]
+    compat = sorted({c["compat"] for c in claims})
+    return Table(["claim", "statement", "measured", "seed spread", "verdict", "rule, note"],
+                 rows, title=f"Claims of THEORY.md §7 tested here ({', '.join(compat)})")
 
 
 _INTRO = {
