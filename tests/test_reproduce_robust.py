@@ -16,7 +16,7 @@ import pytest
 from gatezoo.cli import main
 from gatezoo.experiments.verdicts import s2_claims, sign_test, verdict_of_sign_test
 
-TINY_S2 = ["--set", "checkpoints=0,2", "--set", "seq_len=12", "--set", "hidden=6",
+TINY_S2 = ["--set", "checkpoints=0,2", "--set", "seq_len=40", "--set", "hidden=6",
            "--set", "probe_batch=3", "--set", "triples_per_lag=3", "--set", "grad_samples=6",
            "--set", "svd_k=6", "--set", "rank_r=3", "--set", "lags=1,2,4"]
 S2_TASKS = "adding,ar2,movingavg,delaysum,narma10"
@@ -73,7 +73,7 @@ def _wait_for_part(path: Path, proc, timeout=600.0):
 
 
 def test_sigterm_keeps_finished_parts_and_a_rerun_continues(tmp_path):
-    args = ["reproduce", "s2", "--tasks", "adding,delaysum", "--seeds", "1", "--steps", "2",
+    args = ["reproduce", "s2", "--tasks", "adding", "--seeds", "1", "--steps", "2",
             *TINY_S2, "--out", str(tmp_path)]
     proc = _cli(args)
     first = _wait_for_part(tmp_path / "s2.json", proc)
@@ -83,14 +83,14 @@ def test_sigterm_keeps_finished_parts_and_a_rerun_continues(tmp_path):
     assert "terminated" in err
     kept = json.loads((tmp_path / "s2.json").read_text())  # readable, never half written
     done = {(t, m) for t, tv in kept["tasks"].items() for m in tv["models"]}
-    assert done and len(done) < 6
+    assert done and len(done) < 3
     assert (tmp_path / "report.html").is_file()  # the partial report
     rc, _, err = _finish(_cli(args))
     assert rc == 0, err[-3000:]
     assert "continuing" in err
     final = json.loads((tmp_path / "s2.json").read_text())
     assert {(t, m) for t, tv in final["tasks"].items() for m in tv["models"]} == {
-        (t, m) for t in ("adding", "delaysum") for m in ("plain", "scalar", "multi")}
+        ("adding", m) for m in ("plain", "scalar", "multi")}
     t, m = next(iter(done))
     assert final["tasks"][t]["models"][m] == kept["tasks"][t]["models"][m]
     del first
