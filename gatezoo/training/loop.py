@@ -204,8 +204,9 @@ def train(
     if path is not None:
         path.mkdir(parents=True, exist_ok=True)
         ckpt = Checkpoints(path / "checkpoints", keep=config.keep_checkpoints)
-        if resume and ckpt.latest_step() is not None:
-            state = ckpt.restore(ckpt.latest_step(), like=state)
+        found = ckpt.restore_latest(like=state) if resume else None
+        if found is not None:
+            state = found[1]
         if writer:
             config.to_json(path / "config.json")
             truncate_jsonl(path / "metrics.jsonl", int(state.step))
