@@ -18,24 +18,10 @@ class UsageError(ValueError):
     """A mistake in the command line; printed as one line, exit status 2."""
 
 
-def _cmd_list(args: argparse.Namespace) -> int:
+def _list_cells() -> dict[str, str]:
     from gatezoo.models.registry import CELLS
 
-    sections = [("cells", {n: e.description for n, e in CELLS.items()})]
-    for title, loader in _LIST_SECTIONS:
-        sections.append((title, loader()))
-    for title, entries in sections:
-        if args.what not in (None, title):
-            continue
-        print(f"{title}:")
-        width = max((len(n) for n in entries), default=0)
-        for name in sorted(entries):
-            print(f"  {name.ljust(width)}  {entries[name]}")
-    return 0
-
-
-# Other packages append (title, loader) pairs here so `gatezoo list` shows what they register.
-_LIST_SECTIONS: list = []
+    return {name: entry.description for name, entry in CELLS.items()}
 
 
 def _list_tasks() -> dict[str, str]:
@@ -62,10 +48,19 @@ def _list_instruments() -> dict[str, str]:
     return list_section()
 
 
-_LIST_SECTIONS += [
-    ("tasks", _list_tasks), ("optimizers", _list_optimizers), ("schedules", _list_schedules),
-    ("instruments", _list_instruments),
-]
+def _cmd_list(args: argparse.Namespace) -> int:
+    sections = (("cells", _list_cells), ("tasks", _list_tasks),
+                ("optimizers", _list_optimizers), ("schedules", _list_schedules),
+                ("instruments", _list_instruments))
+    for title, loader in sections:
+        if args.what not in (None, title):
+            continue
+        entries = loader()
+        print(f"{title}:")
+        width = max((len(n) for n in entries), default=0)
+        for name in sorted(entries):
+            print(f"  {name.ljust(width)}  {entries[name]}")
+    return 0
 
 
 # -- gatezoo train ------------------------------------------------------------------------------

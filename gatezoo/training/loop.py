@@ -85,13 +85,8 @@ def resolve_instruments(
     """``given`` instrument objects plus those named in ``config.instruments``."""
     out = list(given)
     if config.instruments:
-        try:
-            from gatezoo.instruments import make_instruments
-        except ImportError:
-            raise ValueError(
-                "instruments were named (" + ", ".join(config.instruments) + ") but "
-                "gatezoo.instruments.make_instruments is not available in this install"
-            ) from None
+        from gatezoo.instruments import make_instruments
+
         out.extend(
             make_instruments(
                 list(config.instruments), fns, every=dict(config.every) or None,
