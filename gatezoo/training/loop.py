@@ -144,10 +144,13 @@ def train(
       TrainingDiverged: NaN/Inf in a loss or gradient (nothing is saved after it).
 
     Example:
-      >>> # from gatezoo.training import TrainConfig, train
-      >>> # result = train(TrainConfig(cell="gru", task="adding", seq_len=50, steps=300,
-      >>> #                            learning_rate=1e-2, seeds=(0, 1, 2)), "runs/gru-adding")
-      >>> # result.final_loss  # one per seed
+      >>> from gatezoo.training import TrainConfig, train
+      >>> config = TrainConfig(cell="gru", task="adding", seq_len=10, hidden=8, batch_size=8,
+      ...                      steps=20, learning_rate=1e-2, seeds=(0, 1), steps_per_call=10,
+      ...                      eval_every=10, eval_batches=1)
+      >>> result = train(config, progress=False)  # pass a folder to keep files and checkpoints
+      >>> result.final_loss.shape  # one per seed
+      (2,)
     """
     t_start = time.perf_counter()
     if not isinstance(config, TrainConfig):
