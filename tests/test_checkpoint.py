@@ -16,6 +16,7 @@ import pytest
 from gatezoo.instruments.protocol import Instrument
 from gatezoo.training import CheckpointError, Checkpoints, TrainConfig, train
 from gatezoo.training import sinks as sinks_module
+from gatezoo.training.checkpoints import named_tree
 
 
 def loss_sum(every: int = 3) -> Instrument:
@@ -205,3 +206,10 @@ def test_numbered_leaf_checkpoints_of_gatezoo_0_1_still_restore(tmp_path):
     assert_states_equal(back, state)
     with pytest.raises(CheckpointError, match="numbered leaves, the format of gatezoo 0.1"):
         ckpt.restore(4, like={"a": jnp.zeros(5)})
+
+
+def test_a_bare_array_is_a_state(tmp_path):
+    assert list(named_tree(jnp.ones(2))) == ["value"]
+    ckpt = Checkpoints(tmp_path / "c")
+    ckpt.save(1, jnp.arange(4.0))
+    assert_states_equal(ckpt.restore(1, like=jnp.zeros(4)), jnp.arange(4.0))

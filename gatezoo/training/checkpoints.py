@@ -62,7 +62,7 @@ def _leaf_names(tree: Any) -> list[tuple[str, ...]]:
             names.append(prefix)  # the Variable's one array is named by where the Variable sits
             continue
         names.extend(prefix + tuple(_key_name(k) for k in sub) for sub, _ in inner)
-    return names
+    return [name or ("value",) for name in names]  # a bare array as the whole state
 
 
 def named_tree(tree: Any, leaves: list[Any] | None = None) -> dict:

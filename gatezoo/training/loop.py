@@ -7,10 +7,11 @@ at exact multiples of ``eval_every`` / ``checkpoint_every`` (and at the last ste
 same compiled program throughout (one trace per run).
 
 Resume: the state (step, parameters, optimizer and instrument states, keys) is restored from
-the newest complete checkpoint; batches are a function of ``(seed, step)`` and the compiled
-step does not depend on how steps are grouped into round trips, so on CPU a resumed run ends
-bit for bit where an uninterrupted one does. Metric lines at or after the restored step are
-dropped from ``metrics.jsonl`` and written again.
+the newest checkpoint that reads back (a damaged newer one is skipped with a note); batches are
+a function of ``(seed, step)`` and the compiled step does not depend on how steps are grouped
+into round trips, so on CPU a resumed run ends bit for bit where an uninterrupted one does.
+Metric lines at or after the restored step are dropped from ``metrics.jsonl`` and written
+again.
 
 Divergence: a NaN or Inf in a loss or gradient raises :class:`TrainingDiverged` naming the first
 bad step and seed; the diverged state is never saved, so the newest checkpoint is the last good
