@@ -115,3 +115,19 @@ def test_old_batch_spelling_still_works_with_a_note(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "--batch is now --batch-size" in err
     assert "batch size 7 does not divide over 2 devices" in err
+
+
+def test_resume_with_no_readable_checkpoint_is_one_error_line(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["train", *TINY, "--cell", "elman", "--steps", "2", "--out", str(out)]) == 0
+    for step in (out / "checkpoints").iterdir():  # every step damaged: files lost
+        for f in step.rglob("*"):
+            if f.is_file():
+                f.unlink()
+    capsys.readouterr()
+    rc = main(["train", "--out", str(out), "--resume", "--steps", "4", "--quiet"])
+    assert rc == 2
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if line.startswith("gatezoo train:")]
+    assert len(errors) == 1 and "no checkpoint restores (checkpoint step 2 " in errors[0], err
+    assert "Traceback" not in err
