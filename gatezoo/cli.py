@@ -20,24 +20,10 @@ class UsageError(ValueError):
     """A mistake in the command line; printed as one line, exit status 2."""
 
 
-def _cmd_list(args: argparse.Namespace) -> int:
+def _list_cells() -> dict[str, str]:
     from gatezoo.models.registry import CELLS
 
-    sections = [("cells", {n: e.description for n, e in CELLS.items()})]
-    for title, loader in _LIST_SECTIONS:
-        sections.append((title, loader()))
-    for title, entries in sections:
-        if args.what not in (None, title):
-            continue
-        print(f"{title}:")
-        width = max((len(n) for n in entries), default=0)
-        for name in sorted(entries):
-            print(f"  {name.ljust(width)}  {entries[name]}")
-    return 0
-
-
-# Other packages append (title, loader) pairs here so `gatezoo list` shows what they register.
-_LIST_SECTIONS: list = []
+    return {name: entry.description for name, entry in CELLS.items()}
 
 
 def _list_tasks() -> dict[str, str]:
@@ -64,10 +50,19 @@ def _list_instruments() -> dict[str, str]:
     return list_section()
 
 
-_LIST_SECTIONS += [
-    ("tasks", _list_tasks), ("optimizers", _list_optimizers), ("schedules", _list_schedules),
-    ("instruments", _list_instruments),
-]
+def _cmd_list(args: argparse.Namespace) -> int:
+    sections = (("cells", _list_cells), ("tasks", _list_tasks),
+                ("optimizers", _list_optimizers), ("schedules", _list_schedules),
+                ("instruments", _list_instruments))
+    for title, loader in sections:
+        if args.what not in (None, title):
+            continue
+        entries = loader()
+        print(f"{title}:")
+        width = max((len(n) for n in entries), default=0)
+        for name in sorted(entries):
+            print(f"  {name.ljust(width)}  {entries[name]}")
+    return 0
 
 
 # -- gatezoo train ------------------------------------------------------------------------------
@@ -91,7 +86,8 @@ _TRAIN_FLAGS = [
     ("--clip", "clip", float, "clip gradients to this global norm; default off"),
     ("--warmup", "warmup", int, "warmup steps of warmup-cosine; default 0"),
     ("--steps", "steps", int, "number of updates; default 1000"),
-    ("--batch", "batch_size", int, "batch size per seed (divided over devices); default 64"),
+    ("--batch-size", "batch_size", int,
+     "batch size per seed (divided over devices); default 64"),
     ("--seeds", "seeds", str, "a count ('4' = seeds 0..3) or a list ('0,5,7'), run side by side "
      "with vmap; default 1"),
     ("--dtype", "dtype", str, "float32, float64 (switches on jax_enable_x64) or bfloat16; "
@@ -202,6 +198,19 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+class _Renamed(argparse.Action):
+    """A renamed flag, still accepted: stores its value and notes the new name on stderr."""
+
+    def __init__(self, option_strings, dest, new: str, **kwargs):
+        self.new = new
+        super().__init__(option_strings, dest, **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        print(f"gatezoo: note: {option_string} is now {self.new}; the old spelling will be "
+              "removed", file=sys.stderr)
+        setattr(namespace, self.dest, values)
+
+
 def _add_train_parser(sub) -> None:
     p = sub.add_parser(
         "train",
@@ -234,6 +243,8 @@ def _add_train_parser(sub) -> None:
                    help="continue the run in --out from its newest checkpoint")
     for flag, field, kind, help_text in _TRAIN_FLAGS:
         p.add_argument(flag, dest=field, type=kind, default=None, help=help_text)
+    p.add_argument("--batch", dest="batch_size", type=int, action=_Renamed, new="--batch-size",
+                   help="old spelling of --batch-size (deprecated)")
     p.add_argument("--cell-option", action="append", metavar="K=V",
                    help="cell option, e.g. alpha=0.8 for leaky (repeatable)")
     p.add_argument("--task-option", action="append", metavar="K=V",
