@@ -128,17 +128,31 @@ def release_power_norms(P: jax.Array, key: jax.Array, iters: int = 5) -> jax.Arr
     r"""The release's estimate of ``||P||_2`` for each ``P (n, d, d)`` (THEORY.md §2.3 items 3, 5).
 
     From a fresh Gaussian ``v``, ``iters`` times ``v <- P v / (||P v|| + 10^{-12})`` in ``P``'s
-    dtype with a plain (unscaled) norm, then ``||P v||``. Where ``||P v||`` nears the floor the
-    vector stops being unit and the estimate collapses toward 0, as in the release.
+    dtype, then ``||P v||``. Where ``||P v||`` nears the floor the vector stops being unit and
+    the estimate collapses toward 0 (about ``sigma^{iters + 1} / 10^{-12 iters}``), as in the
+    release. Its norms are PyTorch's float32 norms on a CPU (:func:`_release_norm`): the
+    estimates of the longest, most collapsed windows underflow to 0 and leave the fit.
     """
 
     def unit(w):
-        return w / (jnp.sqrt(jnp.sum(w * w, axis=-1, keepdims=True)) + 1e-12)
+        return w / (_release_norm(w)[..., None] + 1e-12)
 
     v = unit(jax.random.normal(key, P.shape[:-1], P.dtype))
     v = jax.lax.fori_loop(0, iters, lambda _, v: unit(jnp.einsum("nij,nj->ni", P, v)), v)
-    w = jnp.einsum("nij,nj->ni", P, v)
-    return jnp.sqrt(jnp.sum(w * w, axis=-1))
+    return _release_norm(jnp.einsum("nij,nj->ni", P, v))
+
+
+def _release_norm(w: jax.Array) -> jax.Array:
+    """``||w||`` over the last axis as PyTorch takes a float32 norm on a CPU: each square
+    rounded onto float32's grid *with* subnormals (XLA flushes them to zero), then summed.
+    Squares below half the smallest float32 subnormal are 0, so a vector of entries below
+    about ``4e-23`` has norm 0. Needs ``jax_enable_x64`` for the exact threshold (the CLI runs
+    reproductions under it); without it the squares flush below ``1e-38``."""
+    if w.dtype != jnp.float32 or not jax.config.read("jax_enable_x64"):
+        return jnp.sqrt(jnp.sum(w * w, axis=-1))
+    sq = jnp.square(w.astype(jnp.float64))
+    sq = jnp.where(sq < 2.0**-150, 0.0, sq)
+    return jnp.sqrt(jnp.sum(sq, axis=-1)).astype(w.dtype)
 
 
 def _norm(w: jax.Array) -> jax.Array:
