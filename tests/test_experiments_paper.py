@@ -95,6 +95,16 @@ def test_release_power_norms_match_a_numpy_loop_and_collapse_at_the_floor():
     assert est < 1e-12 * 1e-15
 
 
+def test_release_norm_keeps_float32_subnormal_squares_like_pytorch(x64):
+    from gatezoo.experiments.s1 import _release_norm
+
+    # PyTorch on a CPU: norm of 64 entries of 1e-21 is 8.0021e-21 (squares are float32
+    # subnormals); of 1e-25 it is 0 (squares below the smallest subnormal)
+    for value, want in ((1e-21, 8.0021e-21), (1e-25, 0.0), (0.5, 4.0)):
+        got = float(_release_norm(jnp.full((64,), value, jnp.float32)))
+        assert got == pytest.approx(want, rel=1e-4, abs=0.0)
+
+
 def test_lag_profile_power_fit_recovers_exponent():
     rng = np.random.default_rng(0)
     T = 12

@@ -144,14 +144,17 @@ def release_power_norms(P: jax.Array, key: jax.Array, iters: int = 5) -> jax.Arr
 
 def _release_norm(w: jax.Array) -> jax.Array:
     """``||w||`` over the last axis as PyTorch takes a float32 norm on a CPU: each square
-    rounded onto float32's grid *with* subnormals (XLA flushes them to zero), then summed.
+    rounded onto float32's grid *with* subnormals (XLA flushes them to zero), then summed
+    (in float64 here: the sum's rounding differs from PyTorch's by float32 rounding only).
     Squares below half the smallest float32 subnormal are 0, so a vector of entries below
     about ``4e-23`` has norm 0. Needs ``jax_enable_x64`` for the exact threshold (the CLI runs
     reproductions under it); without it the squares flush below ``1e-38``."""
     if w.dtype != jnp.float32 or not jax.config.read("jax_enable_x64"):
         return jnp.sqrt(jnp.sum(w * w, axis=-1))
     sq = jnp.square(w.astype(jnp.float64))
-    sq = jnp.where(sq < 2.0**-150, 0.0, sq)
+    step = 2.0**-149  # float32's smallest subnormal: the grid below 2^-126
+    sq = jnp.where(sq < 2.0**-126, jnp.round(sq / step) * step,
+                   sq.astype(jnp.float32).astype(jnp.float64))
     return jnp.sqrt(jnp.sum(sq, axis=-1)).astype(w.dtype)
 
 
