@@ -70,6 +70,8 @@ def report_figures(run_dir: str | Path):
             summary["s2"] = {t: {"models": {m: v["aggregate"] for m, v in tv["models"].items()},
                                  "comparison": tv["comparison"]}
                              for t, tv in doc["tasks"].items()}
+            if doc["config"].get("compat") == "paper-code":
+                summary.setdefault("notes", []).append(_S2_BATCH_NOTE)
         summary[f"{name}_wall_time_s"] = doc.get("wall_time_s")
         parts.append(name)
     if claims:
@@ -83,6 +85,17 @@ def report_figures(run_dir: str | Path):
     intro = _INTRO.get(parts[0], "") if len(parts) == 1 else (
         "Reproduction of the experiments of Livi, arXiv 2508.12121 (THEORY.md §6).")
     return title, intro, figures, tables, summary
+
+
+_S2_BATCH_NOTE = (
+    "S2, paper-code: the release trains every step of every seed on one fixed batch (torch's "
+    "default generator), so one draw decides whether the SGD-trained gated models grow a slow "
+    "recurrent mode by iteration 1200: on adding, the multi-gate lag-40 anisotropy at 1200 "
+    "ranges from 354 to 73,000 over seven batch draws (859 at checkpoint 0), and on its own "
+    "batch the release's spectrum stays put (lag 8: 3.4 to 3.9). Here each seed has its own "
+    "fixed batch, so the seed spread covers the draw. From the release's weights and batch, "
+    "gatezoo's trainer reproduces the release's checkpoints to 4 digits and its per-lag "
+    "anisotropy within triple-sampling noise (issue 11).")
 
 
 def claims_table(claims: list[dict]) -> Table:
@@ -111,4 +124,4 @@ def build_report(run_dir: str | Path, out_dir: str | Path | None = None) -> Path
     folder (into the folder itself unless ``out_dir``) and returns the page's path."""
     title, intro, figures, tables, summary = report_figures(run_dir)
     return write_report(out_dir or run_dir, title=title, intro=intro, figures=figures,
-                        tables=tables, summary=summary)
+                        tables=tables, summary=summary, notes=summary.get("notes", ()))
