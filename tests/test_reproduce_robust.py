@@ -22,13 +22,13 @@ TINY_S2 = ["--set", "checkpoints=0,2", "--set", "seq_len=40", "--set", "hidden=6
 S2_TASKS = "adding,ar2,movingavg,delaysum,narma10"
 
 
-def _cli(args, timeout=900, **kw):
+def _cli(args, **kw):
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     return subprocess.Popen([sys.executable, "-m", "gatezoo.cli", *args], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
 
 
-def _finish(proc, timeout=900):
+def _finish(proc, timeout=1500):
     try:
         out, err = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
