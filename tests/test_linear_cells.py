@@ -153,9 +153,9 @@ def test_lag_products_equal_products_of_retentions(name, x64):
     ends = jnp.array([T, T, T - 2])
     examples = jnp.array([0, 1, 1])
     n_lags = T - 1
-    prods, per_lag, valid = lag_products(
+    _, per_lag, valid = jax.jit(lambda: lag_products(
         fns, cp, prev, xs_t, ends, examples, n_lags, per_lag=lambda p: p
-    )
+    ))()
     for n in range(3):
         t, b = int(ends[n]), int(examples[n])
         for ell in range(1, t):  # d h_t / d h_{t-ell} = diag(prod_{j=t-ell+1}^{t} keep_j)
@@ -164,7 +164,7 @@ def test_lag_products_equal_products_of_retentions(name, x64):
             assert bool(valid[ell - 1, n])
             assert float(jnp.max(jnp.abs(got - want))) <= 1e-14
     # the lag-sensitivity instrument's spectral norm is the largest retention product
-    sens = lag_sensitivity(fns, params, xs, ys)
+    sens = jax.jit(lambda: lag_sensitivity(fns, params, xs, ys))()
     logk = jnp.log(keep)
     for ell in (1, 3, T - 1):
         for e, t in enumerate(np.asarray(sens.ends)):
@@ -177,20 +177,20 @@ def test_lag_products_equal_products_of_retentions(name, x64):
 # -- associative scan == sequential scan == the step-by-step cell ---------------------------------
 
 def test_linear_recurrence_scans_agree_in_values_and_gradients(x64):
-    T = 37
+    T = 19
     k1, k2, k3 = jax.random.split(jax.random.key(0), 3)
     a = jax.random.uniform(k1, (T, 2, 3), jnp.float64, 0.5, 1.0)
     b = jax.random.normal(k2, (T, 2, 3), jnp.float64)
     h0 = jax.random.normal(k3, (2, 3), jnp.float64)
-    hs = {m: gz.linear_recurrence(a, b, h0, m) for m in gz.SCANS}
-    loop = [h0]
+    hs = {m: jax.jit(gz.linear_recurrence, static_argnums=3)(a, b, h0, m) for m in gz.SCANS}
+    loop = [np.asarray(h0)]
     for t in range(T):
-        loop.append(a[t] * loop[-1] + b[t])
-    assert np.allclose(hs["sequential"], jnp.stack(loop[1:]), atol=1e-13)
+        loop.append(np.asarray(a[t]) * loop[-1] + np.asarray(b[t]))
+    assert np.allclose(hs["sequential"], np.stack(loop[1:]), atol=1e-13)
     assert np.allclose(hs["associative"], hs["sequential"], atol=1e-13)
     w = jax.random.normal(jax.random.key(4), (T, 2, 3), jnp.float64)
-    grads = {m: jax.grad(lambda a, b, h: jnp.sum(w * gz.linear_recurrence(a, b, h, m)),
-                         argnums=(0, 1, 2))(a, b, h0) for m in gz.SCANS}
+    grads = {m: jax.jit(jax.grad(lambda a, b, h, m=m: jnp.sum(w * gz.linear_recurrence(a, b, h, m)),
+                                 argnums=(0, 1, 2)))(a, b, h0) for m in gz.SCANS}
     assert _max_diff(grads["associative"], grads["sequential"]) <= 1e-12
     with pytest.raises(ValueError, match="method must be one of"):
         gz.linear_recurrence(a, b, h0, "fast")
@@ -215,8 +215,8 @@ def test_sequence_paths_agree_in_values_gradients_and_adjoints(name, x64):
     assert _max_abs(par.adjoints) > 1e-3
 
 
-def test_associative_scan_in_float32_at_long_length():
-    T = 1024
+def test_associative_scan_in_float32_on_a_long_sequence():
+    T = 512
     xs = jax.random.normal(jax.random.key(0), (2, T, 3))
     out = {}
     for scan in gz.SCANS:
