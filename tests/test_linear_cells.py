@@ -242,3 +242,18 @@ def test_each_cell_learns_the_adding_task(name):
     baseline = gz.make_task("adding", 20).baseline
     # held-out loss well below the 1/6 of predicting the mean (about 0.1-0.15 x on this run)
     assert float(result.final_eval["loss"][0]) < 0.4 * baseline
+
+
+@pytest.mark.parametrize("name", CELLS)
+def test_closed_form_state_jacobians_match_autodiff(name, x64):
+    cell = _model(name).cell
+    h = jax.random.normal(jax.random.key(5), cell.initialize_carry((3,)).shape, jnp.float64)
+    x = jax.random.normal(jax.random.key(6), (3,), jnp.float64)
+    assert gz.has_closed_form(cell)
+    A, B = gz.state_jacobians(cell, h, x)
+    fn = gz.cell_fn(cell)
+    A_ad, B_ad = gz.autodiff_split(fn.step, fn.params, h, x)
+    J = jax.jacrev(lambda v: cell(v, x)[0])(h)
+    assert float(jnp.max(jnp.abs(A - A_ad))) <= 1e-14 and float(jnp.max(jnp.abs(B_ad))) == 0.0
+    assert float(jnp.max(jnp.abs(A - J))) <= 1e-14 and float(jnp.max(jnp.abs(B))) == 0.0
+    assert float(jnp.max(jnp.abs(A - jnp.diag(jnp.diag(A))))) == 0.0
