@@ -30,7 +30,10 @@ from gatezoo.models.jacobians import (
     truncation_error,
 )
 from gatezoo.models.leaky import Elman, Leaky
+from gatezoo.models.linear_cell import InputGatedCell
+from gatezoo.models.linear_scan import SCANS, linear_recurrence
 from gatezoo.models.lstm import LSTM
+from gatezoo.models.mingated import MinGRU, MinLSTM
 from gatezoo.models.protocol import (
     CellFn,
     GatedCell,
@@ -41,6 +44,8 @@ from gatezoo.models.protocol import (
     unflatten_carry,
 )
 from gatezoo.models.registry import CELLS, CellEntry, cell_names, make_cell, register_cell
+from gatezoo.models.rglru import RGLRU
+from gatezoo.models.s6 import S6
 from gatezoo.models.sequence import READOUTS, SequenceModel
 
 __all__ = [
@@ -51,6 +56,13 @@ __all__ = [
     "VectorGate",
     "GRU",
     "LSTM",
+    "MinGRU",
+    "MinLSTM",
+    "RGLRU",
+    "S6",
+    "InputGatedCell",
+    "SCANS",
+    "linear_recurrence",
     "InitSpec",
     "GatedCell",
     "CellFn",

@@ -14,6 +14,9 @@ from gatezoo.models.gru import GRU
 from gatezoo.models.init import InitSpec
 from gatezoo.models.leaky import Elman, Leaky
 from gatezoo.models.lstm import LSTM
+from gatezoo.models.mingated import MinGRU, MinLSTM
+from gatezoo.models.rglru import RGLRU
+from gatezoo.models.s6 import S6
 
 __all__ = ["CellEntry", "CELLS", "register_cell", "make_cell", "cell_names"]
 
@@ -83,6 +86,12 @@ for _entry in (
     CellEntry("vector", VectorGate, "leaky cell with a learned gate per neuron (multi-gate)"),
     CellEntry("gru", GRU, "gated recurrent unit; update gate z weights the candidate"),
     CellEntry("lstm", LSTM, "long short-term memory on the joint (c, h) state"),
+    CellEntry("mingru", MinGRU, "minGRU: gate and candidate read x only; linear in h", ("scan",)),
+    CellEntry("minlstm", MinLSTM, "minLSTM: normalised forget/input gates read x only", ("scan",)),
+    CellEntry("rglru", RGLRU, "RG-LRU (Griffin): a_t = sigmoid(Lambda)^(8 r_t), gates read x",
+              ("scan", "c")),
+    CellEntry("s6", S6, "selective diagonal SSM (Mamba S6); (hidden, d_state) state per example",
+              ("scan", "d_state")),
 ):
     register_cell(_entry)
 

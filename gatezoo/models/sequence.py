@@ -33,8 +33,11 @@ class SequenceModel(nnx.Module):
     hand-written backward pass (``gru_scan.py``, ``lstm_scan.py``): same values and gradients
     (``offsets``' included), about 1.4x faster train steps on CPU, reverse-mode only. For
     forward mode (``jax.jvp``) through them pass ``eps=1.0``, which has the same values and
-    derivatives and takes the generic autodiff path. ``unroll`` applies to the generic
-    ``lax.scan`` only.
+    derivatives and takes the generic autodiff path. The input-gated linear cells (minGRU,
+    minLSTM, RG-LRU, S6) likewise run a whole-sequence function when ``eps`` is None: their
+    recurrence ``h_t = a_t h_{t-1} + b_t`` as a ``jax.lax.associative_scan`` (cell option
+    ``scan="associative"``) or a ``lax.scan`` (``scan="sequential"``), plain autodiff in both
+    modes. ``unroll`` applies to the generic ``lax.scan`` only.
 
     Example:
       >>> from flax import nnx
