@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -61,15 +61,32 @@ def load_task(config: TrainConfig) -> Any:
     return make_task(config.task, config.seq_len, **dict(config.task_options))
 
 
-def init_params(config: TrainConfig, task: Any) -> Any:
+ModelBuilder = Callable[[nnx.Rngs], nnx.Module]
+
+
+def _builder(config: TrainConfig, task: Any, model: ModelBuilder | None):
+    """``seed -> model``: the config's SequenceModel, or the user's ``model(rngs)``."""
+    if model is None:
+        return lambda seed: build_model(config, task, seed=seed)
+    if not callable(model) or isinstance(model, nnx.Module):
+        raise TypeError(
+            "model must be a function rngs -> nnx.Module (so every seed gets its own "
+            f"initialisation), got {type(model).__name__}"
+        )
+    # ``seed`` may be traced (vmapped initialisation of many seeds at once).
+    return lambda seed: model(nnx.Rngs(jax.random.key(seed)))
+
+
+def init_params(config: TrainConfig, task: Any, model: ModelBuilder | None = None) -> Any:
     """Every seed's parameters at once, leaves stacked over ``config.seeds``.
 
-    They equal, seed by seed, what ``build_model(config, task, seed)`` gives eagerly (the
-    initialisers are vmapped and jitted: one compile instead of one per seed).
+    They equal, seed by seed, what ``build_model(config, task, seed)`` (or ``model(rngs)``)
+    gives eagerly (the initialisers are vmapped and jitted: one compile instead of one per seed).
     """
+    build = _builder(config, task, model)
 
     def one(seed):
-        return nnx.state(build_model(config, task, seed=seed), nnx.Param)
+        return nnx.state(build(seed), nnx.Param)
 
     return jax.jit(jax.vmap(one), compiler_options=FAST_COMPILE)(
         jnp.asarray(config.seeds, jnp.int32)
@@ -77,14 +94,16 @@ def init_params(config: TrainConfig, task: Any) -> Any:
 
 
 def attach_run(
-    config: TrainConfig, task: Any, given: Sequence[Instrument] = ()
+    config: TrainConfig, task: Any, given: Sequence[Instrument] = (),
+    model: ModelBuilder | None = None,
 ) -> Attached:
-    """The model of ``config`` (first seed, concrete, so its gate protocol is checked on a random
-    probe) split by :func:`gatezoo.network_fns`, with ``given`` instruments plus those named in
-    ``config.instruments`` attached (:func:`gatezoo.attach_fns`)."""
-    model = build_model(config, task, seed=config.seeds[0])
+    """The model of ``config`` (or ``model(rngs)``; first seed, concrete, so its gate protocol is
+    checked on a random probe) split by :func:`gatezoo.network_fns` under the task's loss, with
+    ``given`` instruments plus those named in ``config.instruments`` attached
+    (:func:`gatezoo.attach_fns`)."""
+    built = _builder(config, task, model)(config.seeds[0])
     example = jax.eval_shape(lambda k: task.sample(k, 2, split="train"), jax.random.key(0))
-    net, _ = network_fns(model, task, example=example)
+    net, _ = network_fns(built, task, example=example)
     return attach_fns(
         net, list(config.instruments), instruments=given, every=dict(config.every) or None,
         compat=config.compat, self_check=bool(config.self_check),
@@ -109,6 +128,7 @@ def train(
     instruments: Sequence[Instrument] = (),
     progress: bool = True,
     task: Any = None,
+    model: ModelBuilder | None = None,
 ) -> RunResult:
     """Trains ``config.seeds`` side by side and returns the final state and metrics.
 
@@ -122,6 +142,10 @@ def train(
       progress: print the progress line on stderr.
       task: a task object to train on instead of ``make_task(config.task, ...)`` (a user's own
         task following the Task contract; ``config.task`` then only names it).
+      model: ``model(rngs) -> nnx.Module``, a model of your own with one or more
+        :class:`gatezoo.Recurrent` layers, trained on the task's loss instead of the config's
+        SequenceModel (``cell``, ``hidden`` and the init fields then do not apply; its metrics
+        are named by layer path when it has several layers).
 
     Returns:
       A :class:`RunResult`.
@@ -168,8 +192,8 @@ def train(
     task = load_task(config) if task is None else task
     n_devices = resolve_devices(config.devices, config.batch_size)
     mesh = batch_mesh(n_devices)
-    attached = attach_run(config, task, instruments)
-    params = init_params(config, task)
+    attached = attach_run(config, task, instruments, model)
+    params = init_params(config, task, model)
     step_fns = make_step_fns(
         attached, task, optimizer, batch_size=config.batch_size,
         steps_per_call=config.steps_per_call, eval_batches=config.eval_batches,
