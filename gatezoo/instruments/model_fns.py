@@ -164,7 +164,7 @@ def _check_cells(net: NetworkFns, layers: dict, params: Any, example: tuple | No
     widths = {n: getattr(c, "in_features", None) for n, c in gated.items()}
     if example is not None and not all(isinstance(w, int) for w in widths.values()):
         xs, ys = example
-        _, records = jax.eval_shape(lambda p: net.loss(p, xs, ys), params)
+        _, records = jax.eval_shape(net.loss, params, xs, ys)
         widths = {n: int(records[n]["inputs"].shape[-1]) for n in gated}
     for name, cell in gated.items():
         if not isinstance(widths[name], int):

@@ -13,6 +13,8 @@ Adam-like methods; summarised by its mean over neurons (size), its coefficient o
 max/min across neurons (spread), and its Pearson correlation with the gate's per-neuron mean
 :math:`E[\alpha_q]` (gated cells).
 
+A fused kernel ``(fan_in, k hidden)`` counts as ``k`` kernels of ``(fan_in, hidden)``.
+
 Read (where the state has them), with ``optax.tree.get``-style lookups by name in any state
 layout (chains, ``inject_hyperparams``, ``optax.contrib``): the rate in force
 (``learning_rate``, present when the optimizer was given as a factory and wrapped by
@@ -109,8 +111,14 @@ def adam_effective_lr(opt_state: Any) -> Any | None:
 
 
 def _kernels(tree: Any, hidden: int) -> list[jax.Array]:
-    return [leaf for leaf in jax.tree_util.tree_leaves(tree)
-            if leaf.ndim == 2 and leaf.shape[-1] == hidden]
+    """The cell's kernels as ``(fan_in, hidden)`` matrices; a fused kernel ``(fan_in, k hidden)``
+    (Flax's GRUCell and OptimizedLSTMCell concatenate their gates' blocks) gives ``k`` of them."""
+    out = []
+    for leaf in jax.tree_util.tree_leaves(tree):
+        if leaf.ndim == 2 and leaf.shape[-1] % hidden == 0:
+            blocks = leaf.reshape(leaf.shape[0], leaf.shape[-1] // hidden, hidden)
+            out.extend(blocks[:, i] for i in range(blocks.shape[1]))
+    return out
 
 
 def per_neuron_rows(tree: Any, hidden: int) -> jax.Array | None:

@@ -104,10 +104,13 @@ def accepted_kwargs(
     the cell when the factory requires a parameter that nobody passes.
     """
     try:
-        sig = inspect.signature(factory)
+        if isinstance(factory, type):
+            # nnx.Module's metaclass __call__ hides the class's own signature: read __init__
+            params = list(inspect.signature(factory.__init__).parameters.values())[1:]
+        else:
+            params = list(inspect.signature(factory).parameters.values())
     except (TypeError, ValueError):  # builtins without a signature: offer everything
         return dict(offered)
-    params = list(sig.parameters.values())
     if any(p.kind is p.VAR_KEYWORD for p in params):
         return dict(offered)
     positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
