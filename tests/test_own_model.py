@@ -233,3 +233,19 @@ def test_registered_optimizer_names_work_for_train_and_compare():
                        steps_per_call=1, devices=1), optimizer="test-lion")
     assert np.isfinite(_lines(gz.train(config, progress=False))[-1]["loss"])
     gz.training.OPTIMIZERS.pop("test-lion")
+
+
+def test_every_instrument_runs_per_layer_of_a_stacked_model():
+    model = Stacked(D_IN, D_H, 2, rngs=nnx.Rngs(0))
+    xs = jax.random.normal(jax.random.key(1), (4, 6, D_IN))
+    ys = jax.random.normal(jax.random.key(2), (4, 2))
+    att = gz.attach(model, mse, ["full"], every={"probe": 1})
+    params = nnx.state(model, nnx.Param)
+    opt = optax.adam(1e-2)
+    out = jax.jit(lambda p: att.update(p, att.init(p), xs, ys, step=0, optimizer=opt,
+                                       opt_state=opt.init(p)))(params)
+    for path in ("layers.0", "layers.1"):
+        for name in ("sensitivity", "anisotropy", "truncation", "ratios", "transport"):
+            got = {k: v for k, v in out.metrics.items() if k.startswith(f"{name}/{path}/")}
+            assert got, (name, path)
+            assert any(np.isfinite(float(v)) for v in got.values()), (name, path)

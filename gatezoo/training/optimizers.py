@@ -159,6 +159,7 @@ def _rate_only(factory: Callable[..., Any]) -> Callable[..., optax.GradientTrans
             )
         return _clipped(clip, transform)
 
+    build.factory = factory  # the user's own function, e.g. for re-importing its module
     return build
 
 
