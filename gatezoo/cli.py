@@ -78,7 +78,8 @@ _TRAIN_FLAGS = [
     ("--task", "task", str, "task name (gatezoo list tasks); default adding"),
     ("--seq-len", "seq_len", int, "sequence length T; default: the task's"),
     ("--optimizer", "optimizer", str,
-     "sgd, momentum, nesterov, adam, adamw, rmsprop; default adam"),
+     "sgd, momentum, nesterov, adam, adamw, rmsprop or a name added by gz.register_optimizer "
+     "(see --import); default adam"),
     ("--lr", "learning_rate", float, "peak learning rate; default 1e-3"),
     ("--schedule", "schedule", str,
      "constant, cosine, warmup-cosine, exponential, step; default constant"),
@@ -170,6 +171,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
         changes["every"] = {**base.every, **_parse_pairs(args.every, "--every")}
     if args.fixed_batch:
         changes["fixed_batch"] = True
+    if args.self_check:
+        changes["self_check"] = True
     config = TrainConfig.from_dict({**base.to_dict(), **changes})
     if out is None:
         stamp = time.strftime("%Y%m%d-%H%M%S")
@@ -253,6 +256,9 @@ def _add_train_parser(sub) -> None:
                    help="track instrument NAME every N steps (repeatable or comma-separated)")
     p.add_argument("--fixed-batch", action="store_true",
                    help="the same training batch at every step (the S2 experiment's quirk)")
+    p.add_argument("--self-check", action="store_true",
+                   help="check every step that the cell's __call__ and its gate path agree "
+                   "(expansion/self_check, rounding-level when they do; adds expansion)")
     p.add_argument("--quiet", action="store_true", help="no progress line")
     p.set_defaults(func=_cmd_train)
 
@@ -516,6 +522,11 @@ def _build_parser() -> argparse.ArgumentParser:
             "compare with what schedules, momentum and Adam do."
         ),
     )
+    parser.add_argument(
+        "--import", dest="imports", action="append", default=[], metavar="MODULE",
+        help="import a Python module first (repeatable): one that calls gz.register_cell / "
+        "gz.register_optimizer makes its names usable by every command",
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     p = sub.add_parser("list", help="list the cells (and tasks, optimizers, instruments)")
     p.add_argument(
@@ -536,6 +547,16 @@ def _raise_terminated(signum, frame) -> None:
     raise Terminated()
 
 
+def _import_plugins(modules: Sequence[str]) -> None:
+    import importlib
+
+    for name in modules:
+        try:
+            importlib.import_module(name)
+        except ImportError as err:
+            raise UsageError(f"--import {name}: {err}") from None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _build_parser()
     args = parser.parse_args(argv)
@@ -546,6 +567,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if threading.current_thread() is threading.main_thread():
         previous = signal.signal(signal.SIGTERM, _raise_terminated)
     try:
+        _import_plugins(args.imports)
         return int(args.func(args) or 0)
     except (UsageError, ValueError, TypeError, FileNotFoundError) as err:
         print(f"gatezoo {args.command}: error: {err}", file=sys.stderr)

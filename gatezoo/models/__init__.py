@@ -37,12 +37,17 @@ from gatezoo.models.mingated import MinGRU, MinLSTM
 from gatezoo.models.protocol import (
     CellFn,
     GatedCell,
+    GateProtocolError,
     cell_fn,
+    check_gate_protocol,
     deform,
     flatten_carry,
     is_gated,
+    param_dtype_of,
     unflatten_carry,
+    zero_carry,
 )
+from gatezoo.models.recurrent import LayerTap, Recurrent, layer_name, recurrent_layers, tapping
 from gatezoo.models.registry import CELLS, CellEntry, cell_names, make_cell, register_cell
 from gatezoo.models.rglru import RGLRU
 from gatezoo.models.s6 import S6
@@ -71,6 +76,15 @@ __all__ = [
     "is_gated",
     "flatten_carry",
     "unflatten_carry",
+    "zero_carry",
+    "param_dtype_of",
+    "check_gate_protocol",
+    "GateProtocolError",
+    "Recurrent",
+    "LayerTap",
+    "tapping",
+    "recurrent_layers",
+    "layer_name",
     "CELLS",
     "CellEntry",
     "cell_names",
