@@ -17,11 +17,7 @@ import pytest
 import gatezoo
 
 NOT_RUNNABLE = {
-    "gatezoo.training.model_fns": "commented-out example (>>> #)",
     "gatezoo.experiments.compare": "commented-out example (>>> #): a full compare run",
-    "gatezoo.models.jacobians": "+SKIP example of autodiff_split",
-    "gatezoo.instruments.expansion": "+SKIP example of first_order_gradients",
-    "gatezoo.instruments.registry": "+SKIP examples of make_instruments",
 }
 
 

@@ -83,9 +83,19 @@ def first_order_gradients(
       self_check: also rebuild the cell part of ``G(1)`` from the adjoints (``exact_cell``;
         otherwise ``None``), one more parameter cotangent.
 
-    Example:
-      >>> fo = first_order_gradients(fns, params, xs, carries, adjoints, grads)  # doctest: +SKIP
-      >>> fo.g0, fo.g1  # doctest: +SKIP
+    Example (through :func:`gatezoo.attach`, which supplies ``carries``, ``adjoints`` and
+    ``grads`` from one backward pass; ``""`` names the one layer of a ``SequenceModel``):
+      >>> import jax
+      >>> from flax import nnx
+      >>> import gatezoo as gz
+      >>> task = gz.make_task("adding", seq_len=8)
+      >>> cell = gz.VectorGate(task.input_dim, 4, rngs=nnx.Rngs(0))
+      >>> model = gz.SequenceModel(cell, task.output_dim, rngs=nnx.Rngs(1))
+      >>> att = gz.attach(model, task, ["expansion"])
+      >>> _, params = gz.model_fns(model, task)
+      >>> fo = att.first_order(params, *task.sample(jax.random.key(0), 4))[""]
+      >>> fo.g0["cell"]["W"].shape == fo.g1["cell"]["W"].shape == (4, 4)
+      True
     """
     tm = jax.tree_util.tree_map
     xs_t = steps.time_major(xs if fns.inputs is None else fns.inputs(params, xs))

@@ -2,9 +2,17 @@
 :func:`make_instruments`.
 
 Example:
-  >>> insts = make_instruments(["economy"], fns)  # doctest: +SKIP
-  >>> insts = make_instruments(["gates", "sensitivity"], fns, every={"sensitivity": 100})
-  ... # doctest: +SKIP
+  >>> from flax import nnx
+  >>> import gatezoo as gz
+  >>> task = gz.make_task("adding", seq_len=8)
+  >>> model = gz.SequenceModel(gz.VectorGate(task.input_dim, 4, rngs=nnx.Rngs(0)),
+  ...                          task.output_dim, rngs=nnx.Rngs(1))
+  >>> fns, params = gz.model_fns(model, task)
+  >>> sorted(i.name for i in make_instruments(["economy"], fns))
+  ['analogies', 'effective_lr', 'gates', 'lags', 'optimizer', 'transport']
+  >>> [i.name for i in make_instruments(["gates", "sensitivity"], fns,
+  ...                                   every={"sensitivity": 100})]
+  ['gates', 'sensitivity']
 """
 
 from __future__ import annotations

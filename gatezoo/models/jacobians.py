@@ -392,8 +392,13 @@ def autodiff_split(step: Callable, params: Any, carry: Any, x: Array) -> tuple[A
       ``(A, B)``, each ``(n, n)`` with ``n`` the flattened carry size.
 
     Example:
-      >>> fn = gz.cell_fn(gz.GRU(2, 3, rngs=nnx.Rngs(0)))  # doctest: +SKIP
-      >>> A, B = gz.autodiff_split(fn.step, fn.params, jnp.ones(3), jnp.ones(2))  # doctest: +SKIP
+      >>> import jax.numpy as jnp
+      >>> from flax import nnx
+      >>> import gatezoo as gz
+      >>> fn = gz.cell_fn(gz.GRU(2, 3, rngs=nnx.Rngs(0)))
+      >>> A, B = gz.autodiff_split(fn.step, fn.params, jnp.ones(3), jnp.ones(2))
+      >>> A.shape, B.shape
+      ((3, 3), (3, 3))
     """
     flat = flatten_carry(carry)
 
