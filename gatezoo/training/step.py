@@ -156,6 +156,12 @@ def make_step_fns(
         finite = jnp.isfinite(loss) & jnp.all(
             jnp.stack([jnp.all(jnp.isfinite(g)) for g in jax.tree_util.tree_leaves(grads)])
         )
+        # a non-finite step leaves the slot as it was: a diverging learning-rate trial must not
+        # spread NaN into instruments (a run without trials stops at that step anyway)
+        new_params, new_opt_state = jax.tree_util.tree_map(
+            lambda new, old: jnp.where(finite, new, old), (new_params, new_opt_state),
+            (params, opt_state),
+        )
         metrics = {
             "loss": loss,
             "lr": learning_rate_in_force(new_opt_state),
