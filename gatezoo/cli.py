@@ -272,12 +272,15 @@ def _cmd_compare(args: argparse.Namespace) -> int:
         if value is not None:
             changes[field] = value
     for field in ("task", "seq_len", "seeds", "steps", "batch_size", "hidden", "target",
-                  "eval_every", "compat"):
+                  "eval_every", "compat", "trials"):
         value = getattr(args, field)
         if value is not None:
             changes[field] = value
     if args.lr:
         changes["learning_rates"] = {k: float(v) for k, v in _parse_pairs(args.lr, "--lr").items()}
+    if args.lr_range:
+        changes["lr_ranges"] = {k: _parse_range(v) for k, v in
+                                _parse_pairs(args.lr_range, "--lr-range").items()}
     if args.every:
         changes["every"] = {k: int(v) for k, v in _parse_pairs(args.every, "--every").items()}
     if args.task_option:
@@ -299,6 +302,14 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     page = build_report(out)
     print(f"report: {page}")
     return 0
+
+
+def _parse_range(text: object) -> tuple[float, float]:
+    try:
+        lo, hi = (float(v) for v in str(text).split(":"))
+    except ValueError:
+        raise ValueError(f"--lr-range needs OPT=LO:HI, got {text!r}") from None
+    return lo, hi
 
 
 def _report_quietly(out) -> None:
@@ -397,7 +408,14 @@ def _add_experiment_parsers(sub) -> None:
     p.add_argument("--optimizers", help="comma-separated optimizer names")
     p.add_argument("--schedules", help="comma-separated schedules (default constant)")
     p.add_argument("--lr", action="append", metavar="OPT=RATE", default=[],
-                   help="learning rate per optimizer, e.g. --lr sgd=0.05 (repeatable)")
+                   help="pin the learning rate of an optimizer, no search, e.g. --lr sgd=0.05 "
+                   "(repeatable)")
+    p.add_argument("--trials", type=int, help="learning-rate trials per cell x optimizer, "
+                   "log-uniform over the optimizer's range, trained beside the seeds in one "
+                   "compiled program; the best held-out loss wins (default 5; 1: no search)")
+    p.add_argument("--lr-range", action="append", metavar="OPT=LO:HI", default=[],
+                   help="learning-rate search range of an optimizer, e.g. --lr-range "
+                   "sgd=0.01:1 (repeatable)")
     p.add_argument("--seeds", type=int, help="number of seeds (default 3)")
     p.add_argument("--steps", type=int, help="training steps per run (default 300)")
     p.add_argument("--batch-size", type=int, help="batch size (default 32)")
