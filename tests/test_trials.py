@@ -81,3 +81,14 @@ def test_trials_refuse_schedules_and_mismatched_slots():
         set_slot_learning_rates(state, [0.1, 0.2, 0.3])
     assert math.isclose(float(set_slot_learning_rates(state, [0.1, 0.5]).hyperparams[
         "learning_rate"][1]), 0.5, rel_tol=1e-6)
+
+
+def test_selection_rule_skips_diverged_trials_and_prefers_the_smaller_rate():
+    from gatezoo.experiments.compare import select_trial
+
+    # 3 trials x 2 seeds, trial-major
+    assert select_trial([0.5, 0.7, 0.2, 0.2, 0.1, 0.1], [-1] * 6, 3) == 2
+    assert select_trial([0.5, 0.7, 0.2, 0.2, 0.1, 0.1], [-1, -1, -1, -1, 5, -1], 3) == 1
+    assert select_trial([0.3, 0.3, 0.3, 0.3], [-1] * 4, 2) == 0  # a tie: the smaller rate
+    assert select_trial([0.3, np.nan, 0.1, 0.1], [-1] * 4, 2) == 1
+    assert select_trial([0.3, 0.3], [1, -1], 1) is None
