@@ -268,3 +268,22 @@ def test_report_renders_in_chromium(compare_dir, tmp_path):
     head = shot.read_bytes()[:24]
     assert head[:8] == b"\x89PNG\r\n\x1a\n"
     assert struct.unpack(">II", head[16:24]) == (1400, 3000)
+
+
+def test_time_to_target_is_the_first_held_out_hit_at_the_compiled_step_rate(tmp_path):
+    from gatezoo.report.compare_report import time_to_target
+
+    run = tmp_path / "run"
+    run.mkdir()
+    lines = []
+    for step in range(40):  # round trips of 10 steps; the first one includes the compile
+        rate = 2.0 if step < 10 else 100.0
+        lines += [{"step": step, "seed": s, "split": "train", "loss": 1.0,
+                   "steps_per_sec": rate} for s in (0, 1)]
+    for step, losses in ((0, (1.0, 1.0)), (10, (0.6, 0.3)), (20, (0.5, 0.4)), (30, (0.1, 0.1))):
+        lines += [{"step": step, "seed": s, "split": "eval", "loss": v}
+                  for s, v in zip((0, 1), losses, strict=True)]
+    (run / "metrics.jsonl").write_text("\n".join(json.dumps(x) for x in lines))
+    m = read_metrics(run)
+    assert time_to_target(m, 0.45, trials=4) == (10, pytest.approx(10 * 0.01 / 4))
+    assert time_to_target(m, 0.05, trials=1) == (None, None)
