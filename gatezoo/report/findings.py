@@ -110,6 +110,11 @@ def _gate_correction(cr) -> list[dict]:
             continue
         v = np.asarray(vals)
         med, lo, hi = float(np.median(v)), float(v.min()), float(v.max())
+        if hi == 0.0:  # a constant gate has no gate-induced Jacobian part: B = 0 (§7.2)
+            out.append(_f(f"{cell}: ||G1|| = 0 at every tracked step, as THEORY §7.2 says for "
+                          "a constant gate (B = 0); no gate-induced correction to compare.",
+                          {"median": 0.0, "min": 0.0, "max": 0.0}, "gate_correction"))
+            continue
         out.append(_f(f"{cell}: ||G1||/||G0|| over training has median {med:.3g} "
                       f"(range {lo:.3g} to {hi:.3g}, all optimizers).",
                       {"median": med, "min": lo, "max": hi}, "gate_correction"))
