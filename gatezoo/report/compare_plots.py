@@ -166,9 +166,10 @@ def tuning_figure(cr, base: float | None) -> ReportFigure | None:
     )
 
 
+# (row's measured profiles with their line styles, prediction, prediction's label)
 _LAG_ROWS = (
-    ("sensitivity/profile", "transport/retention", "measured S(l)/S(1)", "prod(1-alpha)"),
-    ("lags/ratio", "transport/candidate", "error signal ||dL/dh_T-l||", "prod(alpha)"),
+    ((("lags/ratio", "-"), ("sensitivity/profile", ":")), "transport/retention", "prod(1-alpha)"),
+    ((("lags/ratio", "-"),), "transport/candidate", "prod(alpha)"),
 )
 
 
@@ -180,14 +181,14 @@ def lag_figure(cr) -> ReportFigure | None:
         fig, axes = _panels(len(cells), nrows=2, width=3.6, height=3.4)
         legend: dict[str, Any] = {}
         drew = False
-        for row, (measured, predicted, mlab, plab) in enumerate(_LAG_ROWS):
+        for row, (measured, predicted, plab) in enumerate(_LAG_ROWS):
             for col_i, cell in enumerate(cells):
                 ax = axes[row, col_i]
                 for name, (e, m, _) in cr.runs.items():
                     if e["cell"] != cell:
                         continue
                     col = color_for(variants.index(variant(e)))
-                    for key, ls in ((measured, "-"), (predicted, "--")):
+                    for key, ls in (*measured, (predicted, "--")):
                         lags, step, prof = _last_tracked(m, key)
                         if lags.size == 0:
                             continue
@@ -198,7 +199,7 @@ def lag_figure(cr) -> ReportFigure | None:
                         data[name][key] = {"lags": lags.tolist(), "step": step,
                                            "mean": prof.tolist()}
                 ax.set_ylim(*LAG_CLIP)
-                ax.set_title(f"{cell}: {mlab.split(' ')[0]} (-) vs {plab} (--)", fontsize=10)
+                ax.set_title(f"{cell}: measured (-) vs {plab} (--)", fontsize=10)
                 ax.set_xlabel("lag l")
                 if col_i == 0:
                     ax.set_ylabel("relative gain (lag 1 = 1)")
@@ -211,10 +212,11 @@ def lag_figure(cr) -> ReportFigure | None:
     return ReportFigure(
         "effective_lr_by_lag", "Effective learning rate by lag: measured vs predicted",
         "At the last tracked step (mean over seeds), one column per cell, one colour per "
-        "optimizer. Top row: the measured transport gain by lag (solid; probe sensitivity "
-        "||J_t...J_t-l+1||_2, lag 1 = 1) beside the product of retentions prod(1 - alpha) "
-        "(dashed). Bottom row: the training error signal's norm ||dL/dh_T-l|| relative to lag 0 "
-        "(solid) beside the product of candidate weights prod(alpha) (dashed). Solid and dashed "
+        "optimizer. Solid: the training error signal's norm ||dL/dh_T-l|| relative to lag 0 "
+        "(dotted, where the sensitivity instrument ran: the probe's transport gain "
+        "||J_t...J_t-l+1||_2, lag 1 = 1). Dashed: the gate-product prediction, the product of "
+        "retentions prod(1 - alpha) (top row) or of candidate weights prod(alpha) (bottom "
+        "row). The fitted power and R^2 of each prediction are in the Findings. Solid and dashed "
         "falling together mean the gates alone explain how strongly errors from l steps back "
         f"update the weights. Log y-axis clipped to [{lo:g}, {hi:g}]: values outside are drawn "
         "on the edge.",
