@@ -398,8 +398,8 @@ def _add_experiment_parsers(sub) -> None:
         description="Train a grid of cells x optimizers (x schedules) x seeds on one task "
         "(seeds vmapped), with instruments on, and write report.html, summary.json, table.md "
         "and figures/*.png. With no arguments: the adding task (T=24), cells leaky (alpha 0.2), "
-        "scalar, vector, gru, lstm; optimizers sgd, momentum, adam, each tuned over 4 "
-        "learning rates; 3 seeds; 1500 steps of batch 64.",
+        "scalar, vector, gru, lstm; optimizers sgd, momentum, adam, each tuned over 3 "
+        "learning rates; 3 seeds; 1000 steps of batch 64.",
     )
     p.add_argument("--task", help="task name (default adding)")
     p.add_argument("--seq-len", type=int, help="sequence length T (default 24)")
@@ -413,18 +413,18 @@ def _add_experiment_parsers(sub) -> None:
                    "(repeatable)")
     p.add_argument("--trials", type=int, help="learning-rate trials per cell x optimizer, "
                    "log-uniform over the optimizer's range, trained beside the seeds in one "
-                   "compiled program; the best held-out loss wins (default 4; 1: no search)")
+                   "compiled program; the best held-out loss wins (default 3; 1: no search)")
     p.add_argument("--lr-range", action="append", metavar="OPT=LO:HI", default=[],
                    help="learning-rate search range of an optimizer, e.g. --lr-range "
                    "sgd=0.01:1 (repeatable)")
     p.add_argument("--seeds", type=int, help="number of seeds (default 3)")
-    p.add_argument("--steps", type=int, help="training steps per run (default 1500)")
+    p.add_argument("--steps", type=int, help="training steps per run (default 1000)")
     p.add_argument("--batch-size", type=int, help="batch size (default 64)")
     p.add_argument("--hidden", type=int, help="hidden size (default 32)")
     p.add_argument("--instruments", help="comma-separated instruments/presets "
                    "(default economy,expansion,anisotropy)")
     p.add_argument("--every", action="append", metavar="NAME=N", default=[],
-                   help="instrument or tier schedule (default step=25,probe=750; repeatable)")
+                   help="instrument or tier schedule (default step=50,probe=500; repeatable)")
     p.add_argument("--eval-every", type=int, help="held-out evaluation period (default 100)")
     p.add_argument("--target", type=float, help="held-out loss for the time-to-target "
                    "columns (default half the trivial baseline)")

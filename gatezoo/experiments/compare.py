@@ -14,7 +14,7 @@ opened, resumed or re-plotted on its own:
 
 The defaults are the README's main job: the adding task at ``T = 24``, cells leaky
 (``alpha = 0.2``), scalar, vector, GRU and LSTM, optimizers SGD, momentum and Adam, each tuned
-over 4 learning rates (log-uniform, :data:`LR_RANGES`), three seeds, 1500 steps of batch 64,
+over 3 learning rates (log-uniform, :data:`LR_RANGES`), three seeds, 1000 steps of batch 64,
 sized to finish within six minutes of a 2-core CPU. Every grid cell (all its trials and seeds)
 is one compiled program; the chosen trial's seeds are the run that is reported.
 
@@ -81,16 +81,16 @@ class CompareConfig:
     cell_options: dict = dataclasses.field(default_factory=lambda: {"leaky": {"alpha": 0.2}})
     optimizers: tuple[str, ...] = ("sgd", "momentum", "adam")
     learning_rates: dict = dataclasses.field(default_factory=dict)
-    trials: int = 4
+    trials: int = 3
     lr_ranges: dict = dataclasses.field(default_factory=dict)
     schedules: tuple[str, ...] = ("constant",)
     seeds: int = 3
-    steps: int = 1500
+    steps: int = 1000
     batch_size: int = 64
     hidden: int = 32
     instruments: tuple[str, ...] = ("economy", "expansion", "anisotropy")
     every: dict = dataclasses.field(
-        default_factory=lambda: {"step": 25, "probe": 750})
+        default_factory=lambda: {"step": 50, "probe": 500})
     eval_every: int = 100
     steps_per_call: int = 100
     compat: str = "exact"
