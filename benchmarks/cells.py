@@ -1,4 +1,5 @@
-"""Speed of one train step of gatezoo's GRU and LSTM beside Flax's own cells and PyTorch's.
+"""Speed of one train step of gatezoo's GRU and LSTM beside Flax's own cells and PyTorch's, and of
+the input-gated linear cells' associative scan beside their sequential scan.
 
 One train step is: forward over a sequence ``(batch, T, in)``, a linear readout of the last
 step, the MSE loss against fixed targets ``(batch, 1)``, the backward pass, and an Adam update.
@@ -16,11 +17,18 @@ drift in machine load over all of them); each round times a block of consecutive
 ``block_until_ready``, and the reported time is the median over rounds of time per step. Ratios
 are gatezoo's median over the other's median from the same run.
 
+Second table (the scans): for ``mingru``, ``rglru`` and ``s6`` (and any cell given with
+``--scan-cells``), the same train step with ``scan="associative"`` (``jax.lax.associative_scan``,
+the default) and ``scan="sequential"`` (``lax.scan``), and Flax's ``nnx.GRUCell`` in ``nnx.RNN``
+as a reference, at ``T = 1024`` and ``4096``; ratios associative/sequential and
+associative/flax-gru from the same round-robin timing.
+
 Usage::
 
     python benchmarks/cells.py                 # batch 32, in 8, hidden 128, T = 100 and 1000
     python benchmarks/cells.py --quick         # a smoke run in well under a minute
     python benchmarks/cells.py --lengths 100 --rounds 21 --cells lstm
+    python benchmarks/cells.py --scans-only    # only the scan table, T = 1024 and 4096
 """
 
 from __future__ import annotations
@@ -49,6 +57,7 @@ except ImportError:  # pragma: no cover - depends on the environment
     torch = None
 
 CELLS = ("gru", "lstm")
+SCAN_CELLS = ("mingru", "rglru", "s6")
 
 
 class FlaxModel(nnx.Module):
@@ -75,6 +84,12 @@ def gatezoo_model(cell: str, d: int, h: int) -> nnx.Module:
 def flax_model(cell: str, d: int, h: int) -> nnx.Module:
     cls = {"gru": nnx.GRUCell, "lstm": nnx.OptimizedLSTMCell}[cell]
     return FlaxModel(cls(d, h, rngs=nnx.Rngs(0)), h, rngs=nnx.Rngs(1))
+
+
+def scan_model(cell: str, d: int, h: int, scan: str, d_state: int) -> nnx.Module:
+    options = {"d_state": d_state} if cell == "s6" else {}
+    built = gz.make_cell(cell, d, h, rngs=nnx.Rngs(0), scan=scan, **options)
+    return gz.SequenceModel(built, 1, rngs=nnx.Rngs(1))
 
 
 def jax_runner(model: nnx.Module, xs: np.ndarray, ys: np.ndarray, lr: float) -> Callable:
@@ -177,6 +192,34 @@ def cpu_name() -> str:
     return platform.processor() or "unknown"
 
 
+def scan_table(args: argparse.Namespace, lr: float) -> None:
+    """The associative scan against the sequential one and Flax's GRU, one row per (cell, T)."""
+    print(f"# scans: batch {args.batch}, in {args.features}, hidden {args.scan_hidden}, "
+          f"s6 d_state {args.d_state}; time per train step (fwd+bwd+Adam)")
+    print("| cell | T | associative ms | sequential ms | flax-gru ms | assoc/seq | "
+          "assoc/flax-gru | CPU-time assoc/seq |")
+    print("|---|---|---|---|---|---|---|---|")
+    rng = np.random.default_rng(1)
+    h, d = args.scan_hidden, args.features
+    for T in args.scan_lengths:
+        xs = rng.standard_normal((args.batch, T, d)).astype(np.float32)
+        ys = rng.standard_normal((args.batch, 1)).astype(np.float32)
+        flax_gru = jax_runner(flax_model("gru", d, h), xs, ys, lr)
+        for cell in args.scan_cells:
+            runners = {
+                scan: jax_runner(scan_model(cell, d, h, scan, args.d_state), xs, ys, lr)
+                for scan in gz.SCANS
+            }
+            runners["flax-gru"] = flax_gru
+            wall, cpu = time_rounds(runners, args.rounds, args.block, pause_s=0.02)
+            ms = [f"{1e3 * wall[k]:.2f}" for k in ("associative", "sequential", "flax-gru")]
+            ratios = [wall["associative"] / wall["sequential"],
+                      wall["associative"] / wall["flax-gru"],
+                      cpu["associative"] / cpu["sequential"]]
+            cols = [cell, str(T), *ms, *(f"{r:.2f}" for r in ratios)]
+            print("| " + " | ".join(cols) + " |", flush=True)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--batch", type=int, default=32)
@@ -188,15 +231,31 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--block", type=float, default=0.3, help="seconds per timed block")
     parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads")
     parser.add_argument("--no-torch", action="store_true", help="skip PyTorch even if installed")
-    parser.add_argument("--quick", action="store_true", help="T = 20 and 100, 3 short rounds")
+    parser.add_argument("--quick", action="store_true",
+                        help="T = 20 and 100 (scans: 64 and 256, hidden 16), 3 short rounds")
+    parser.add_argument("--scan-cells", nargs="+", choices=sorted(gz.CELLS),
+                        default=list(SCAN_CELLS), help="cells of the scan table")
+    parser.add_argument("--scan-lengths", type=int, nargs="+", default=[1024, 4096],
+                        help="T values of the scan table")
+    parser.add_argument("--scan-hidden", type=int, default=64, help="hidden of the scan table")
+    parser.add_argument("--d-state", type=int, default=8, help="s6 states per channel")
+    table = parser.add_mutually_exclusive_group()
+    table.add_argument("--scans-only", action="store_true", help="only the scan table")
+    table.add_argument("--no-scans", action="store_true", help="skip the scan table")
     args = parser.parse_args(argv)
-    for name in ("batch", "features", "hidden", "rounds", "threads"):
+    for name in ("batch", "features", "hidden", "rounds", "threads", "scan_hidden", "d_state"):
         if getattr(args, name) < 1:
-            raise SystemExit(f"--{name} must be >= 1, got {getattr(args, name)}")
-    if any(t < 1 for t in args.lengths):
-        raise SystemExit(f"--lengths must be >= 1, got {args.lengths}")
+            flag = name.replace("_", "-")
+            raise SystemExit(f"--{flag} must be >= 1, got {getattr(args, name)}")
+    if any(t < 1 for t in args.lengths + args.scan_lengths):
+        raise SystemExit(f"--lengths/--scan-lengths must be >= 1, got "
+                         f"{args.lengths} / {args.scan_lengths}")
+    no_scan = [c for c in args.scan_cells if "scan" not in gz.CELLS[c].options]
+    if no_scan:
+        raise SystemExit(f"--scan-cells takes cells with a scan option; not {', '.join(no_scan)}")
     if args.quick:
         args.lengths, args.rounds, args.block = [20, 100], 3, 0.05
+        args.scan_lengths, args.scan_hidden = [64, 256], 16
     use_torch = torch is not None and not args.no_torch
     if use_torch:
         torch.set_num_threads(args.threads)
@@ -210,27 +269,31 @@ def main(argv: list[str] | None = None) -> None:
     print(f"# batch {args.batch}, in {args.features}, hidden {args.hidden}, "
           f"rounds {args.rounds}, block {args.block}s; time per train step (fwd+bwd+Adam)")
     print(f"# load average before: {load_average()}")
-    print("| cell | T | gatezoo ms | flax ms | torch ms | gatezoo/flax | gatezoo/torch | "
-          "CPU-time gatezoo/flax | CPU-time gatezoo/torch |")
-    print("|---|---|---|---|---|---|---|---|---|")
-    rng = np.random.default_rng(0)
-    for T in args.lengths:
-        xs = rng.standard_normal((args.batch, T, args.features)).astype(np.float32)
-        ys = rng.standard_normal((args.batch, 1)).astype(np.float32)
-        for cell in args.cells:
-            runners = {
-                "gatezoo": jax_runner(gatezoo_model(cell, args.features, args.hidden), xs, ys, lr),
-                "flax": jax_runner(flax_model(cell, args.features, args.hidden), xs, ys, lr),
-            }
-            if use_torch:
-                runners["torch"] = torch_runner(cell, args.hidden, xs, ys, lr)
-            wall, cpu = time_rounds(runners, args.rounds, args.block, pause_s=0.02)
-            ms = {k: f"{1e3 * v:.2f}" for k, v in wall.items()}
-            cols = [cell, str(T), ms["gatezoo"], ms["flax"], ms.get("torch", "-")]
-            for med in (wall, cpu):
-                cols.append(f"{med['gatezoo'] / med['flax']:.2f}")
-                cols.append(f"{med['gatezoo'] / med['torch']:.2f}" if use_torch else "-")
-            print("| " + " | ".join(cols) + " |", flush=True)
+    if not args.scans_only:
+        print("| cell | T | gatezoo ms | flax ms | torch ms | gatezoo/flax | gatezoo/torch | "
+              "CPU-time gatezoo/flax | CPU-time gatezoo/torch |")
+        print("|---|---|---|---|---|---|---|---|---|")
+        rng = np.random.default_rng(0)
+        for T in args.lengths:
+            xs = rng.standard_normal((args.batch, T, args.features)).astype(np.float32)
+            ys = rng.standard_normal((args.batch, 1)).astype(np.float32)
+            for cell in args.cells:
+                d, h = args.features, args.hidden
+                runners = {
+                    "gatezoo": jax_runner(gatezoo_model(cell, d, h), xs, ys, lr),
+                    "flax": jax_runner(flax_model(cell, d, h), xs, ys, lr),
+                }
+                if use_torch:
+                    runners["torch"] = torch_runner(cell, args.hidden, xs, ys, lr)
+                wall, cpu = time_rounds(runners, args.rounds, args.block, pause_s=0.02)
+                ms = {k: f"{1e3 * v:.2f}" for k, v in wall.items()}
+                cols = [cell, str(T), ms["gatezoo"], ms["flax"], ms.get("torch", "-")]
+                for med in (wall, cpu):
+                    cols.append(f"{med['gatezoo'] / med['flax']:.2f}")
+                    cols.append(f"{med['gatezoo'] / med['torch']:.2f}" if use_torch else "-")
+                print("| " + " | ".join(cols) + " |", flush=True)
+    if not args.no_scans:
+        scan_table(args, lr)
     print(f"# load average after: {load_average()}")
 
 

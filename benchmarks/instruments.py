@@ -37,7 +37,6 @@ from flax import nnx
 
 import gatezoo as gz
 from gatezoo.instruments import StepContext, make_instruments
-from gatezoo.instruments.protocol import ModelFns
 from gatezoo.instruments.registry import INSTRUMENTS
 
 SIZES = {"64x80": (64, 80, 64), "64x120": (64, 120, 64), "128x1000": (128, 1000, 64)}
@@ -46,27 +45,7 @@ SIZES = {"64x80": (64, 80, 64), "64x120": (64, 120, 64), "128x1000": (128, 1000,
 def build(cell_name: str, hidden: int, d_in: int = 4):
     cell = gz.make_cell(cell_name, d_in, hidden, rngs=nnx.Rngs(0), init=gz.InitSpec("torch"))
     model = gz.SequenceModel(cell, 1, rngs=nnx.Rngs(1))
-    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
-    cell_graph, _, cell_rest = nnx.split(model.cell, nnx.Param, ...)
-
-    def loss(p, xs, ys, eps=None, offsets=None):
-        m = nnx.merge(graphdef, p, rest)
-        outs, carries = m.unroll_states(xs, eps=eps, offsets=offsets)
-        return jnp.mean((m.read(outs[-1]) - ys) ** 2), carries
-
-    def step(cp, carry, x, eps=None):
-        c = nnx.merge(cell_graph, cp, cell_rest)
-        return c(carry, x) if eps is None else c.split_call(carry, x, gz.deform(carry, eps))
-
-    def split_step(cp, carry, x, gate_carry):
-        return nnx.merge(cell_graph, cp, cell_rest).split_call(carry, x, gate_carry)
-
-    def time_scale(cp, carry, x):
-        return nnx.merge(cell_graph, cp, cell_rest).time_scale(carry, x)
-
-    state = 2 * hidden if cell_name == "lstm" else hidden
-    fns = ModelFns(loss, step, time_scale, lambda p: p["cell"], True, hidden, state, split_step)
-    return fns, params
+    return gz.model_fns(model, lambda m, xs, ys: jnp.mean((m(xs) - ys) ** 2))
 
 
 def make_run(fns, params, instruments, opt, steps: int):

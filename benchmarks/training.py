@@ -24,18 +24,17 @@ import numpy as np
 
 from gatezoo.tasks import make_task
 from gatezoo.training import TrainConfig, make_optimizer
-from gatezoo.training.loop import init_params
-from gatezoo.training.model_fns import model_fns
+from gatezoo.training.loop import attach_run, init_params
 from gatezoo.training.step import data_keys, make_step_fns
 
 
 def build(config: TrainConfig, steps_per_call: int):
     """The compiled step functions and initial state of ``config`` (no run folder)."""
     task = make_task(config.task, config.seq_len)
-    model, forward, params = init_params(config, task)
-    fns, _ = model_fns(model, task)
+    params = init_params(config, task)
+    attached = attach_run(config, task)
     opt = make_optimizer(config.optimizer, config.learning_rate)
-    step_fns = make_step_fns(forward, fns, task, opt, batch_size=config.batch_size,
+    step_fns = make_step_fns(attached, task, opt, batch_size=config.batch_size,
                              steps_per_call=steps_per_call, seed_batch=config.seed_batch)
     keys = jnp.stack([data_keys(s) for s in config.seeds])
     return step_fns, step_fns.init(params, keys), task

@@ -6,10 +6,19 @@ The public API is re-exported here; see README.md for the two-command quick star
 from gatezoo.instruments import (
     INSTRUMENTS,
     PRESETS,
+    Attached,
+    FirstOrder,
     Instrument,
     ModelFns,
+    NetworkFns,
     StepContext,
+    StepOutput,
+    attach,
+    attach_fns,
+    first_order_gradients,
     make_instruments,
+    model_fns,
+    network_fns,
 )
 from gatezoo.models import *  # noqa: F403
 from gatezoo.models import __all__ as _models_all
@@ -20,7 +29,7 @@ from gatezoo.training import (
     TrainingDiverged,
     make_optimizer,
     make_schedule,
-    model_fns,
+    register_optimizer,
     train,
 )
 
@@ -39,12 +48,21 @@ __all__ = [
     "INSTRUMENTS",
     "PRESETS",
     "make_instruments",
+    "attach",
+    "attach_fns",
+    "Attached",
+    "StepOutput",
+    "NetworkFns",
+    "network_fns",
+    "FirstOrder",
+    "first_order_gradients",
     "TrainConfig",
     "RunResult",
     "TrainingDiverged",
     "train",
     "make_optimizer",
     "make_schedule",
+    "register_optimizer",
     "model_fns",
     "__version__",
 ]

@@ -8,7 +8,9 @@ non-zero exit, never as a traceback.
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
+import threading
 from collections.abc import Sequence
 
 __all__ = ["main", "UsageError"]
@@ -18,24 +20,10 @@ class UsageError(ValueError):
     """A mistake in the command line; printed as one line, exit status 2."""
 
 
-def _cmd_list(args: argparse.Namespace) -> int:
+def _list_cells() -> dict[str, str]:
     from gatezoo.models.registry import CELLS
 
-    sections = [("cells", {n: e.description for n, e in CELLS.items()})]
-    for title, loader in _LIST_SECTIONS:
-        sections.append((title, loader()))
-    for title, entries in sections:
-        if args.what not in (None, title):
-            continue
-        print(f"{title}:")
-        width = max((len(n) for n in entries), default=0)
-        for name in sorted(entries):
-            print(f"  {name.ljust(width)}  {entries[name]}")
-    return 0
-
-
-# Other packages append (title, loader) pairs here so `gatezoo list` shows what they register.
-_LIST_SECTIONS: list = []
+    return {name: entry.description for name, entry in CELLS.items()}
 
 
 def _list_tasks() -> dict[str, str]:
@@ -62,10 +50,19 @@ def _list_instruments() -> dict[str, str]:
     return list_section()
 
 
-_LIST_SECTIONS += [
-    ("tasks", _list_tasks), ("optimizers", _list_optimizers), ("schedules", _list_schedules),
-    ("instruments", _list_instruments),
-]
+def _cmd_list(args: argparse.Namespace) -> int:
+    sections = (("cells", _list_cells), ("tasks", _list_tasks),
+                ("optimizers", _list_optimizers), ("schedules", _list_schedules),
+                ("instruments", _list_instruments))
+    for title, loader in sections:
+        if args.what not in (None, title):
+            continue
+        entries = loader()
+        print(f"{title}:")
+        width = max((len(n) for n in entries), default=0)
+        for name in sorted(entries):
+            print(f"  {name.ljust(width)}  {entries[name]}")
+    return 0
 
 
 # -- gatezoo train ------------------------------------------------------------------------------
@@ -81,7 +78,8 @@ _TRAIN_FLAGS = [
     ("--task", "task", str, "task name (gatezoo list tasks); default adding"),
     ("--seq-len", "seq_len", int, "sequence length T; default: the task's"),
     ("--optimizer", "optimizer", str,
-     "sgd, momentum, nesterov, adam, adamw, rmsprop; default adam"),
+     "sgd, momentum, nesterov, adam, adamw, rmsprop or a name added by gz.register_optimizer "
+     "(see --import); default adam"),
     ("--lr", "learning_rate", float, "peak learning rate; default 1e-3"),
     ("--schedule", "schedule", str,
      "constant, cosine, warmup-cosine, exponential, step; default constant"),
@@ -89,7 +87,8 @@ _TRAIN_FLAGS = [
     ("--clip", "clip", float, "clip gradients to this global norm; default off"),
     ("--warmup", "warmup", int, "warmup steps of warmup-cosine; default 0"),
     ("--steps", "steps", int, "number of updates; default 1000"),
-    ("--batch", "batch_size", int, "batch size per seed (divided over devices); default 64"),
+    ("--batch-size", "batch_size", int,
+     "batch size per seed (divided over devices); default 64"),
     ("--seeds", "seeds", str, "a count ('4' = seeds 0..3) or a list ('0,5,7'), run side by side "
      "with vmap; default 1"),
     ("--dtype", "dtype", str, "float32, float64 (switches on jax_enable_x64) or bfloat16; "
@@ -172,6 +171,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
         changes["every"] = {**base.every, **_parse_pairs(args.every, "--every")}
     if args.fixed_batch:
         changes["fixed_batch"] = True
+    if args.self_check:
+        changes["self_check"] = True
     config = TrainConfig.from_dict({**base.to_dict(), **changes})
     if out is None:
         stamp = time.strftime("%Y%m%d-%H%M%S")
@@ -198,6 +199,19 @@ def _cmd_train(args: argparse.Namespace) -> int:
         print(text)
     print(f"run folder: {out}")
     return 0
+
+
+class _Renamed(argparse.Action):
+    """A renamed flag, still accepted: stores its value and notes the new name on stderr."""
+
+    def __init__(self, option_strings, dest, new: str, **kwargs):
+        self.new = new
+        super().__init__(option_strings, dest, **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        print(f"gatezoo: note: {option_string} is now {self.new}; the old spelling will be "
+              "removed", file=sys.stderr)
+        setattr(namespace, self.dest, values)
 
 
 def _add_train_parser(sub) -> None:
@@ -232,6 +246,8 @@ def _add_train_parser(sub) -> None:
                    help="continue the run in --out from its newest checkpoint")
     for flag, field, kind, help_text in _TRAIN_FLAGS:
         p.add_argument(flag, dest=field, type=kind, default=None, help=help_text)
+    p.add_argument("--batch", dest="batch_size", type=int, action=_Renamed, new="--batch-size",
+                   help="old spelling of --batch-size (deprecated)")
     p.add_argument("--cell-option", action="append", metavar="K=V",
                    help="cell option, e.g. alpha=0.8 for leaky (repeatable)")
     p.add_argument("--task-option", action="append", metavar="K=V",
@@ -240,6 +256,9 @@ def _add_train_parser(sub) -> None:
                    help="track instrument NAME every N steps (repeatable or comma-separated)")
     p.add_argument("--fixed-batch", action="store_true",
                    help="the same training batch at every step (the S2 experiment's quirk)")
+    p.add_argument("--self-check", action="store_true",
+                   help="check every step that the cell's __call__ and its gate path agree "
+                   "(expansion/self_check, rounding-level when they do; adds expansion)")
     p.add_argument("--quiet", action="store_true", help="no progress line")
     p.set_defaults(func=_cmd_train)
 
@@ -322,20 +341,89 @@ def _report_quietly(out) -> None:
         print(f"gatezoo: no report: {err}", file=sys.stderr)
 
 
-def _cmd_reproduce(args: argparse.Namespace) -> int:
+def _reproduce_overrides(items: Sequence[str]) -> dict[str, str]:
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise UsageError(f"--set takes FIELD=VALUE, got {item!r}")
+        out[key.strip()] = value.strip()
+    return out
+
+
+def _typed_like(default, value: str, field: str):
+    """``value`` (text) converted to the type of the config field's ``default``."""
+    try:
+        if isinstance(default, tuple):
+            kind = type(default[0]) if default else str
+            return tuple(kind(v.strip()) for v in value.split(",") if v.strip())
+        if isinstance(default, bool):
+            return value.lower() in ("1", "true", "yes")
+        return type(default)(value)
+    except ValueError:
+        raise UsageError(f"--set {field}={value!r}: not a value of this field") from None
+
+
+def _experiment_config(cls, args, overrides: dict[str, str], used: set, **fixed):
+    """``cls`` built from the CLI's flags, then ``--set`` overrides of its own fields."""
     import dataclasses
+
+    tasks = _csv(args.tasks)
+    kw = dict(fixed, compat=args.compat)
+    if args.seeds is not None:  # 0 is a value to validate, not "use the default"
+        kw["seeds"] = args.seeds
+    names = {f.name for f in dataclasses.fields(cls)}
+    if tasks and "tasks" in names:
+        kw["tasks"] = tasks
+    if args.models and "models" in names:
+        kw["models"] = _csv(args.models)
+    defaults = cls(**{k: v for k, v in kw.items() if k in names})
+    for key, value in overrides.items():
+        if key in names:
+            kw[key] = _typed_like(getattr(defaults, key), value, key)
+            used.add(key)
+    return cls(**{k: v for k, v in kw.items() if k in names})
+
+
+def _run_parts(which: str, args, out: str, log) -> None:
+    from gatezoo.experiments.appendix import AppendixConfig, run_appendix
+    from gatezoo.experiments.s1 import S1Config, run_s1
+    from gatezoo.experiments.s2 import S2Config, run_s2
+
+    overrides, used = _reproduce_overrides(args.set), set()
+    if which in ("appendix", "all"):
+        cfg = _experiment_config(AppendixConfig, args, overrides, used)
+        summary = run_appendix(cfg, out)
+        for gate, g in summary["gates"].items():
+            a = g["aggregate"]
+            log(f"appendix {gate}: small-eps slope {a['slope_mean']:.4f} +/- "
+                f"{a['slope_std']:.4f} ({a['n_kept']} seeds kept), median r_j "
+                f"{a['r_median_of_medians']:.3g}, {g['wall_time_s']:.1f} s")
+    parts = []
+    if which in ("s1", "all"):
+        cfg = _experiment_config(S1Config, args, overrides, used)
+        steps = args.steps if args.steps is not None else (800 if which == "all" else 600)
+        parts.append((run_s1, cfg.with_steps(steps)))
+    if which in ("s2", "all"):
+        cfg = _experiment_config(S2Config, args, overrides, used)
+        steps = args.steps if args.steps is not None else (1200 if which == "all" else 800)
+        parts.append((run_s2, cfg.with_steps(steps)))
+    unknown = sorted(set(overrides) - used)
+    if unknown:
+        raise UsageError(f"--set: no field {', '.join(unknown)} in the {which} settings")
+    for run, cfg in parts:
+        run(cfg, out, log=log)
+
+
+def _cmd_reproduce(args: argparse.Namespace) -> int:
     import time
 
     import jax
 
-    from gatezoo.experiments.appendix import AppendixConfig, run_appendix
-    from gatezoo.experiments.s1 import S1Config, run_s1
-    from gatezoo.experiments.s2 import S2Config, run_s2
     from gatezoo.report import build_report
 
     which = args.experiment
     out = args.out or f"runs/reproduce-{which}-{_timestamp()}"
-    tasks = _csv(args.tasks)
 
     def log(msg: str) -> None:
         if not args.quiet:
@@ -344,40 +432,14 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     # float64 for the expansion check and the SVDs (training stays float32 by explicit dtypes);
     # a context, so that a caller's (or a test's) global setting is left as it was
-    x64 = jax.enable_x64(True)
-    x64.__enter__()
-    # 0 is a value to validate, not "use the default"
-    seeds_kw = {"seeds": args.seeds} if args.seeds is not None else {}
     try:
-        if which in ("appendix", "all"):
-            cfg = AppendixConfig(compat=args.compat, **seeds_kw)
-            summary = run_appendix(cfg, out)
-            for gate, g in summary["gates"].items():
-                a = g["aggregate"]
-                log(f"appendix {gate}: small-eps slope {a['slope_mean']:.4f} +/- "
-                    f"{a['slope_std']:.4f} ({a['n_kept']} seeds kept), median r_j "
-                    f"{a['r_median_of_medians']:.3g}, {g['wall_time_s']:.1f} s")
-        if which in ("s1", "all"):
-            cfg = S1Config(compat=args.compat, **seeds_kw, **({"tasks": tasks} if tasks else {}))
-            steps = args.steps if args.steps is not None else (800 if which == "all" else 600)
-            cfg = cfg.with_steps(steps)
-            if args.models:
-                cfg = dataclasses.replace(cfg, models=_csv(args.models))
-            run_s1(cfg, out, log=log)
-        if which in ("s2", "all"):
-            cfg = S2Config(compat=args.compat, **seeds_kw, **({"tasks": tasks} if tasks else {}))
-            steps = args.steps if args.steps is not None else (1200 if which == "all" else 800)
-            cfg = cfg.with_steps(steps)
-            if args.models:
-                cfg = dataclasses.replace(cfg, models=_csv(args.models))
-            run_s2(cfg, out, log=log)
+        with jax.enable_x64(True):
+            _run_parts(which, args, out, log)
     except KeyboardInterrupt:
         print(f"gatezoo reproduce: interrupted; report of what finished in {out}",
               file=sys.stderr)
         _report_quietly(out)
         raise
-    finally:
-        x64.__exit__(None, None, None)
     page = build_report(out)
     print(f"reproduce {which}: {time.perf_counter() - start:.1f} s; report: {page}")
     return 0
@@ -453,7 +515,12 @@ def _add_experiment_parsers(sub) -> None:
     p.add_argument("--steps", type=int, help="training iterations (checkpoints clipped to it)")
     p.add_argument("--compat", choices=("exact", "paper-code"), default="exact",
                    help="exact mathematics (default) or the authors' code conventions")
-    p.add_argument("--out", help="output folder (default runs/reproduce-<what>-<timestamp>)")
+    p.add_argument("--set", action="append", metavar="FIELD=VALUE", default=[],
+                   help="override a setting of the experiment (repeatable), e.g. --set hidden=32"
+                   " --set checkpoints=0,200 --set probe_batch=8; fields: those of "
+                   "AppendixConfig, S1Config and S2Config")
+    p.add_argument("--out", help="output folder (default runs/reproduce-<what>-<timestamp>); "
+                   "an existing folder of the same settings continues where it stopped")
     p.add_argument("--quiet", action="store_true", help="no progress lines")
     p.set_defaults(func=_cmd_reproduce)
 
@@ -474,6 +541,11 @@ def _build_parser() -> argparse.ArgumentParser:
             "compare with what schedules, momentum and Adam do."
         ),
     )
+    parser.add_argument(
+        "--import", dest="imports", action="append", default=[], metavar="MODULE",
+        help="import a Python module first (repeatable): one that calls gz.register_cell / "
+        "gz.register_optimizer makes its names usable by every command",
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     p = sub.add_parser("list", help="list the cells (and tasks, optimizers, instruments)")
     p.add_argument(
@@ -485,20 +557,48 @@ def _build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a job scheduler, ``timeout``, ``kill``), handled like Ctrl-C: finished parts are
+    saved and a partial report is written before the process ends."""
+
+
+def _raise_terminated(signum, frame) -> None:
+    raise Terminated()
+
+
+def _import_plugins(modules: Sequence[str]) -> None:
+    import importlib
+
+    for name in modules:
+        try:
+            importlib.import_module(name)
+        except ImportError as err:
+            raise UsageError(f"--import {name}: {err}") from None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _build_parser()
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help()
         return 0
+    previous = None
+    if threading.current_thread() is threading.main_thread():
+        previous = signal.signal(signal.SIGTERM, _raise_terminated)
     try:
+        _import_plugins(args.imports)
         return int(args.func(args) or 0)
     except (UsageError, ValueError, TypeError, FileNotFoundError) as err:
         print(f"gatezoo {args.command}: error: {err}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print(f"gatezoo {args.command}: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as err:
+        terminated = isinstance(err, Terminated)
+        print(f"gatezoo {args.command}: {'terminated' if terminated else 'interrupted'}",
+              file=sys.stderr)
+        return 143 if terminated else 130
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -9,11 +10,13 @@ import textwrap
 import jax
 import jax.numpy as jnp
 import numpy as np
+import orbax.checkpoint as ocp
 import pytest
 
 from gatezoo.instruments.protocol import Instrument
-from gatezoo.training import Checkpoints, TrainConfig, train
+from gatezoo.training import CheckpointError, Checkpoints, TrainConfig, train
 from gatezoo.training import sinks as sinks_module
+from gatezoo.training.checkpoints import named_tree
 
 
 def loss_sum(every: int = 3) -> Instrument:
@@ -82,18 +85,19 @@ def test_interrupted_then_resumed_run_is_bit_identical(tmp_path, monkeypatch, un
 KILLER = textwrap.dedent(
     """
     import os, re, signal, sys
-    from orbax.checkpoint._src.path import atomicity
+    import orbax.checkpoint as ocp
     from gatezoo.training import TrainConfig, train
 
-    original = atomicity.AtomicRenameTemporaryPath.finalize
+    original = ocp.StandardCheckpointHandler.finalize
 
-    async def finalize(self):
-        # die in the middle of saving step 8: its files are written, the rename is not done
-        if re.search(r"[/\\\\]8[.]", str(self.get())):
+    def finalize(self, directory):
+        # CheckpointHandler.finalize runs once a step's files are written into its temporary
+        # folder, before the manager renames it: die there while saving step 8
+        if re.search(r"[/\\\\]8[.]", str(directory)):
             os.kill(os.getpid(), signal.SIGKILL)
-        return await original(self)
+        return original(self, directory)
 
-    atomicity.AtomicRenameTemporaryPath.finalize = finalize
+    ocp.StandardCheckpointHandler.finalize = finalize
     config = TrainConfig(**{config})
     train(config, sys.argv[1], progress=False)
     """
@@ -142,3 +146,70 @@ def test_checkpoints_round_trip_any_state(tmp_path):
     back = ckpt.restore(3, like=state)
     assert_states_equal(back, jax.tree_util.tree_map(lambda x: x * 3, state))
     ckpt.close()
+
+
+def test_checkpoint_reads_by_parameter_name_with_plain_orbax(uninterrupted):
+    step = Checkpoints(uninterrupted.run_dir / "checkpoints").latest_step()
+    raw = ocp.StandardCheckpointer().restore(
+        uninterrupted.run_dir / "checkpoints" / str(step) / "default"
+    )
+    state = uninterrupted.state
+    assert int(raw["step"]) == int(state.step) == 12
+    for name in ("W", "U", "b_z"):
+        np.testing.assert_array_equal(raw["params"]["cell"][name],
+                                      np.asarray(state.params["cell"][name][...]))
+    np.testing.assert_array_equal(raw["keys"], np.asarray(state.keys))
+    assert set(raw["params"]) == {"cell", "W_o", "b_o"}
+
+
+def test_damaged_newest_checkpoint_falls_back_to_the_previous_one(tmp_path, capsys,
+                                                                  uninterrupted):
+    run_dir = tmp_path / "run"
+    shutil.copytree(uninterrupted.run_dir, run_dir)
+    assert Checkpoints(run_dir / "checkpoints").all_steps() == [5, 10, 12]
+    for f in (run_dir / "checkpoints" / "12").rglob("*"):  # what a crash or full disk leaves
+        if f.is_file():
+            f.unlink()
+    resumed = train(TrainConfig(**CONFIG), run_dir, resume=True, instruments=[loss_sum()],
+                    progress=False)
+    err = capsys.readouterr().err
+    assert "skipping damaged checkpoint: checkpoint step 12" in err
+    assert "resuming from checkpoint step 10" in err
+    assert min(ln["step"] for ln in resumed.history if ln["split"] == "train") == 10
+    assert_states_equal(resumed.state, uninterrupted.state)
+    assert read_lines(run_dir) == read_lines(uninterrupted.run_dir)
+    # the damaged step is kept aside for inspection; step 12 was written afresh
+    assert (run_dir / "checkpoints" / "damaged-12").is_dir()
+    assert Checkpoints(run_dir / "checkpoints").all_steps() == [5, 10, 12]
+
+
+def test_no_restorable_checkpoint_is_one_error_naming_each_step(tmp_path):
+    state = {"w": jnp.arange(3.0)}
+    ckpt = Checkpoints(tmp_path / "c")
+    ckpt.save(1, state)
+    shutil.rmtree(tmp_path / "c" / "1" / "default")
+    with pytest.raises(CheckpointError, match=r"no checkpoint restores \(checkpoint step 1 "):
+        ckpt.restore_latest(like=state)
+    assert ckpt.all_steps() == [1]  # nothing moved when nothing restores
+    assert Checkpoints(tmp_path / "empty").restore_latest(like=state) is None
+
+
+def test_numbered_leaf_checkpoints_of_gatezoo_0_1_still_restore(tmp_path):
+    state = {"a": (jnp.arange(3.0), jnp.int32(7)), "b": [jnp.ones((2, 2), jnp.bfloat16)]}
+    leaves = jax.tree_util.tree_leaves(state)
+    # written as gatezoo 0.1 did: the flat leaves under zero-padded indices, with plain orbax
+    with ocp.CheckpointManager(tmp_path / "c") as manager:
+        manager.save(4, args=ocp.args.StandardSave({f"{i:05d}": x for i, x in enumerate(leaves)}))
+    ckpt = Checkpoints(tmp_path / "c")
+    step, back = ckpt.restore_latest(like=state)
+    assert step == 4
+    assert_states_equal(back, state)
+    with pytest.raises(CheckpointError, match="numbered leaves, the format of gatezoo 0.1"):
+        ckpt.restore(4, like={"a": jnp.zeros(5)})
+
+
+def test_a_bare_array_is_a_state(tmp_path):
+    assert list(named_tree(jnp.ones(2))) == ["value"]
+    ckpt = Checkpoints(tmp_path / "c")
+    ckpt.save(1, jnp.arange(4.0))
+    assert_states_equal(ckpt.restore(1, like=jnp.zeros(4)), jnp.arange(4.0))

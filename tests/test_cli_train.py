@@ -6,7 +6,7 @@ import pytest
 
 from gatezoo.cli import main
 
-TINY = ["--task", "adding", "--seq-len", "8", "--hidden", "4", "--batch", "4",
+TINY = ["--task", "adding", "--seq-len", "8", "--hidden", "4", "--batch-size", "4",
         "--eval-every", "2", "--eval-batches", "1", "--checkpoint-every", "2", "--devices", "1",
         "--quiet"]
 
@@ -44,7 +44,7 @@ def test_defaults_parse_and_help(capsys):
         main(["train", "--help"])
     assert info.value.code == 0
     text = capsys.readouterr().out
-    for flag in ("--cell", "--task", "--optimizer", "--schedule", "--steps", "--batch",
+    for flag in ("--cell", "--task", "--optimizer", "--schedule", "--steps", "--batch-size",
                  "--seeds", "--dtype", "--out", "--config", "--resume", "--instruments"):
         assert flag in text
 
@@ -66,7 +66,7 @@ def test_list_shows_tasks_and_optimizers(capsys):
         (["--optimizer", "lion"], "unknown optimizer 'lion'; choose one of: adam"),
         (["--cell", "transformer"], "unknown cell 'transformer'; choose one of"),
         (["--steps", "-3"], "steps must be an integer >= 0, got -3"),
-        (["--batch", "7", "--devices", "2"], "batch size 7 does not divide over 2 devices"),
+        (["--batch-size", "7", "--devices", "2"], "batch size 7 does not divide over 2 devices"),
         (["--schedule", "linear"], "unknown schedule 'linear'"),
         (["--seeds", "a,b"], "seeds must be a count like '4' or a list like '0,1,2'"),
         (["--dtype", "float16"], "unknown dtype 'float16'"),
@@ -104,4 +104,30 @@ def test_divergence_is_one_line_and_nonzero(tmp_path, capsys):
     err = capsys.readouterr().err
     errors = [line for line in err.splitlines() if line.startswith("gatezoo train:")]
     assert len(errors) == 1 and "diverged" in errors[0] and "seed" in errors[0], err
+    assert "Traceback" not in err
+
+
+def test_old_batch_spelling_still_works_with_a_note(tmp_path, capsys):
+    # --batch sets the same field as --batch-size (the value reaches the device check) and says
+    # the flag was renamed
+    rc = main(["train", "--out", str(tmp_path / "run"), "--batch", "7", "--devices", "2"])
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert "--batch is now --batch-size" in err
+    assert "batch size 7 does not divide over 2 devices" in err
+
+
+def test_resume_with_no_readable_checkpoint_is_one_error_line(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["train", *TINY, "--cell", "elman", "--steps", "2", "--out", str(out)]) == 0
+    for step in (out / "checkpoints").iterdir():  # every step damaged: files lost
+        for f in step.rglob("*"):
+            if f.is_file():
+                f.unlink()
+    capsys.readouterr()
+    rc = main(["train", "--out", str(out), "--resume", "--steps", "4", "--quiet"])
+    assert rc == 2
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if line.startswith("gatezoo train:")]
+    assert len(errors) == 1 and "no checkpoint restores (checkpoint step 2 " in errors[0], err
     assert "Traceback" not in err

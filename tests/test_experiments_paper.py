@@ -8,9 +8,16 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from gatezoo.experiments.s1 import S1Config, lag_profile, run_s1, sensitivity_probe
-from gatezoo.experiments.s2 import S2Config, run_s2, spectrum_stats
+from gatezoo.experiments.s1 import (
+    S1Config,
+    lag_profile,
+    release_power_norms,
+    run_s1,
+    sensitivity_probe,
+)
+from gatezoo.experiments.s2 import S2Config, run_s2
 from gatezoo.experiments.seeded import SeededModels, flat_size
+from gatezoo.instruments import spectrum_stats
 from gatezoo.models import cell_fn
 
 
@@ -55,20 +62,47 @@ def test_paper_code_probe_reversed_order_and_window(x64):
     models = SeededModels.build("vector", 3, 5, [2], dtype=jnp.float64)
     cell = models.model(jax.tree_util.tree_map(lambda p: p[0], models.params)).cell
     xs = jax.random.uniform(jax.random.key(1), (6, 3), jnp.float64)
-    S, P = sensitivity_probe(cell, xs, "paper-code", power_iters=0)
+    S, P = sensitivity_probe(cell, xs, "paper-code", power_iters=200, key=jax.random.key(7))
     Js, alphas = _explicit(cell, xs, "paper-code")
     t, k = 5, 2
     M = np.eye(5)
     for j in range(k + 1, t + 1):
         M = M @ Js[j - 1]  # J_{k+1} ... J_t
-    v = np.ones(5) / np.sqrt(5)
-    for _ in range(5):
-        w = M @ v
-        v = w / np.linalg.norm(w)
-    np.testing.assert_allclose(S[t, k], np.linalg.norm(M @ v), rtol=1e-8)
+    # plain power iteration converges to the largest |eigenvalue| of the reversed product
+    np.testing.assert_allclose(S[t, k], np.max(np.abs(np.linalg.eigvals(M))), rtol=1e-6)
     # l + 1 gate factors: alpha_k .. alpha_t
     np.testing.assert_allclose(P[t, k], np.mean(np.prod(alphas[k - 1:t], axis=0)), rtol=1e-10)
     assert np.isnan(S[3, 0])  # k = 0 is not a pair of the release
+    with pytest.raises(ValueError, match="pass key"):
+        sensitivity_probe(cell, xs, "paper-code", power_iters=5)
+
+
+def test_release_power_norms_match_a_numpy_loop_and_collapse_at_the_floor():
+    key = jax.random.key(5)
+    P = jax.random.normal(jax.random.key(6), (3, 8, 8), jnp.float32) / 3
+    got = np.asarray(release_power_norms(P, key, 5))
+    v = np.asarray(jax.random.normal(key, (3, 8), jnp.float32), np.float64)
+    Pn = np.asarray(P, np.float64)
+    v = v / (np.linalg.norm(v, axis=-1, keepdims=True) + 1e-12)
+    for _ in range(5):
+        v = np.einsum("nij,nj->ni", Pn, v)
+        v = v / (np.linalg.norm(v, axis=-1, keepdims=True) + 1e-12)
+    np.testing.assert_allclose(got, np.linalg.norm(np.einsum("nij,nj->ni", Pn, v), axis=-1),
+                               rtol=1e-5)
+    # products far below the 1e-12 floor: the estimate collapses far below sigma_max
+    tiny = jnp.full((1, 8, 8), 1e-15 / 8, jnp.float32)  # sigma_max = 1e-15
+    est = float(release_power_norms(tiny, key, 5)[0])
+    assert est < 1e-12 * 1e-15
+
+
+def test_release_norm_keeps_float32_subnormal_squares_like_pytorch(x64):
+    from gatezoo.experiments.s1 import _release_norm
+
+    # PyTorch on a CPU: norm of 64 entries of 1e-21 is 8.0021e-21 (squares are float32
+    # subnormals); of 1e-25 it is 0 (squares below the smallest subnormal)
+    for value, want in ((1e-21, 8.0021e-21), (1e-25, 0.0), (0.5, 4.0)):
+        got = float(_release_norm(jnp.full((64,), value, jnp.float32)))
+        assert got == pytest.approx(want, rel=1e-4, abs=0.0)
 
 
 def test_lag_profile_power_fit_recovers_exponent():
@@ -85,15 +119,15 @@ def test_lag_profile_power_fit_recovers_exponent():
     np.testing.assert_allclose(out["profile"][:3], 0.8 ** (1.7 * np.arange(3)), rtol=0.05)
 
 
-def test_spectrum_stats_against_numpy(x64):
-    sv = jnp.array([5.0, 3.0, 2.0, 1.0, 0.5])
-    st = spectrum_stats(sv, r=3, k=4)
-    e = np.array([25.0, 9.0, 4.0, 1.0])
-    assert float(st["ai"]) == pytest.approx(2.5)
-    assert float(st["ce"]) == pytest.approx(38 / 39)
-    p = e / e.sum()
-    assert float(st["eff_rank"]) == pytest.approx(np.exp(-(p * np.log(p)).sum()))
-    assert float(st["participation"]) == pytest.approx(1 / (p**2).sum())
+def test_paper_code_floor_caps_the_anisotropy_of_tiny_spectra(x64):
+    sv = jnp.array([5.0, 3.0, 2.0, 1.0, 0.5]) * 1e-7
+    exact = spectrum_stats(sv, r=3)
+    paper = spectrum_stats(sv, r=3, floor=1e-12)
+    assert float(exact["ai"]) == pytest.approx(2.5)
+    assert float(exact["ce"]) == pytest.approx(38 / 39.25)
+    # sigma^2 ~ 1e-13 is below the floor: CE collapses, AI is barely touched at sigma_r = 2e-7
+    assert float(paper["ce"]) == pytest.approx(38e-14 / (39.25e-14 + 1e-12))
+    assert float(paper["ai"]) == pytest.approx(5e-7 / (2e-7 + 1e-12))
 
 
 def test_s2_parameter_counts_match_release():
@@ -126,7 +160,7 @@ def test_s1_end_to_end(tmp_path):
     np.testing.assert_allclose(z[0], 0.8 ** np.arange(9), rtol=1e-5)
 
 
-S2_PROP = {"ai", "ce", "eff_rank", "participation"}
+S2_PROP = {"ai", "ce", "erank", "pr"}
 
 
 def test_s2_end_to_end(tmp_path, x64):
@@ -163,7 +197,7 @@ def test_spectral_norm_survives_tiny_products():
 
     P = 1e-25 * jax.random.normal(jax.random.key(3), (2, 8, 8), jnp.float32)
     v = jnp.ones((2, 8), jnp.float32) / jnp.sqrt(8.0)
-    s, _ = _spectral_norms(P, v, 60, plain=False)
+    s, _ = _spectral_norms(P, v, 60)
     want = np.linalg.norm(np.asarray(P, np.float64), 2, axis=(-2, -1))
     np.testing.assert_allclose(np.asarray(s), want, rtol=1e-3)
 

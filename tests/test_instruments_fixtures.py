@@ -1,8 +1,6 @@
-"""Shared helpers of the instrument tests: ModelFns and StepContext built from a SequenceModel.
-
-The builder mirrors what the trainer does (one ``value_and_grad`` over ``(params, offsets)``),
-kept here so the instrument tests do not depend on the training package.
-"""
+"""Shared helpers of the instrument tests: ModelFns from gatezoo's own builder
+(``gz.model_fns``) and a StepContext built as the train step builds it (one ``value_and_grad``
+over ``(params, offsets)``)."""
 
 import jax
 import jax.numpy as jnp
@@ -10,7 +8,7 @@ import optax
 from flax import nnx
 
 import gatezoo as gz
-from gatezoo.instruments.protocol import ModelFns, StepContext
+from gatezoo.instruments.protocol import StepContext
 
 
 def mse(pred, y):
@@ -18,44 +16,10 @@ def mse(pred, y):
 
 
 def model_fns(model, loss_fn=mse, *, split=True):
-    """``(ModelFns, params)`` for a SequenceModel (``split=False`` leaves ``split_step`` out)."""
-    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
-    cell_graph, _, cell_rest = nnx.split(model.cell, nnx.Param, ...)
-    gated = gz.is_gated(model.cell)
-
-    def loss(p, xs, ys, eps=None, offsets=None):
-        m = nnx.merge(graphdef, p, rest)
-        # Flax's own cells want rngs even for a zero carry; ours take none
-        carry0 = m.cell.initialize_carry(xs.shape[:1] + xs.shape[2:], rngs=nnx.Rngs(0))
-        outs, carries = m.unroll_states(xs, eps=eps, offsets=offsets, carry0=carry0)
-        pred = m.read(outs[-1]) if m.readout == "last" else jnp.swapaxes(m.read(outs), 0, 1)
-        return loss_fn(pred, ys), carries
-
-    def step(cp, carry, x, eps=None):
-        cell = nnx.merge(cell_graph, cp, cell_rest)
-        if eps is None:
-            return cell(carry, x)
-        return cell.split_call(carry, x, gz.deform(carry, eps))
-
-    def split_step(cp, carry, x, gate_carry):
-        return nnx.merge(cell_graph, cp, cell_rest).split_call(carry, x, gate_carry)
-
-    def time_scale(cp, carry, x):
-        return nnx.merge(cell_graph, cp, cell_rest).time_scale(carry, x)
-
-    carry = model.cell.initialize_carry((1, model.cell.in_features), rngs=nnx.Rngs(0))
-    state_size = sum(leaf.shape[-1] for leaf in jax.tree_util.tree_leaves(carry))
-    fns = ModelFns(
-        loss=loss,
-        step=step,
-        time_scale=time_scale if gated else None,
-        cell_params=lambda p: p["cell"],
-        gated=gated,
-        hidden=model.cell.hidden_features,
-        state_size=state_size,
-        split_step=split_step if (gated and split) else None,
-    )
-    return fns, params
+    """``(ModelFns, params)`` from gatezoo's own builder (``split=False`` drops ``split_step``
+    to exercise the two-pass path)."""
+    fns, params = gz.model_fns(model, lambda m, xs, ys: loss_fn(m(xs), ys))
+    return (fns if split else fns._replace(split_step=None)), params
 
 
 def make_model(name, d_in=3, hidden=5, out=1, readout="last", dtype=jnp.float32, seed=0,

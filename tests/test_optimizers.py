@@ -7,13 +7,10 @@ import numpy as np
 import optax
 import pytest
 
+from gatezoo.instruments.optimizer import learning_rate_in_force, momentum_beta, state_value
 from gatezoo.training.optimizers import (
     OPTIMIZERS,
     SCHEDULES,
-    find_adam_state,
-    find_hyperparams_state,
-    find_momentum_trace,
-    learning_rate_in_force,
     make_optimizer,
     make_schedule,
 )
@@ -68,16 +65,18 @@ def test_update_matches_formula(name):
 
 def test_readers_find_the_right_state():
     _, adam_state = _run(make_optimizer("adam", LR), steps=1)
-    mu = find_adam_state(adam_state).mu["w"]
+    mu = state_value(adam_state, "mu", "ScaleByAdamState")["w"]
     np.testing.assert_allclose(np.asarray(mu), 0.1 * GRADS[0], rtol=1e-6)
-    assert find_momentum_trace(adam_state) is None
+    assert state_value(adam_state, "trace") is None
+    assert momentum_beta(adam_state)[1] == "ema"
     _, mom_state = _run(make_optimizer("momentum", LR, momentum=0.5), steps=2)
-    trace = find_momentum_trace(mom_state).trace["w"]
+    trace = state_value(mom_state, "trace")["w"]
     np.testing.assert_allclose(np.asarray(trace), GRADS[1] + 0.5 * GRADS[0], rtol=1e-6)
-    assert find_adam_state(mom_state) is None
-    assert float(find_hyperparams_state(mom_state).hyperparams["momentum"]) == 0.5
-    with pytest.raises(ValueError, match="no injected learning_rate"):
-        learning_rate_in_force(optax.sgd(0.1).init({"w": jnp.zeros(2)}))
+    assert state_value(mom_state, "nu", "ScaleByAdamState") is None
+    beta, kind = momentum_beta(mom_state)
+    assert (float(beta), kind) == (0.5, "heavy-ball")
+    # a transformation built with a fixed rate has none in its state: None, not an error
+    assert learning_rate_in_force(optax.sgd(0.1).init({"w": jnp.zeros(2)})) is None
 
 
 @pytest.mark.parametrize("schedule", sorted(SCHEDULES))

@@ -14,7 +14,7 @@ from gatezoo.tasks.signals import sinmix_variance
 
 SYNTHETIC = {  # name -> small seq_len used in the fast tests
     "adding": 20, "recall": 18, "sinmix": 16, "short": 12, "ar2": 16, "movingavg": 12,
-    "delaysum": 40, "narma10": 24, "narma20": 30, "copy": 5,
+    "delaysum": 40, "narma10": 24, "narma20": 30, "copy": 5, "selective-copy": 32, "mqar": 24,
 }
 
 

@@ -15,8 +15,7 @@ import pytest
 from gatezoo.instruments.protocol import Instrument
 from gatezoo.tasks import make_task
 from gatezoo.training import Checkpoints, TrainConfig, TrainingDiverged, make_optimizer, train
-from gatezoo.training.loop import init_params
-from gatezoo.training.model_fns import model_fns
+from gatezoo.training.loop import attach_run, init_params
 from gatezoo.training.sinks import Progress, TensorBoardSink
 from gatezoo.training.step import data_keys, make_step_fns
 
@@ -220,11 +219,11 @@ def test_one_trace_per_run(tiny_run):
     chex.clear_trace_counter()
     config = small(seeds=(0, 1, 2))
     task = make_task(config.task, config.seq_len)
-    model, forward, params = init_params(config, task)
-    fns, _ = model_fns(model, task)
+    params = init_params(config, task)
+    attached = attach_run(config, task, [adjoint_check(every=3)])
     step_fns = make_step_fns(
-        forward, fns, task, make_optimizer("adam", 1e-2), batch_size=8, steps_per_call=5,
-        instruments=[adjoint_check(every=3)], wrap=functools.partial(chex.assert_max_traces, n=1),
+        attached, task, make_optimizer("adam", 1e-2), batch_size=8, steps_per_call=5,
+        wrap=functools.partial(chex.assert_max_traces, n=1),
     )
     keys = jnp.stack([data_keys(s) for s in config.seeds])
     state = step_fns.init(params, keys)

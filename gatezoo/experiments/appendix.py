@@ -42,6 +42,7 @@ import numpy as np
 from flax import nnx
 
 from gatezoo.experiments.stats import iqr_inliers, loglog_slope, mean_std, median_iqr, to_list
+from gatezoo.linalg import singular_values
 from gatezoo.models import InitSpec, cell_fn, make_cell
 from gatezoo.models.jacobians import (
     deformed_product,
@@ -152,8 +153,8 @@ def appendix_per_seed(a: jax.Array, b: jax.Array, eps_grid: jax.Array, order: st
     f0, l1 = first_order(a, b, order=order)
     e = truncation_error(a, b, eps_grid, order=order, norm="fro")
     f1 = deformed_product(a, b, 1.0, order=order)
-    norm_a = jnp.linalg.norm(a, ord=2, axis=(-2, -1))
-    norm_b = jnp.linalg.norm(b, ord=2, axis=(-2, -1))
+    norm_a = singular_values(a)[..., 0]
+    norm_b = singular_values(b)[..., 0]
     return {
         "E": e,
         "C2": e / eps_grid**2,
@@ -261,6 +262,9 @@ def run_appendix(
     """
     if not jax.config.jax_enable_x64:
         raise ValueError("the appendix check runs in float64: wrap it in jax.enable_x64(True)")
+    done = _finished(out_dir, config)
+    if done is not None:
+        return done
     start = time.perf_counter()
     gates = {}
     for gate in config.gates:
@@ -276,6 +280,18 @@ def run_appendix(
     if out_dir is not None:
         write_appendix(summary, out_dir)
     return summary
+
+
+def _finished(out_dir: str | Path | None, config: AppendixConfig) -> dict[str, Any] | None:
+    """The ``appendix.json`` of an earlier run of ``config`` in ``out_dir``, if there is one."""
+    path = None if out_dir is None else Path(out_dir) / "appendix.json"
+    if path is None or not path.is_file():
+        return None
+    doc = json.loads(path.read_text())
+    if doc.get("config") != to_list(dataclasses.asdict(config)):
+        raise ValueError(f"{str(path)!r} holds an appendix run with other settings; choose "
+                         "another --out, or the same settings to continue it")
+    return doc
 
 
 def write_appendix(summary: dict[str, Any], out_dir: str | Path) -> None:

@@ -364,7 +364,12 @@ def run_compare(
         import multiprocessing as mp
 
         # spawn: a fresh interpreter per worker (JAX's runtime is not fork-safe)
-        pool = cf.ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn"))
+        from gatezoo.experiments.plugins import import_modules, registered_modules
+
+        # workers re-import the modules that registered user cells and optimizers
+        pool = cf.ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn"),
+                                      initializer=import_modules,
+                                      initargs=(registered_modules(),))
         futures = {}
         try:
             for i, entry in todo:

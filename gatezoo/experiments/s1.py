@@ -18,19 +18,17 @@ and the fitted profile ``mu0^s``.
 
 ``||.||_2`` is the largest singular value: by SVD at lag 1 (which normalises every profile), and
 for longer windows by ``power_iters`` steps of power iteration on ``P^T P`` warm-started from the
-window's previous end (converges to ``sigma_max``; tested against an SVD). With the default 4
-steps, single values at lags 2-3 can be low by up to a few per cent where the top singular
-values nearly tie, while the lag-wise medians and the fit move by < 0.4 % and 1e-5 (measured
-against 80 steps on d_h = 64, T = 80). Under
-``compat="paper-code"`` the release's conventions apply (THEORY.md §2.3): products in reversed
-order, ``B`` from the post-update state, 5 plain power iterations on ``P`` (a lower bound of
-``||P||_2``), and gate windows of ``l + 1`` factors.
+window's previous end (converges to ``sigma_max``; tested against an SVD). Under
+``compat="paper-code"`` the release's conventions apply (THEORY.md §2.3 items 1-5): products in
+reversed order, ``B`` from the post-update state, gate windows of ``l + 1`` factors, and its norm
+estimate: 5 plain power iterations ``v <- P v / (||P v|| + 1e-12)`` in the model's float32 from
+a fresh Gaussian start for every window (a lower bound of ``||P||_2`` that collapses, or
+underflows to 0, once ``||P v||`` falls near the ``1e-12`` floor; such pairs leave the fit).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -41,12 +39,22 @@ import jax.numpy as jnp
 import numpy as np
 
 from gatezoo.experiments.checks import check_experiment, clip_checkpoints
-from gatezoo.experiments.seeded import SeededModels, over_seeds, train_with_checkpoints
-from gatezoo.experiments.stats import mean_std, ols_slope, to_list
+from gatezoo.experiments.partial import resume_parts, write_parts
+from gatezoo.experiments.seeded import (
+    SeededModels,
+    over_seeds,
+    stream_key,
+    train_with_checkpoints,
+)
+from gatezoo.experiments.stats import mean_std, ols_slope
+from gatezoo.linalg import singular_values
 from gatezoo.models import cell_fn
 from gatezoo.models.jacobians import state_jacobians
 
-__all__ = ["S1Config", "S1_MODELS", "S1_TASKS", "sensitivity_probe", "lag_profile", "run_s1"]
+__all__ = [
+    "S1Config", "S1_MODELS", "S1_TASKS", "sensitivity_probe", "release_power_norms",
+    "lag_profile", "run_s1_model", "run_s1",
+]
 
 S1_MODELS = ("leaky", "scalar", "vector")
 S1_TASKS = ("adding", "recall", "sinmix", "short")
@@ -64,7 +72,8 @@ class S1Config:
       seeds: number of seeds, run as ``1 .. seeds`` (the release's S1 numbering).
       steps: SGD iterations; ``checkpoints`` are kept at those iterations (``<= steps``).
       leaky_alpha: the leaky model's constant ``alpha``.
-      power_iters: power iterations per window end (exact mode; warm-started).
+      power_iters: power iterations per window end; ``None``: 4 warm-started ones (exact) or
+        the release's 5 from a fresh start (paper-code). The summary records the number used.
       trim: quantile trimmed from each end of ``P`` before fitting ``s``.
     """
 
@@ -80,14 +89,17 @@ class S1Config:
     probe_batch: int = 12
     learning_rate: float = 1e-2
     leaky_alpha: float = 0.8
-    power_iters: int = 4
+    power_iters: int | None = None
     trim: float = 0.01
     compat: str = "exact"
 
     def __post_init__(self):
+        if self.power_iters is None:
+            object.__setattr__(self, "power_iters", 5 if self.compat == "paper-code" else 4)
         check_experiment(
             self, label="S1", models=S1_MODELS, tasks=S1_TASKS,
-            positive=("seeds", "steps", "seq_len", "hidden", "batch_size", "probe_batch"),
+            positive=("seeds", "steps", "seq_len", "hidden", "batch_size", "probe_batch",
+                      "power_iters"),
         )
 
     def with_steps(self, steps: int) -> S1Config:
@@ -97,24 +109,53 @@ class S1Config:
         )
 
 
-def _spectral_norms(P: jax.Array, v: jax.Array, iters: int, plain: bool):
-    """Largest singular value of each ``P (n, d, d)``; ``v (n, d)`` start vectors.
-
-    ``plain=False``: power iteration on ``P^T P`` (converges to ``sigma_max``), returning the
-    vectors for a warm start. ``plain=True``: the release's ``v <- P v / ||P v||`` (5 times), whose
-    ``||P v||`` tends to the largest ``|eigenvalue|``.
-    """
+def _spectral_norms(P: jax.Array, v: jax.Array, iters: int):
+    """Largest singular value of each ``P (n, d, d)`` by power iteration on ``P^T P`` (converges
+    to ``sigma_max``) from start vectors ``v (n, d)``; returns the vectors for a warm start."""
 
     def body(_, v):
         w = jnp.einsum("nij,nj->ni", P, v)
-        if not plain:
-            # normalise between P and P^T: no squared norms, so no underflow at long lags
-            w = w / (_norm(w)[:, None] + jnp.finfo(w.dtype).tiny)
-            w = jnp.einsum("nji,nj->ni", P, w)
+        # normalise between P and P^T: no squared norms, so no underflow at long lags
+        w = w / (_norm(w)[:, None] + jnp.finfo(w.dtype).tiny)
+        w = jnp.einsum("nji,nj->ni", P, w)
         return w / (_norm(w)[:, None] + jnp.finfo(w.dtype).tiny)
 
     v = jax.lax.fori_loop(0, iters, body, v)
     return _norm(jnp.einsum("nij,nj->ni", P, v)), v
+
+
+def release_power_norms(P: jax.Array, key: jax.Array, iters: int = 5) -> jax.Array:
+    r"""The release's estimate of ``||P||_2`` for each ``P (n, d, d)`` (THEORY.md §2.3 items 3, 5).
+
+    From a fresh Gaussian ``v``, ``iters`` times ``v <- P v / (||P v|| + 10^{-12})`` in ``P``'s
+    dtype, then ``||P v||``. Where ``||P v||`` nears the floor the vector stops being unit and
+    the estimate collapses toward 0 (about ``sigma^{iters + 1} / 10^{-12 iters}``), as in the
+    release. Its norms are PyTorch's float32 norms on a CPU (:func:`_release_norm`): the
+    estimates of the longest, most collapsed windows underflow to 0 and leave the fit.
+    """
+
+    def unit(w):
+        return w / (_release_norm(w)[..., None] + 1e-12)
+
+    v = unit(jax.random.normal(key, P.shape[:-1], P.dtype))
+    v = jax.lax.fori_loop(0, iters, lambda _, v: unit(jnp.einsum("nij,nj->ni", P, v)), v)
+    return _release_norm(jnp.einsum("nij,nj->ni", P, v))
+
+
+def _release_norm(w: jax.Array) -> jax.Array:
+    """``||w||`` over the last axis as PyTorch takes a float32 norm on a CPU: each square
+    rounded onto float32's grid *with* subnormals (XLA flushes them to zero), then summed
+    (in float64 here: the sum's rounding differs from PyTorch's by float32 rounding only).
+    Squares below half the smallest float32 subnormal are 0, so a vector of entries below
+    about ``4e-23`` has norm 0. Needs ``jax_enable_x64`` for the exact threshold (the CLI runs
+    reproductions under it); without it the squares flush below ``1e-38``."""
+    if w.dtype != jnp.float32 or not jax.config.read("jax_enable_x64"):
+        return jnp.sqrt(jnp.sum(w * w, axis=-1))
+    sq = jnp.square(w.astype(jnp.float64))
+    step = 2.0**-149  # float32's smallest subnormal: the grid below 2^-126
+    sq = jnp.where(sq < 2.0**-126, jnp.round(sq / step) * step,
+                   sq.astype(jnp.float32).astype(jnp.float64))
+    return jnp.sqrt(jnp.sum(sq, axis=-1)).astype(w.dtype)
 
 
 def _norm(w: jax.Array) -> jax.Array:
@@ -125,10 +166,11 @@ def _norm(w: jax.Array) -> jax.Array:
     return m[..., 0] * jnp.sqrt(jnp.sum((w / safe) ** 2, axis=-1))
 
 
-def sensitivity_probe(cell, xs: jax.Array, compat: str, power_iters: int, alpha_const=None):
+def sensitivity_probe(cell, xs: jax.Array, compat: str, power_iters: int, alpha_const=None,
+                      key: jax.Array | None = None):
     """``S[t, k]`` and ``P[t, k]`` for one sequence ``xs (T, d_x)``; both ``(T + 1, T + 1)``
     indexed by state times ``0..T``, NaN where the pair is not measured (``k >= t``; under
-    paper-code also ``k = 0``).
+    paper-code also ``k = 0``). ``key`` draws the release's start vectors (paper-code only).
     """
     fn = cell_fn(cell)
     T = xs.shape[0]
@@ -143,9 +185,9 @@ def sensitivity_probe(cell, xs: jax.Array, compat: str, power_iters: int, alpha_
     A, B = jax.vmap(lambda h, x: state_jacobians(cell, h, x, convention=convention))(h_prev, xs)
     J = A + B  # J[j - 1] = J_j, j = 1..T
     alpha = jax.vmap(fn.time_scale, in_axes=(None, 0, 0))(fn.params, h_prev, xs)  # (T, d)
-    reversed_order = compat == "paper-code"
     plain = compat == "paper-code"
-    iters = 5 if plain else power_iters
+    if plain and key is None:
+        raise ValueError("sensitivity_probe: paper-code draws fresh start vectors; pass key")
     # Windows starting at state k only need the end times t > k. Starts are split into blocks
     # and each block scans only from its first start on, so about (1/2 + 1/(2 nb)) of the
     # T x T products of one all-starts scan are formed.
@@ -154,7 +196,7 @@ def sensitivity_probe(cell, xs: jax.Array, compat: str, power_iters: int, alpha_
     # a window that starts at t - 1 is the single factor J_t: its vector is converged once here
     # (cheap, one matrix) so that longer windows start warm
     ones = jnp.ones((T, d), J.dtype) / jnp.sqrt(d)
-    _, v_fresh = _spectral_norms(J, ones, _FRESH_ITERS, False)
+    _, v_fresh = _spectral_norms(J, ones, _FRESH_ITERS)
     for k0, k1 in zip(bounds[:-1], bounds[1:], strict=True):
         if k1 <= k0:
             continue
@@ -163,23 +205,22 @@ def sensitivity_probe(cell, xs: jax.Array, compat: str, power_iters: int, alpha_
         eye = jnp.broadcast_to(jnp.eye(d, dtype=J.dtype), (n, d, d))
         v0 = jnp.ones((n, d), J.dtype) / jnp.sqrt(d)
 
-        def step(carry, inp, slots=slots, v0=v0):
+        def step(carry, inp, slots=slots):
             P, v = carry
             Jt, t, vf = inp
-            P = jnp.where((slots < t)[:, None, None],
-                          (P @ Jt) if reversed_order else (Jt @ P), P)
-            if not plain:
-                v = jnp.where((slots == t - 1)[:, None], vf[None], v)
-            # plain power iteration restarts from the same vector, like the release
-            s_t, v_new = _spectral_norms(P, v0 if plain else v, iters, plain)
-            return (P, v_new), s_t
+            P = jnp.where((slots < t)[:, None, None], (P @ Jt) if plain else (Jt @ P), P)
+            if plain:
+                return (P, v), release_power_norms(P, jax.random.fold_in(key, t), power_iters)
+            v = jnp.where((slots == t - 1)[:, None], vf[None], v)
+            s_t, v = _spectral_norms(P, v, power_iters)
+            return (P, v), s_t
 
         _, blk = jax.lax.scan(
             step, (eye, v0), (J[k0:], jnp.arange(k0 + 1, T + 1), v_fresh[k0:]))
         S_rows = S_rows.at[k0:, k0:k1].set(blk)  # rows t = k0+1..T
     if not plain:  # lag 1 normalises every profile: take it exactly, by SVD
         diag = jnp.arange(T)
-        S_rows = S_rows.at[diag, diag].set(jnp.linalg.norm(J, ord=2, axis=(-2, -1)))
+        S_rows = S_rows.at[diag, diag].set(singular_values(J)[..., 0])
     nan_row = jnp.full((1, T), jnp.nan, S_rows.dtype)
     S = jnp.concatenate([nan_row, S_rows], axis=0)  # [t, k], t = 0..T
     S = jnp.concatenate([S, jnp.full((T + 1, 1), jnp.nan, S.dtype)], axis=1)
@@ -232,50 +273,48 @@ def lag_profile(S: np.ndarray, P: np.ndarray, trim: float) -> dict[str, Any]:
 
 
 def _probe_fn(models: SeededModels, config: S1Config, alpha_const):
-    def one(params, xs):
+    def one(params, xs, key):
         cell = models.model(params).cell
+        keys = jax.random.split(key, xs.shape[0])
         return jax.vmap(
-            lambda x: sensitivity_probe(cell, x, config.compat, config.power_iters, alpha_const)
-        )(xs)
+            lambda x, k: sensitivity_probe(cell, x, config.compat, config.power_iters,
+                                           alpha_const, key=k)
+        )(xs, keys)
 
-    # over seeds (params and probe batches both have a leading seed axis)
-    return jax.jit(lambda params, xs: over_seeds(lambda a: one(*a), (params, xs)))
+    # over seeds (params, probe batches and keys all have a leading seed axis)
+    return jax.jit(lambda params, xs, keys: over_seeds(lambda a: one(*a), (params, xs, keys)))
 
 
-def run_s1_task(
-    task_name: str, config: S1Config, log: Callable[[str], None] = print
+def run_s1_model(
+    task: Any, name: str, config: S1Config, probe_xs: jax.Array,
+    log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
-    """Trains and probes every model of ``config`` on one task; returns its summary."""
-    from gatezoo.tasks import make_task
-
-    task = make_task(task_name, seq_len=config.seq_len, channels=config.input_dim)
+    """Trains and probes one model of S1 (``leaky``, ``scalar`` or ``vector``) on one task;
+    ``probe_xs (seeds, probe_batch, T, d_x)`` is the fixed probe batch of every seed."""
+    t0 = time.perf_counter()
     seeds = list(range(1, config.seeds + 1))
-    probe_xs = jnp.stack([
-        task.sample(jax.random.key(s + 999), config.probe_batch)[0] for s in seeds
-    ])
-    out: dict[str, Any] = {}
-    for name in config.models:
-        t0 = time.perf_counter()
-        opts = {"alpha": config.leaky_alpha} if name == "leaky" else {}
-        models = SeededModels.build(name, task.input_dim, config.hidden, seeds,
-                                    cell_options=opts)
-        run = train_with_checkpoints(
-            models, task, "sgd", config.learning_rate, config.checkpoints,
-            batch_size=config.batch_size,
-            batch_key=lambda s, i: jax.random.fold_in(jax.random.key(s + 123), i),
-            progress=_every_hundred(lambda d, n: log(f"s1 {task_name}/{name}: step {d}/{n}")),
-        )
-        probe = _probe_fn(models, config, config.leaky_alpha if name == "leaky" else None)
-        per_ckpt = []
-        for c in sorted(run.checkpoints):
-            S, P = probe(run.checkpoints[c], probe_xs)
-            S, P = np.asarray(S, np.float64), np.asarray(P, np.float64)
-            per_ckpt.append([lag_profile(S[i], P[i], config.trim) for i in range(len(seeds))])
-        out[name] = _summarise_model(per_ckpt, sorted(run.checkpoints), seeds, run)
-        out[name]["wall_time_s"] = time.perf_counter() - t0
-        log(f"s1 {task_name}/{name}: {config.steps} steps x {len(seeds)} seeds, "
-            f"{out[name]['wall_time_s']:.1f} s (training {run.wall_time_s:.1f} s)")
-    return {"task": task_name, "baseline": task.baseline, "models": out}
+    opts = {"alpha": config.leaky_alpha} if name == "leaky" else {}
+    models = SeededModels.build(name, task.input_dim, config.hidden, seeds, cell_options=opts)
+    run = train_with_checkpoints(
+        models, task, "sgd", config.learning_rate, config.checkpoints,
+        batch_size=config.batch_size,
+        batch_key=lambda s, i: jax.random.fold_in(stream_key(s, "train"), i),
+        progress=_every_hundred(lambda d, n: log(f"s1 {task.name}/{name}: step {d}/{n}")),
+    )
+    probe = _probe_fn(models, config, config.leaky_alpha if name == "leaky" else None)
+    per_ckpt = []
+    ckpts = sorted(run.checkpoints)
+    for i, c in enumerate(ckpts):
+        log(f"s1 {task.name}/{name}: probe {i + 1}/{len(ckpts)} (iteration {c})")
+        keys = jnp.stack([jax.random.fold_in(stream_key(s, "power"), c) for s in seeds])
+        S, P = probe(run.checkpoints[c], probe_xs, keys)
+        S, P = np.asarray(S, np.float64), np.asarray(P, np.float64)
+        per_ckpt.append([lag_profile(S[i], P[i], config.trim) for i in range(len(seeds))])
+    out = _summarise_model(per_ckpt, ckpts, seeds, run)
+    out["wall_time_s"] = time.perf_counter() - t0
+    log(f"s1 {task.name}/{name}: {config.steps} steps x {len(seeds)} seeds, "
+        f"{out['wall_time_s']:.1f} s (training {run.wall_time_s:.1f} s)")
+    return out
 
 
 def _every_hundred(fn):
@@ -323,23 +362,30 @@ def run_s1(
     config: S1Config = S1Config(), out_dir: str | Path | None = None,
     log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
-    """Runs S1 on every task of ``config``; writes ``s1.json`` into ``out_dir`` when given."""
+    """Runs S1 on every task of ``config``; writes ``s1.json`` into ``out_dir`` when given.
+
+    ``s1.json`` is rewritten as each (task, model) finishes; a rerun into the same ``out_dir``
+    with the same settings continues where the last one stopped (:mod:`.partial`).
+    """
+    from gatezoo.tasks import make_task
+
     start = time.perf_counter()
-    tasks = {}
+    tasks, earlier = resume_parts(out_dir, "s1", config, log)
     for t in config.tasks:
-        tasks[t] = run_s1_task(t, config, log)
-        if out_dir is not None:  # after each task, so an interrupted run keeps what finished
-            _write(out_dir, config, tasks, time.perf_counter() - start)
-    summary = {"experiment": "s1", "config": dataclasses.asdict(config), "tasks": tasks,
-               "wall_time_s": time.perf_counter() - start}
+        entry = tasks.setdefault(t, {"task": t, "models": {}})
+        todo = [m for m in config.models if m not in entry["models"]]
+        if not todo:
+            continue
+        task = make_task(t, seq_len=config.seq_len, channels=config.input_dim)
+        entry["baseline"] = task.baseline
+        probe_xs = jnp.stack([task.sample(stream_key(s, "probe"), config.probe_batch)[0]
+                              for s in range(1, config.seeds + 1)])
+        for name in todo:
+            entry["models"][name] = run_s1_model(task, name, config, probe_xs, log)
+            if out_dir is not None:
+                write_parts(out_dir, "s1", config, tasks, earlier + time.perf_counter() - start)
+    wall = earlier + time.perf_counter() - start
     if out_dir is not None:
-        _write(out_dir, config, tasks, summary["wall_time_s"])
-    return summary
-
-
-def _write(out_dir, config, tasks, wall):
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    summary = {"experiment": "s1", "config": dataclasses.asdict(config), "tasks": tasks,
-               "wall_time_s": wall}
-    (out / "s1.json").write_text(json.dumps(to_list(summary)))
+        write_parts(out_dir, "s1", config, tasks, wall)
+    return {"experiment": "s1", "config": dataclasses.asdict(config), "tasks": tasks,
+            "wall_time_s": wall}

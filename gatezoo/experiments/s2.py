@@ -13,12 +13,14 @@ SGD 1e-2. At each checkpoint two anisotropy measurements are taken:
   rows (float64), each row normalised, columns centred, near-constant columns dropped, ``1e-8``
   jitter; ``AI`` and ``CE_10`` of its singular values (denominator: all of them).
 
-Project additions (not in the release, THEORY.md §8 item 11): effective rank
-``exp(H(sigma^2 / sum sigma^2))`` and participation ratio ``(sum sigma^2)^2 / sum sigma^4``.
+Project additions (not in the release, THEORY.md §8 item 11): effective rank ``erank``
+``exp(H(sigma^2 / sum sigma^2))`` and participation ratio ``pr`` ``(sum sigma^2)^2 / sum sigma^4``
+(:func:`gatezoo.instruments.spectrum_stats`).
 
 ``compat="paper-code"`` adds the release's conventions: reversed products and the post-update
-``B`` (§2.3), the same training batch at every step and for every seed (a default-seeded
-generator per call) with ``1e-6`` input jitter, and checkpoint ``c`` taken after the update of
+``B`` (§2.3), the same training batch at every step (the release's default-seeded generator
+per call; the release's one batch also serves every seed, here each seed draws its own) with
+``1e-6`` input jitter, and checkpoint ``c`` taken after the update of
 iteration ``c`` (``c + 1`` updates). The exact default trains on fresh batches and checkpoints
 ``c`` after ``c`` updates.
 """
@@ -26,29 +28,32 @@ iteration ``c`` (``c + 1`` updates). The exact default trains on fresh batches a
 from __future__ import annotations
 
 import dataclasses
-import json
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from gatezoo.experiments.checks import check_experiment, clip_checkpoints
+from gatezoo.experiments.partial import resume_parts, write_parts
 from gatezoo.experiments.s1 import _every_hundred
 from gatezoo.experiments.seeded import (
     SeededModels,
     flat_size,
     over_seeds,
+    stream_key,
     train_with_checkpoints,
 )
-from gatezoo.experiments.stats import median_iqr, to_list
+from gatezoo.experiments.stats import as_array, median_iqr, to_list
+from gatezoo.instruments.stats import spectrum_stats
+from gatezoo.linalg import singular_values, symmetric_eigenvalues
 from gatezoo.models import cell_fn
 from gatezoo.models.jacobians import state_jacobians
 
-__all__ = ["S2Config", "S2_PAIRS", "S2_TASKS", "spectrum_stats", "run_s2"]
+__all__ = ["S2Config", "S2_PAIRS", "S2_TASKS", "run_s2"]
 
 # model name -> (cell, optimizer, learning rate)
 S2_PAIRS = {
@@ -58,7 +63,7 @@ S2_PAIRS = {
 }
 S2_TASKS = ("adding", "ar2", "movingavg", "delaysum", "narma10", "narma20")
 S2_LAGS = (1, 2, 4, 8, 12, 16, 24, 32, 40)
-_BASE_OFFSET = {"plain": 0, "scalar": 1000, "multi": 2000}
+_PAPER_FLOOR = 1e-12
 
 
 @dataclasses.dataclass(frozen=True)
@@ -99,26 +104,6 @@ class S2Config:
         )
 
 
-def spectrum_stats(sv: jax.Array, r: int, k: int | None = None) -> dict[str, jax.Array]:
-    """Anisotropy statistics of singular values ``sv`` (descending, last axis).
-
-    ``AI = sv_1 / sv_r``; ``CE_r = sum_{i<=r} sv_i^2 / sum_{i<=k} sv_i^2`` (``k=None``: all);
-    effective rank ``exp(entropy(p))`` and participation ratio ``1 / sum p^2`` with
-    ``p = sv^2 / sum sv^2`` over the same ``k`` values.
-    """
-    top = sv if k is None else sv[..., :k]
-    e = top**2
-    total = jnp.sum(e, axis=-1)
-    p = e / total[..., None]
-    ent = -jnp.sum(jnp.where(p > 0, p * jnp.log(jnp.where(p > 0, p, 1.0)), 0.0), axis=-1)
-    return {
-        "ai": sv[..., 0] / sv[..., r - 1],
-        "ce": jnp.sum(e[..., :r], axis=-1) / total,
-        "eff_rank": jnp.exp(ent),
-        "participation": 1.0 / jnp.sum(p**2, axis=-1),
-    }
-
-
 def _propagation(cell, xs: jax.Array, key: jax.Array, config: S2Config) -> dict[str, jax.Array]:
     """Per-lag medians of the product anisotropy on the probe batch ``xs (B, T, d_x)``."""
     fn = cell_fn(cell)
@@ -137,11 +122,13 @@ def _propagation(cell, xs: jax.Array, key: jax.Array, config: S2Config) -> dict[
 
     J = jax.vmap(factors)(xs)  # (B, T, d, d); J[b, j - 1] = J_j
     out = {}
+    paper = config.compat == "paper-code"
     for i, lag in enumerate(config.lags):
         kb, kk = jax.random.split(jax.random.fold_in(key, i))
         n = config.triples_per_lag
         b = jax.random.randint(kb, (n,), 0, B)
-        k = jax.random.randint(kk, (n,), 0, T - lag + 1)  # window k+1..k+lag, t = k + lag <= T
+        # window k+1..k+lag ends at t = k + lag <= T; the release's t stops at T - 1
+        k = jax.random.randint(kk, (n,), 0, T - lag + (0 if paper else 1))
         idx = k[:, None] + jnp.arange(lag)[None, :]
         window = J[b[:, None], idx]  # (n, lag, d, d), earliest first
         eye = jnp.broadcast_to(jnp.eye(d, dtype=J.dtype), (n, d, d))
@@ -150,10 +137,12 @@ def _propagation(cell, xs: jax.Array, key: jax.Array, config: S2Config) -> dict[
             return (P @ Jj if config.compat == "paper-code" else Jj @ P), None
 
         M, _ = jax.lax.scan(mul, eye, jnp.swapaxes(window, 0, 1))
-        sv = jnp.linalg.svd(M.astype(jnp.float64), compute_uv=False)
-        st = spectrum_stats(sv, config.rank_r, config.svd_k)
+        sv = singular_values(M.astype(jnp.float64))
+        st = spectrum_stats(sv[..., : config.svd_k], config.rank_r,
+                            floor=_PAPER_FLOOR if paper else 0.0)
         for name, v in st.items():
-            out.setdefault(name, []).append(jnp.median(v))
+            # the release skips non-finite products
+            out.setdefault(name, []).append(jnp.nanmedian(v) if paper else jnp.median(v))
     return {k: jnp.stack(v) for k, v in out.items()}
 
 
@@ -167,78 +156,100 @@ def _grad_cov(models: SeededModels, task, params, keys: jax.Array, config: S2Con
 
     G = jax.vmap(one)(keys).astype(jnp.float64)  # (M, n_params)
     M = G.shape[0]
-    G = G / (jnp.linalg.norm(G, axis=1, keepdims=True) + 1e-300)
+    paper = config.compat == "paper-code"
+    G = G / (jnp.linalg.norm(G, axis=1, keepdims=True) + (_PAPER_FLOOR if paper else 1e-300))
     G = G - G.mean(axis=0, keepdims=True)
     keep = jnp.linalg.norm(G, axis=0) > 1e-10 * jnp.sqrt(M)
     jitter = 1e-8 * jax.random.normal(jax.random.fold_in(keys[0], 17), G.shape, G.dtype)
     G = jnp.where(keep[None, :], G + jitter, 0.0)  # dropping a column = zeroing it for the SVD
     # singular values from the (M x M) Gram matrix: M << n_params
-    lam = jnp.linalg.eigvalsh(G @ G.T)[::-1]
+    lam = symmetric_eigenvalues(G @ G.T)[::-1]
     sv = jnp.sqrt(jnp.maximum(lam, 0.0))
-    st = spectrum_stats(sv, config.rank_r)
+    st = spectrum_stats(sv, config.rank_r, floor=_PAPER_FLOOR if paper else 0.0)
     st["kept_columns"] = jnp.sum(keep)
     return st
 
 
-def run_s2_task(
-    task_name: str, config: S2Config, log: Callable[[str], None] = print
-) -> dict[str, Any]:
+class _S2Task(NamedTuple):
+    task: Any
+    seeds: list[int]
+    probe_xs: jax.Array  # (S, probe_batch, T, d_x)
+
+
+def _prepare_task(task_name: str, config: S2Config) -> _S2Task:
     from gatezoo.tasks import make_task
 
     task = make_task(task_name, seq_len=config.seq_len, channels=config.input_dim)
-    seeds = list(range(config.seeds))
-    probe_xs = jnp.stack([task.sample(jax.random.key(s), config.probe_batch)[0] for s in seeds])
-    triple_keys = jnp.stack([jax.random.fold_in(jax.random.key(s), 31) for s in seeds])
-    paper = config.compat == "paper-code"
-    out: dict[str, Any] = {}
-    for name in config.models:
-        t0 = time.perf_counter()
-        cell, opt, lr = S2_PAIRS[name]
-        models = SeededModels.build(cell, task.input_dim, config.hidden, seeds)
-        n_params = flat_size(models.params)
-        progress = _every_hundred(
-            lambda d, n, name=name: log(f"s2 {task_name}/{name}: step {d}/{n}"))
-        if paper:
-            marks = [min(c + 1, config.steps) for c in config.checkpoints]
-            run = train_with_checkpoints(
-                models, task, opt, lr, marks, batch_size=config.batch_size,
-                batch_key=lambda s, i: jax.random.key(0), input_jitter=1e-6,
-                jitter_key=lambda s, i: jax.random.fold_in(jax.random.key(s + 555), i),
-                progress=progress,
-            )
-            params_at = {c: run.checkpoints[min(c + 1, config.steps)] for c in config.checkpoints}
-        else:
-            run = train_with_checkpoints(
-                models, task, opt, lr, config.checkpoints, batch_size=config.batch_size,
-                batch_key=lambda s, i: jax.random.fold_in(jax.random.key(s + 123), i),
-                progress=progress,
-            )
-            params_at = run.checkpoints
+    seeds = list(range(1, config.seeds + 1))  # the release's numbering, like S1
+    probe_xs = jnp.stack(
+        [task.sample(stream_key(s, "probe"), config.probe_batch)[0] for s in seeds])
+    return _S2Task(task, seeds, probe_xs)
 
-        def probe(params, xs, tkey, gkeys):
-            cell_mod = models.model(params).cell
-            prop = _propagation(cell_mod, xs, tkey, config)
-            gc = _grad_cov(models, task, params, gkeys, config)
-            return prop, gc
 
-        probe_j = jax.jit(lambda *a: over_seeds(lambda b: probe(*b), a))
-        prop_rows, gc_rows = [], []
-        for c in config.checkpoints:
-            base = np.asarray(seeds) + c + _BASE_OFFSET[name]
-            gkeys = jnp.stack([
-                jax.vmap(jax.random.key)(b + 100000 + jnp.arange(config.grad_samples))
-                for b in base
-            ])
-            prop, gc = probe_j(params_at[c], probe_xs, triple_keys, gkeys)
-            prop_rows.append({k: np.asarray(v) for k, v in prop.items()})
-            gc_rows.append({k: np.asarray(v) for k, v in gc.items()})
-        out[name] = _summarise(prop_rows, gc_rows, config, seeds, run, n_params, cell, opt, lr)
-        out[name]["wall_time_s"] = time.perf_counter() - t0
-        log(f"s2 {task_name}/{name}: {config.steps} steps x {len(seeds)} seeds, "
-            f"{out[name]['wall_time_s']:.1f} s (training {run.wall_time_s:.1f} s)")
-    comparison = _headline(out)
-    return {"task": task_name, "baseline": task.baseline, "models": out,
-            "comparison": comparison}
+def _train(models: SeededModels, prep: _S2Task, name: str, config: S2Config, log):
+    """Trains one model on every seed; returns the run and ``{checkpoint: params}``."""
+    _, opt, lr = S2_PAIRS[name]
+    progress = _every_hundred(
+        lambda d, n: log(f"s2 {prep.task.name}/{name}: step {d}/{n}"))
+    if config.compat == "paper-code":
+        # the release's quirks (THEORY.md §6.4): one fixed batch for every step, 1e-6 jitter,
+        # and checkpoint c saved after the update of iteration c (c + 1 updates). The release
+        # also shares its one batch across seeds; a batch shared here would be another single
+        # draw, and which draw it is decides whether the gated models grow a slow recurrent
+        # mode by iteration 1200 (their late AI varies 200-fold between draws), so each seed
+        # gets its own fixed batch and the seed spread covers the draw
+        marks = [min(c + 1, config.steps) for c in config.checkpoints]
+        run = train_with_checkpoints(
+            models, prep.task, opt, lr, marks, batch_size=config.batch_size,
+            batch_key=lambda s, i: stream_key(s, "train"), input_jitter=1e-6,
+            jitter_key=lambda s, i: jax.random.fold_in(stream_key(s, "jitter"), i),
+            progress=progress,
+        )
+        return run, {c: run.checkpoints[min(c + 1, config.steps)] for c in config.checkpoints}
+    run = train_with_checkpoints(
+        models, prep.task, opt, lr, config.checkpoints, batch_size=config.batch_size,
+        batch_key=lambda s, i: jax.random.fold_in(stream_key(s, "train"), i),
+        progress=progress,
+    )
+    return run, run.checkpoints
+
+
+def run_s2_model(
+    prep: _S2Task, name: str, config: S2Config, log: Callable[[str], None] = print
+) -> dict[str, Any]:
+    """Trains and probes one model of S2 (``plain``, ``scalar`` or ``multi``) on one task."""
+    t0 = time.perf_counter()
+    cell, opt, lr = S2_PAIRS[name]
+    task, seeds = prep.task, prep.seeds
+    models = SeededModels.build(cell, task.input_dim, config.hidden, seeds)
+    n_params = flat_size(models.params)
+    run, params_at = _train(models, prep, name, config, log)
+
+    def probe(params, xs, tkey, gkeys):
+        prop = _propagation(models.model(params).cell, xs, tkey, config)
+        return prop, _grad_cov(models, task, params, gkeys, config)
+
+    probe_j = jax.jit(lambda *a: over_seeds(lambda b: probe(*b), a))
+    model_index = list(S2_PAIRS).index(name)
+    rows = jnp.arange(config.grad_samples)
+    prop_rows, gc_rows = [], []
+    for i, c in enumerate(config.checkpoints):
+        log(f"s2 {task.name}/{name}: probe {i + 1}/{len(config.checkpoints)} "
+            f"(iteration {c})")
+        # the three models share the triples (as in the release), fresh at each checkpoint
+        tkeys = jnp.stack([jax.random.fold_in(stream_key(s, "triples"), c) for s in seeds])
+        gkeys = jnp.stack([
+            jax.vmap(lambda r, s=s: jax.random.fold_in(jax.random.fold_in(jax.random.fold_in(
+                stream_key(s, "gradcov"), model_index), c), r))(rows)
+            for s in seeds])
+        prop, gc = probe_j(params_at[c], prep.probe_xs, tkeys, gkeys)
+        prop_rows.append({k: np.asarray(v) for k, v in prop.items()})
+        gc_rows.append({k: np.asarray(v) for k, v in gc.items()})
+    out = _summarise(prop_rows, gc_rows, config, seeds, run, n_params, cell, opt, lr)
+    out["wall_time_s"] = time.perf_counter() - t0
+    log(f"s2 {task.name}/{name}: {config.steps} steps x {len(seeds)} seeds, "
+        f"{out['wall_time_s']:.1f} s (training {run.wall_time_s:.1f} s)")
+    return out
 
 
 def _summarise(prop_rows, gc_rows, config, seeds, run, n_params, cell, opt, lr):
@@ -272,8 +283,8 @@ def _headline(models: dict[str, Any]) -> dict[str, Any]:
     out = {}
     for kind in ("propagation", "grad_cov"):
         for stat in ("ai", "ce"):
-            a = models["multi"]["per_seed"][kind][stat]
-            b = models["plain"]["per_seed"][kind][stat]
+            a = as_array(to_list(models["multi"]["per_seed"][kind][stat]))
+            b = as_array(to_list(models["plain"]["per_seed"][kind][stat]))
             ok = np.isfinite(a) & np.isfinite(b)
             out[f"{kind}_{stat}_multi_ge_plain_fraction"] = (
                 float(np.mean(a[ok] >= b[ok])) if ok.any() else float("nan"))
@@ -287,26 +298,30 @@ def run_s2(
 ) -> dict[str, Any]:
     """Runs S2 on every task of ``config``; writes ``s2.json`` into ``out_dir`` when given.
 
-    Needs float64 for the SVDs: run under ``jax.enable_x64(True)`` (the CLI does).
+    ``s2.json`` is rewritten as each (task, model) finishes, so an interrupted run keeps every
+    finished part; run again with the same ``out_dir`` and config, it continues from there (a
+    different config is refused). Needs float64 for the SVDs: run under
+    ``jax.enable_x64(True)`` (the CLI does).
     """
     if not jax.config.jax_enable_x64:
         raise ValueError("S2 takes its SVDs in float64: wrap it in jax.enable_x64(True)")
     start = time.perf_counter()
-    tasks = {}
+    tasks, earlier = resume_parts(out_dir, "s2", config, log)
     for t in config.tasks:
-        tasks[t] = run_s2_task(t, config, log)
-        if out_dir is not None:
-            _write(out_dir, config, tasks, time.perf_counter() - start)
-    wall = time.perf_counter() - start
+        entry = tasks.setdefault(t, {"task": t, "models": {}, "comparison": {}})
+        todo = [m for m in config.models if m not in entry["models"]]
+        if not todo:
+            continue
+        prep = _prepare_task(t, config)
+        entry["baseline"] = prep.task.baseline
+        for name in todo:
+            entry["models"][name] = run_s2_model(prep, name, config, log)
+            entry["comparison"] = _headline(entry["models"])
+            if out_dir is not None:
+                write_parts(out_dir, "s2", config, tasks,
+                            earlier + time.perf_counter() - start)
+    wall = earlier + time.perf_counter() - start
     if out_dir is not None:
-        _write(out_dir, config, tasks, wall)
+        write_parts(out_dir, "s2", config, tasks, wall)
     return {"experiment": "s2", "config": dataclasses.asdict(config), "tasks": tasks,
             "wall_time_s": wall}
-
-
-def _write(out_dir, config, tasks, wall):
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    summary = {"experiment": "s2", "config": dataclasses.asdict(config), "tasks": tasks,
-               "wall_time_s": wall}
-    (out / "s2.json").write_text(json.dumps(to_list(summary)))

@@ -11,7 +11,7 @@ Example:
   >>> models = SeededModels.build("vector", task.input_dim, 8, seeds=[1, 2])
   >>> run = train_with_checkpoints(models, task, "sgd", 1e-2, [0, 5], batch_size=4,
   ...                              batch_key=lambda s, i: jax.random.fold_in(
-  ...                                  jax.random.key(s + 123), i))
+  ...                                  stream_key(s, "train"), i))
   >>> jax.tree_util.tree_leaves(run.checkpoints[5])[0].shape[0]
   2
 """
@@ -33,7 +33,19 @@ from flax import nnx
 from gatezoo.models import InitSpec, SequenceModel, make_cell
 
 __all__ = ["SeededModels", "CheckpointRun", "train_with_checkpoints", "flat_size",
-           "over_seeds"]
+           "over_seeds", "stream_key", "STREAMS"]
+
+# One independent stream per use of a seed: ``fold_in(key(seed), STREAMS[name])``. Streams of
+# different seeds and of different uses never coincide (unlike ``key(seed + offset)``).
+STREAMS = {"cell": 0, "readout": 1, "train": 2, "jitter": 3, "probe": 4, "triples": 5,
+           "gradcov": 6, "power": 7}
+
+
+def stream_key(seed: int | jax.Array, name: str) -> jax.Array:
+    """The PRNG key of stream ``name`` (one of :data:`STREAMS`) of ``seed``."""
+    if name not in STREAMS:
+        raise ValueError(f"unknown key stream {name!r}; choose one of: {', '.join(STREAMS)}")
+    return jax.random.fold_in(jax.random.key(seed), STREAMS[name])
 
 
 @dataclasses.dataclass
@@ -59,12 +71,13 @@ class SeededModels:
         models = []
         for s in seeds:
             c = make_cell(
-                cell, input_dim, hidden, rngs=nnx.Rngs(params=int(s)),
+                cell, input_dim, hidden, rngs=nnx.Rngs(params=stream_key(int(s), "cell")),
                 init=InitSpec(scheme=init, std=init_std), use_bias=False, param_dtype=dtype,
                 **(cell_options or {}),
             )
             models.append(SequenceModel(
-                c, 1, readout="last", readout_bias=False, rngs=nnx.Rngs(params=int(s) + 7919)
+                c, 1, readout="last", readout_bias=False,
+                rngs=nnx.Rngs(params=stream_key(int(s), "readout"))
             ))
         graphdef, _, rest = nnx.split(models[0], nnx.Param, ...)
         params = jax.tree_util.tree_map(

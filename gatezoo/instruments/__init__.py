@@ -5,12 +5,21 @@ See :mod:`gatezoo.instruments.protocol` for the contract and :mod:`.registry` fo
 """
 
 from gatezoo.instruments.anisotropy import gradient_spectrum, jacobian_spectra
-from gatezoo.instruments.expansion import expansion_metrics, first_order_gradients
+from gatezoo.instruments.attach import Attached, StepOutput, attach, attach_fns
+from gatezoo.instruments.expansion import FirstOrder, expansion_metrics, first_order_gradients
+from gatezoo.instruments.model_fns import (
+    NetworkFns,
+    loss_function,
+    model_fns,
+    network_fns,
+    zero_offsets,
+)
 from gatezoo.instruments.optimizer import (
     adam_effective_lr,
-    hyperparams,
+    effective_step_rows,
     learning_rate_in_force,
     momentum_beta,
+    state_value,
 )
 from gatezoo.instruments.protocol import TIERS, Instrument, ModelFns, StepContext
 from gatezoo.instruments.registry import (
@@ -27,6 +36,16 @@ from gatezoo.instruments.truncation import truncation_curve, window_factors
 from gatezoo.instruments.views import Measure, StepViews, fuse
 
 __all__ = [
+    "attach",
+    "attach_fns",
+    "Attached",
+    "StepOutput",
+    "NetworkFns",
+    "network_fns",
+    "model_fns",
+    "loss_function",
+    "zero_offsets",
+    "FirstOrder",
     "Instrument",
     "ModelFns",
     "StepContext",
@@ -51,7 +70,8 @@ __all__ = [
     "window_factors",
     "power_fit",
     "spectrum_stats",
-    "hyperparams",
+    "state_value",
+    "effective_step_rows",
     "learning_rate_in_force",
     "momentum_beta",
     "adam_effective_lr",

@@ -29,6 +29,7 @@ from gatezoo.instruments.products import lag_products, probe_states
 from gatezoo.instruments.protocol import ModelFns
 from gatezoo.instruments.stats import ANISOTROPY_LAGS, spectrum_stats
 from gatezoo.instruments.views import Measure, StepViews
+from gatezoo.linalg import singular_values
 
 __all__ = ["jacobian_spectra", "gradient_spectrum", "anisotropy"]
 
@@ -59,7 +60,7 @@ def jacobian_spectra(
     prod, _, _ = lag_products(
         fns, cp, prev, xs_t, end_n, ex_n, max(lags), stop=lag_n, compat=compat
     )
-    sv = jnp.linalg.svd(prod, compute_uv=False)
+    sv = singular_values(prod)
     return lags, sv.reshape(len(lags), triples, -1)
 
 
@@ -77,7 +78,7 @@ def gradient_spectrum(fns: ModelFns, params: Any, xs: jax.Array, ys: jax.Array) 
     keep = jnp.linalg.norm(rows, axis=0) > 1e-10 * jnp.sqrt(m)
     rows = jnp.where(keep[None, :], rows, 0.0)
     rows = rows + 1e-8 * jax.random.normal(jax.random.key(0), rows.shape, rows.dtype)
-    return jnp.linalg.svd(rows, compute_uv=False)
+    return singular_values(rows)
 
 
 def anisotropy(

@@ -88,7 +88,7 @@ def first_order_gradients(
       >>> fo.g0, fo.g1  # doctest: +SKIP
     """
     tm = jax.tree_util.tree_map
-    xs_t = steps.time_major(xs)
+    xs_t = steps.time_major(xs if fns.inputs is None else fns.inputs(params, xs))
     prev = steps.previous_states(carries)
     cp = fns.cell_params(params)
     stack = lambda *trees: tm(lambda *a: jnp.stack(a), *trees)  # noqa: E731
@@ -106,10 +106,13 @@ def first_order_gradients(
     _, (e_all, lam1_all) = jax.lax.scan(body, (first, first), (xs_t, prev, adjoints), reverse=True)
 
     merge = lambda tree: tm(lambda a: a.reshape((-1,) + a.shape[2:]), tree)  # noqa: E731
-    h_all, x_all = merge(prev), xs_t.reshape((-1,) + xs_t.shape[2:])
+    h_all = merge(prev)
 
     def immediate(p):
-        return steps.plain_step(fns, fns.cell_params(p), h_all, x_all)
+        # d+h_t/dtheta: the states before each step held fixed; a layer fed by other layers
+        # sees theta through its inputs too, so G0 and G1 are exact for every parameter
+        seq = xs_t if fns.inputs is None else steps.time_major(fns.inputs(p, xs))
+        return steps.plain_step(fns, fns.cell_params(p), h_all, seq.reshape((-1,) + seq.shape[2:]))
 
     _, vjp_p = jax.vjp(immediate, params)
     cots = [merge(e_all), merge(lam1_all)] + ([merge(adjoints)] if self_check else [])

@@ -29,7 +29,8 @@ __all__ = ["lag_products", "probe_states"]
 def probe_states(fns: ModelFns, params: Any, xs: jax.Array, ys: jax.Array):
     """``(cell_params, prev, xs_t)`` of a forward pass on ``xs`` (time-major states)."""
     _, carries = fns.loss(params, xs, ys)
-    return fns.cell_params(params), steps.previous_states(carries), steps.time_major(xs)
+    seq = xs if fns.inputs is None else fns.inputs(params, xs)
+    return fns.cell_params(params), steps.previous_states(carries), steps.time_major(seq)
 
 
 def lag_products(

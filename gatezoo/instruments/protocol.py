@@ -44,6 +44,12 @@ class ModelFns(NamedTuple):
         ``carry`` and ``gate_carry`` are ``A_t`` and ``B_t`` (THEORY.md §2.1) in one pass; without
         it the instruments take ``A = J(eps=0)`` and ``B = J(1) - J(0)`` from two passes of
         ``step`` (same numbers, about twice the cost).
+      inputs: ``inputs(params, xs) -> (batch, T, in)``, the sequence reaching this layer from
+        the model's inputs (through projections and the layers below), or ``None`` when the
+        layer reads ``xs`` itself. First-order gradients differentiate through it, so ``G0``
+        and ``G1`` are exact for every parameter of a stacked model.
+      path: the layer's dotted path in the model (``""`` for a SequenceModel); metrics of a
+        model with several layers are named ``"<instrument>/<path>/<quantity>"``.
     """
 
     loss: Callable[..., Any]
@@ -54,6 +60,8 @@ class ModelFns(NamedTuple):
     hidden: int
     state_size: int
     split_step: Callable[..., Any] | None = None
+    inputs: Callable[..., Any] | None = None
+    path: str = ""
 
 
 class StepContext(NamedTuple):
@@ -71,7 +79,9 @@ class StepContext(NamedTuple):
       opt_state: the optimizer state after the update (``optax.inject_hyperparams`` state, so
         ``hyperparams['learning_rate']`` is the rate in force).
       probe_xs, probe_ys: a fixed probe batch, the same at every step of a run.
-      fns: the model's :class:`ModelFns` (static).
+      fns: the measured layer's :class:`ModelFns` (static).
+      inputs: the measured layer's input sequence ``(batch, T, in)`` as recorded in the
+        forward pass (``None``: the layer reads ``xs``).
     """
 
     step: jax.Array
@@ -87,6 +97,7 @@ class StepContext(NamedTuple):
     probe_xs: jax.Array
     probe_ys: jax.Array
     fns: ModelFns
+    inputs: Any = None
 
 
 class Instrument(NamedTuple):
@@ -102,6 +113,8 @@ class Instrument(NamedTuple):
         probe batch; scheduled).
       needs_gates: True if it needs the gate protocol (``ModelFns.gated``).
       needs_adjoints: True if it reads ``ctx.adjoints`` (the trainer then injects offsets).
+      layer: the path of the recurrent layer it measures (``""``: the model itself, e.g. a
+        SequenceModel); its context is built for that layer.
     """
 
     name: str
@@ -111,3 +124,4 @@ class Instrument(NamedTuple):
     tier: str = "step"
     needs_gates: bool = False
     needs_adjoints: bool = False
+    layer: str = ""

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from gatezoo.instruments.analogies import analogies, effective_lr
 from gatezoo.instruments.anisotropy import anisotropy
@@ -125,25 +126,30 @@ def _resolve(names: Sequence[str] | str, gated: bool) -> list[str]:
 
 def make_instruments(
     names: Sequence[str] | str,
-    fns: ModelFns,
+    fns: ModelFns | Any,
     *,
     every: dict[str, int] | None = None,
     compat: str = "exact",
+    self_check: bool = False,
 ) -> list[Instrument]:
     """Builds the instruments ``names`` (instrument names or presets) for the model ``fns``.
 
     Args:
       names: e.g. ``["economy"]``, ``["gates", "expansion"]`` or ``"gates,sensitivity"``.
-      fns: the model's :class:`ModelFns`.
+      fns: one layer's :class:`ModelFns`, or a :class:`~gatezoo.instruments.model_fns.NetworkFns`
+        (every recurrent layer gets its own instruments, named ``"<name>/<layer path>"``; a
+        preset skips the gate instruments of layers without gates).
       every: tracking schedule per instrument name or per tier (``"step"``, ``"probe"``);
         defaults: 1 for per-step instruments, 50 for probes.
       compat: ``"exact"`` or ``"paper-code"`` (THEORY.md §2.3) for the Jacobian-product ones.
+      self_check: the ``expansion`` instrument also reports ``self_check``, the relative gap
+        between the cell's gradient and the one rebuilt from the adjoints and the step function
+        (rounding-level when ``__call__`` and ``split_call`` agree); adds ``expansion`` when
+        ``names`` lacks it.
 
     Returns:
-      One :class:`Instrument` per resolved name, in order; each returns its bare quantities
-      (``alpha_mean``), which the trainer writes as ``"<name>/<quantity>"``. Instruments that
-      run every step share their common work (the gate trace) through XLA's common
-      subexpression elimination inside the one compiled step.
+      One :class:`Instrument` per resolved name (and layer), in order; each returns its bare
+      quantities (``alpha_mean``), which the trainer writes as ``"<name>/<quantity>"``.
 
     Raises:
       ValueError: an unknown name, a gate instrument for a cell without gates, a bad ``every``
@@ -151,20 +157,43 @@ def make_instruments(
     """
     check_compat(compat)
     every = dict(every or {})
-    resolved = _resolve(names, fns.gated)
     known = set(INSTRUMENTS) | {"step", "probe"}
     for key, value in every.items():
         if key not in known:
             raise ValueError(f"every: unknown instrument or tier {key!r}")
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
             raise ValueError(f"every[{key!r}] must be a positive integer, got {value!r}")
-    measures = []
+    layers = getattr(fns, "layers", None)
+    if layers is None:
+        return _layer_instruments(names, fns, every, compat, self_check, "")
+    many = len(layers) > 1
+    out: list[Instrument] = []
+    for path, layer_fns in layers.items():
+        out.extend(_layer_instruments(names, layer_fns, every, compat, self_check,
+                                      path if many else ""))
+    return out
+
+
+def _layer_instruments(names, fns: ModelFns, every: dict, compat: str, self_check: bool,
+                       suffix: str) -> list[Instrument]:
+    resolved = _resolve(names, fns.gated)
+    if self_check:
+        if not fns.gated:
+            raise ValueError(
+                "self_check needs the expansion instrument, which needs a cell with gates"
+            )
+        resolved += [] if "expansion" in resolved else ["expansion"]
+    out = []
     for name in resolved:
         entry = INSTRUMENTS[name]
-        kwargs = {}
+        kwargs: dict = {}
         if name in every or entry.tier in every:
             kwargs["every"] = every.get(name, every.get(entry.tier))
         if entry.takes_compat:
             kwargs["compat"] = compat
-        measures.append(entry.factory(fns, **kwargs))
-    return [m.instrument() for m in measures]
+        if name == "expansion" and self_check:
+            kwargs["self_check"] = True
+        inst = entry.factory(fns, **kwargs).instrument()
+        out.append(inst._replace(name=f"{inst.name}/{suffix}" if suffix else inst.name,
+                                 layer=fns.path))
+    return out

@@ -10,6 +10,8 @@ import math
 import jax
 import jax.numpy as jnp
 
+from gatezoo.linalg import singular_values
+
 __all__ = [
     "lag_grid",
     "power_fit",
@@ -156,8 +158,13 @@ def power_fit(
     return jnp.where(good, slope, jnp.nan), jnp.where(good, r2, jnp.nan)
 
 
-def spectrum_stats(sv: jax.Array, r: int = 10, top: int | None = None) -> dict[str, jax.Array]:
+def spectrum_stats(
+    sv: jax.Array, r: int = 10, top: int | None = None, floor: float = 0.0
+) -> dict[str, jax.Array]:
     r"""Anisotropy summaries of singular values ``sv`` (descending, last axis).
+
+    ``floor`` is added to the denominators of ``ai`` and ``ce`` (0 for the exact statistics; the
+    release's S2 uses ``1e-12``, THEORY.md §2.3 item 6).
 
     * ``ai``: anisotropy index :math:`\sigma_1/\sigma_r` (``r`` capped at the number of values);
     * ``ce``: energy concentration :math:`\sum_{i\le r}\sigma_i^2 / \sum_{i\le top}\sigma_i^2`
@@ -174,8 +181,8 @@ def spectrum_stats(sv: jax.Array, r: int = 10, top: int | None = None) -> dict[s
     p = e / total[..., None]
     entropy = -jnp.sum(jnp.where(p > 0, p * jnp.log(jnp.where(p > 0, p, 1.0)), 0.0), axis=-1)
     return {
-        "ai": sv[..., 0] / sv[..., r - 1],
-        "ce": jnp.sum(e[..., :r], axis=-1) / denom,
+        "ai": sv[..., 0] / (sv[..., r - 1] + floor),
+        "ce": jnp.sum(e[..., :r], axis=-1) / (denom + floor),
         "erank": jnp.exp(entropy),
         "pr": total**2 / jnp.sum(e * e, axis=-1),
     }
@@ -189,9 +196,9 @@ def pearson(a: jax.Array, b: jax.Array) -> jax.Array:
 
 def spectral_norm(m: jax.Array) -> jax.Array:
     """Exact largest singular value of (a batch of) matrices, ``(..., n, k) -> (...)``, by SVD
-    (on CPU a batched SVD of 64 x 64 matrices costs about 0.3 ms each; XLA's symmetric
-    eigensolver on ``M^T M`` was an order of magnitude slower when measured)."""
-    return jnp.linalg.svd(m, compute_uv=False)[..., 0]
+    (:func:`gatezoo.linalg.singular_values`, safe from the CPU thread-pool deadlock).
+    """
+    return singular_values(m)[..., 0]
 
 
 def prefix_sum(x: jax.Array, axis: int = 0) -> jax.Array:

@@ -27,7 +27,7 @@ class StepViews:
 
     Attributes (all time-major):
       cell_params: ``fns.cell_params(ctx.params)``.
-      xs_t: ``(T, batch, in)``.
+      xs_t: the measured layer's inputs ``(T, batch, in)``.
       prev: the state before each step, leaves ``(T, batch, ...)`` (``h_0 = 0``).
       alpha: the gate trace ``(T, b, hidden)`` on the first ``b = min(batch, batch_cap)``
         examples (gated cells only): one batched gate evaluation, no scan. Statistics of the
@@ -46,7 +46,8 @@ class StepViews:
 
     @functools.cached_property
     def xs_t(self) -> jax.Array:
-        return steps.time_major(self.ctx.xs)
+        seq = self.ctx.xs if self.ctx.inputs is None else self.ctx.inputs
+        return steps.time_major(seq)
 
     @functools.cached_property
     def prev(self) -> Any:

@@ -30,17 +30,27 @@ from gatezoo.models.jacobians import (
     truncation_error,
 )
 from gatezoo.models.leaky import Elman, Leaky
+from gatezoo.models.linear_cell import InputGatedCell
+from gatezoo.models.linear_scan import SCANS, linear_recurrence
 from gatezoo.models.lstm import LSTM
+from gatezoo.models.mingated import MinGRU, MinLSTM
 from gatezoo.models.protocol import (
     CellFn,
     GatedCell,
+    GateProtocolError,
     cell_fn,
+    check_gate_protocol,
     deform,
     flatten_carry,
     is_gated,
+    param_dtype_of,
     unflatten_carry,
+    zero_carry,
 )
+from gatezoo.models.recurrent import LayerTap, Recurrent, layer_name, recurrent_layers, tapping
 from gatezoo.models.registry import CELLS, CellEntry, cell_names, make_cell, register_cell
+from gatezoo.models.rglru import RGLRU
+from gatezoo.models.s6 import S6
 from gatezoo.models.sequence import READOUTS, SequenceModel
 
 __all__ = [
@@ -51,6 +61,13 @@ __all__ = [
     "VectorGate",
     "GRU",
     "LSTM",
+    "MinGRU",
+    "MinLSTM",
+    "RGLRU",
+    "S6",
+    "InputGatedCell",
+    "SCANS",
+    "linear_recurrence",
     "InitSpec",
     "GatedCell",
     "CellFn",
@@ -59,6 +76,15 @@ __all__ = [
     "is_gated",
     "flatten_carry",
     "unflatten_carry",
+    "zero_carry",
+    "param_dtype_of",
+    "check_gate_protocol",
+    "GateProtocolError",
+    "Recurrent",
+    "LayerTap",
+    "tapping",
+    "recurrent_layers",
+    "layer_name",
     "CELLS",
     "CellEntry",
     "cell_names",

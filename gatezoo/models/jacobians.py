@@ -40,9 +40,11 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from gatezoo.linalg import singular_values
 from gatezoo.models.gates import ScalarGate, VectorGate
 from gatezoo.models.gru import GRU
 from gatezoo.models.leaky import Leaky
+from gatezoo.models.linear_cell import InputGatedCell
 from gatezoo.models.lstm import LSTM
 from gatezoo.models.protocol import flatten_carry, unflatten_carry
 
@@ -161,6 +163,7 @@ def state_jacobians(
     * GRU: ``A = diag(1-z) + diag(z g') W diag(r)``,
       ``B = diag((g-h) z') W_z + diag(z g') W diag(h r') W_r`` (update and reset gates).
     * LSTM on ``[c, h]``: ``A`` holds ``i, f, o`` fixed, ``B`` collects the terms through them.
+    * minGRU, minLSTM, RG-LRU, S6 (gates read only ``x``): ``A = diag(1 - α_t)``, ``B = 0``.
 
     with ``D = diag(1 - φ_t²)``, ``Δ_t = φ_t - h_{t-1}``, ``g' = 1 - g²``, ``z' = z(1-z)``.
 
@@ -224,6 +227,13 @@ def _gru_state(cell: GRU, h: Array, x: Array, convention: str):
     B_update = (incr * _dsigmoid(z_pre))[:, None] * _param(cell, "W_z").T
     B_reset = (zg[:, None] * Wt * (h * _dsigmoid(r_pre))[None, :]) @ _param(cell, "W_r").T
     return A, B_update + B_reset
+
+
+@_state_rule.register(InputGatedCell)
+def _input_gated_state(cell: InputGatedCell, h: Array, x: Array, convention: str):
+    # B = 0 under both conventions: (I - Γ) B_exact is zero too
+    A = jnp.diag(1.0 - cell.time_scale(h, x))
+    return A, jnp.zeros_like(A)
 
 
 def _lstm_parts(cell: LSTM, carry: Any, x: Array):
@@ -479,7 +489,7 @@ def frechet_l1(As: Array, Bs: Array, *, order: str = "temporal") -> Array:
 def _norm(M: Array, norm: str) -> Array:
     if norm == "fro":
         return jnp.sqrt(jnp.sum(M * M, axis=(-2, -1)))
-    return jnp.linalg.norm(M, ord=2, axis=(-2, -1))  # "2", checked by the caller
+    return singular_values(M)[..., 0]  # "2", checked by the caller
 
 
 def truncation_error(

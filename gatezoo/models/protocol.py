@@ -36,6 +36,10 @@ __all__ = [
     "cell_fn",
     "flatten_carry",
     "unflatten_carry",
+    "param_dtype_of",
+    "check_gate_protocol",
+    "GateProtocolError",
+    "zero_carry",
 ]
 
 Carry = Any
@@ -97,16 +101,22 @@ class CellFn(NamedTuple):
         gate path is deformed as in :func:`deform` (gated cells only).
       time_scale: ``time_scale(params, carry, x) -> alpha`` or ``None`` for a cell without gates.
       gated: whether the cell follows the gate protocol.
+      split_step: ``split_step(params, carry, x, gate_carry) -> (carry, y)``, the cell's
+        ``split_call`` (gated cells), else ``None``.
     """
 
     params: Any
     step: Callable[..., tuple[Carry, jax.Array]]
     time_scale: Callable[..., jax.Array] | None
     gated: bool
+    split_step: Callable[..., tuple[Carry, jax.Array]] | None = None
 
 
 def cell_fn(cell: nnx.Module) -> CellFn:
-    """Splits ``cell`` into parameters and pure functions of them.
+    """Splits ``cell`` into parameters and pure functions of them (the one builder of a cell's
+    pure functions: the instruments' :class:`~gatezoo.instruments.protocol.ModelFns` use it).
+
+    Works on an abstract cell (``nnx.eval_shape``) too: only the functions are closed over.
 
     Example:
       >>> import jax, jax.numpy as jnp
@@ -117,6 +127,7 @@ def cell_fn(cell: nnx.Module) -> CellFn:
     """
     graphdef, params, rest = nnx.split(cell, nnx.Param, ...)
     gated = is_gated(cell)
+    name = type(cell).__name__
 
     def step(p, carry, x, eps=None):
         module = nnx.merge(graphdef, p, rest)
@@ -124,12 +135,93 @@ def cell_fn(cell: nnx.Module) -> CellFn:
             return module(carry, x)
         if not gated:
             raise TypeError(
-                f"{type(cell).__name__} does not follow the gate protocol (split_call, "
-                "time_scale), so its gate path cannot be separated"
+                f"{name} does not follow the gate protocol (split_call, time_scale), so its "
+                "gate path cannot be separated"
             )
         return module.split_call(carry, x, deform(carry, eps))
 
     def time_scale(p, carry, x):
         return nnx.merge(graphdef, p, rest).time_scale(carry, x)
 
-    return CellFn(params, step, time_scale if gated else None, gated)
+    def split_step(p, carry, x, gate_carry):
+        return nnx.merge(graphdef, p, rest).split_call(carry, x, gate_carry)
+
+    return CellFn(
+        params, step, time_scale if gated else None, gated, split_step if gated else None
+    )
+
+
+def param_dtype_of(module: nnx.Module) -> Any:
+    """The one floating dtype of ``module``'s parameters (float32 when it has none).
+
+    Raises:
+      ValueError: naming the module when its parameters mix floating dtypes.
+    """
+    leaves = jax.tree_util.tree_leaves(nnx.state(module, nnx.Param))
+    dtypes = {jnp.dtype(leaf.dtype) for leaf in leaves if jnp.issubdtype(leaf.dtype, jnp.floating)}
+    if len(dtypes) > 1:
+        raise ValueError(
+            f"{type(module).__name__} mixes parameter dtypes "
+            f"{', '.join(sorted(str(d) for d in dtypes))}; a model follows one parameter dtype"
+        )
+    return dtypes.pop() if dtypes else jnp.dtype(jnp.float32)
+
+
+class GateProtocolError(ValueError):
+    """A cell claims the gate protocol but its methods disagree (one line, naming the cell)."""
+
+
+def check_gate_protocol(cell: nnx.Module, in_features: int, *, batch: int = 3) -> None:
+    """Checks a gated cell on a small random probe, once, before training uses it.
+
+    ``__call__(h, x)`` must equal ``split_call(h, x, h)`` and ``time_scale(h, x)`` must have the
+    state's shape ``(batch, hidden)`` with values in ``[0, 1]``. A cell without the protocol
+    passes (it gets the step-only instruments).
+
+    Raises:
+      GateProtocolError: one line naming the cell and what differs.
+    """
+    if not is_gated(cell):
+        return
+    name = type(cell).__name__
+    fn = cell_fn(cell)
+    dtype = param_dtype_of(cell)
+    kh, kx = jax.random.split(jax.random.key(0x6A7E))
+    carry = zero_carry(cell, (batch, int(in_features)))
+    leaves, treedef = jax.tree_util.tree_flatten(carry)
+    keys = jax.random.split(kh, len(leaves))
+    h = jax.tree_util.tree_unflatten(treedef, [
+        0.5 * jax.random.normal(k, leaf.shape, dtype) for k, leaf in zip(keys, leaves, strict=True)
+    ])
+    x = jax.random.normal(kx, (batch, int(in_features)), dtype)
+    plain = flatten_carry(fn.step(fn.params, h, x)[0])
+    split = flatten_carry(fn.split_step(fn.params, h, x, h)[0])
+    tol = 1e-5 if jnp.finfo(dtype).bits <= 32 else 1e-10
+    scale = max(float(jnp.max(jnp.abs(plain))), 1.0)
+    gap = float(jnp.max(jnp.abs(plain - split)))
+    if not gap <= tol * scale:
+        raise GateProtocolError(
+            f"cell {name}: __call__(h, x) differs from split_call(h, x, h) by up to {gap:.3g} "
+            "on a random probe; __call__ must be split_call with gate_carry = carry"
+        )
+    hidden = jax.tree_util.tree_leaves(carry)[-1].shape[-1]
+    alpha = fn.time_scale(fn.params, h, x)
+    if tuple(alpha.shape) != (batch, hidden):
+        raise GateProtocolError(
+            f"cell {name}: time_scale returned shape {tuple(alpha.shape)} for a batch of "
+            f"{batch} states of size {hidden}; it must be (batch, hidden) = ({batch}, {hidden})"
+        )
+    lo, hi = float(jnp.min(alpha)), float(jnp.max(alpha))
+    if not (lo >= 0.0 and hi <= 1.0):
+        raise GateProtocolError(
+            f"cell {name}: time_scale must lie in [0, 1] (the weight of the new candidate), "
+            f"got values in [{lo:.3g}, {hi:.3g}] on a random probe"
+        )
+
+
+def zero_carry(cell: Any, input_shape: tuple[int, ...]) -> Carry:
+    """The cell's initial carry for inputs ``input_shape``."""
+    try:
+        return cell.initialize_carry(input_shape)
+    except (ValueError, TypeError):  # Flax's own cells insist on rngs even for zeros
+        return cell.initialize_carry(input_shape, rngs=nnx.Rngs(0))

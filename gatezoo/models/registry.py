@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import inspect
 from collections.abc import Callable
 from typing import Any
 
@@ -14,8 +15,11 @@ from gatezoo.models.gru import GRU
 from gatezoo.models.init import InitSpec
 from gatezoo.models.leaky import Elman, Leaky
 from gatezoo.models.lstm import LSTM
+from gatezoo.models.mingated import MinGRU, MinLSTM
+from gatezoo.models.rglru import RGLRU
+from gatezoo.models.s6 import S6
 
-__all__ = ["CellEntry", "CELLS", "register_cell", "make_cell", "cell_names"]
+__all__ = ["CellEntry", "CELLS", "register_cell", "make_cell", "cell_names", "accepted_kwargs"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -32,7 +36,20 @@ CELLS: dict[str, CellEntry] = {}
 
 
 def register_cell(entry: CellEntry) -> CellEntry:
-    """Adds a cell to the registry (names are unique)."""
+    """Adds a cell to the registry (names are unique).
+
+    ``entry.factory`` is called as ``factory(in_features, hidden_features, **kwargs)`` with only
+    the keywords it accepts among ``rngs``, ``init``, ``use_bias``, ``param_dtype`` and the
+    cell's options, so a cell class with its own signature (``MyCell(d_in, d_h, *, rngs)``) is
+    its own factory.
+    """
+    if not isinstance(entry, CellEntry):
+        raise TypeError(
+            f"register_cell takes a CellEntry(name, factory, description), got "
+            f"{type(entry).__name__}"
+        )
+    if not callable(entry.factory):
+        raise TypeError(f"cell {entry.name!r}: factory must be callable, got {entry.factory!r}")
     if entry.name in CELLS:
         raise ValueError(f"a cell named {entry.name!r} is already registered")
     CELLS[entry.name] = entry
@@ -59,19 +76,65 @@ def make_cell(
     Raises:
       ValueError: for an unknown name or an option the cell does not take.
     """
-    entry = CELLS.get(name)
+    entry = CELLS.get(name) if isinstance(name, str) else None
     if entry is None:
-        raise ValueError(f"unknown cell {name!r}; choose one of: {', '.join(cell_names())}")
+        hint = (
+            "; register it first with gz.register_cell(gz.CellEntry(name, factory, "
+            "description)) and pass its name"
+        )
+        raise ValueError(
+            f"unknown cell {name!r}; choose one of: {', '.join(cell_names())}{hint}"
+        )
     unknown = set(options) - set(entry.options)
     if unknown:
         allowed = ", ".join(entry.options) or "none"
         raise ValueError(
             f"cell {name!r} takes no option {', '.join(sorted(unknown))} (options: {allowed})"
         )
-    kwargs: dict[str, Any] = dict(options, rngs=rngs, use_bias=use_bias, init=init)
+    offered: dict[str, Any] = dict(options, rngs=rngs, use_bias=use_bias, init=init)
     if param_dtype is not None:
-        kwargs["param_dtype"] = param_dtype
+        offered["param_dtype"] = param_dtype
+    kwargs = accepted_kwargs(entry.factory, offered, name, skip=2)
     return entry.factory(in_features, hidden_features, **kwargs)
+
+
+def accepted_kwargs(
+    factory: Callable[..., Any], offered: dict[str, Any], name: str, *, skip: int = 0
+) -> dict[str, Any]:
+    """The part of ``offered`` that ``factory`` accepts (all of it with ``**kwargs``).
+
+    ``skip`` leading positional parameters are filled by the caller. Raises ValueError naming
+    the cell when the factory requires a parameter that nobody passes.
+    """
+    try:
+        if isinstance(factory, type):
+            # nnx.Module's metaclass __call__ hides the class's own signature: read __init__
+            params = list(inspect.signature(factory.__init__).parameters.values())[1:]
+        else:
+            params = list(inspect.signature(factory).parameters.values())
+    except (TypeError, ValueError):  # builtins without a signature: offer everything
+        return dict(offered)
+    if any(p.kind is p.VAR_KEYWORD for p in params):
+        return dict(offered)
+    positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    named = {p.name for p in params if p.kind is not p.POSITIONAL_ONLY}
+    kwargs = {k: v for k, v in offered.items() if k in named}
+    filled = {p.name for p in positional[:skip]} | set(kwargs)
+    missing = [
+        p.name for p in params
+        if p.default is p.empty and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
+        and p.name not in filled
+    ]
+    if len(positional) < skip and not any(p.kind is p.VAR_POSITIONAL for p in params):
+        missing.insert(0, f"{skip} positional arguments (in_features, hidden_features)")
+    if missing:
+        raise ValueError(
+            f"cell {name!r}: its factory {getattr(factory, '__name__', factory)!r} requires "
+            f"{', '.join(missing)}, which gatezoo does not pass (it passes in_features, "
+            f"hidden_features and, where accepted, {', '.join(sorted(offered))}); give it a "
+            "default or register a factory that fills it"
+        )
+    return kwargs
 
 
 for _entry in (
@@ -83,6 +146,12 @@ for _entry in (
     CellEntry("vector", VectorGate, "leaky cell with a learned gate per neuron (multi-gate)"),
     CellEntry("gru", GRU, "gated recurrent unit; update gate z weights the candidate"),
     CellEntry("lstm", LSTM, "long short-term memory on the joint (c, h) state"),
+    CellEntry("mingru", MinGRU, "minGRU: gate and candidate read x only; linear in h", ("scan",)),
+    CellEntry("minlstm", MinLSTM, "minLSTM: normalised forget/input gates read x only", ("scan",)),
+    CellEntry("rglru", RGLRU, "RG-LRU (Griffin): a_t = sigmoid(Lambda)^(8 r_t), gates read x",
+              ("scan", "c")),
+    CellEntry("s6", S6, "selective diagonal SSM (Mamba S6); (hidden, d_state) state per example",
+              ("scan", "d_state")),
 ):
     register_cell(_entry)
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from gatezoo.experiments.verdicts import claims_of
 from gatezoo.report.figures import ReportFigure
 from gatezoo.report.page import Table, markdown_table, write_report
 
@@ -43,11 +44,13 @@ def report_figures(run_dir: str | Path):
         summary["compare"] = {"config": cr.doc.get("config", {}),
                               "status": cr.doc.get("status", {}), "runs": records}
         parts.append("compare")
+    claims: list[dict] = []
     for name in ("appendix", "s1", "s2"):
         path = root / f"{name}.json"
         if not path.is_file():
             continue
         doc = json.loads(path.read_text())
+        claims += claims_of(name, doc)
         if name == "appendix":
             from gatezoo.report.appendix_report import appendix_figures, appendix_table
 
@@ -70,8 +73,13 @@ def report_figures(run_dir: str | Path):
             summary["s2"] = {t: {"models": {m: v["aggregate"] for m, v in tv["models"].items()},
                                  "comparison": tv["comparison"]}
                              for t, tv in doc["tasks"].items()}
+            if doc["config"].get("compat") == "paper-code":
+                summary.setdefault("notes", []).append(_S2_BATCH_NOTE)
         summary[f"{name}_wall_time_s"] = doc.get("wall_time_s")
         parts.append(name)
+    if claims:
+        tables.insert(0, claims_table(claims))
+        summary["claims"] = claims
     if not parts:
         raise FileNotFoundError(
             f"{str(root)!r} holds no run files (compare.json, metrics.jsonl, appendix.json, "
@@ -82,6 +90,27 @@ def report_figures(run_dir: str | Path):
     if findings:
         summary["findings"] = findings
     return title, intro, figures, tables, summary
+
+
+_S2_BATCH_NOTE = (
+    "S2, paper-code: the release trains every step of every seed on one fixed batch (torch's "
+    "default generator), so one draw decides whether the SGD-trained gated models grow a slow "
+    "recurrent mode by iteration 1200: on adding, the multi-gate lag-40 anisotropy at 1200 "
+    "ranges from 354 to 73,000 over seven batch draws (859 at checkpoint 0), and on its own "
+    "batch the release's spectrum stays put (lag 8: 3.4 to 3.9). Here each seed has its own "
+    "fixed batch, so the seed spread covers the draw. From the release's weights and batch, "
+    "gatezoo's trainer reproduces the release's checkpoints to 4 digits and its per-lag "
+    "anisotropy within triple-sampling noise (issue 11).")
+
+
+def claims_table(claims: list[dict]) -> Table:
+    """The claims of THEORY.md §7 a reproduction tested, with numbers and verdicts."""
+    rows = [[f"{c['claim']} ({c['part']})", c["statement"], c["measured"], c["spread"],
+             c["verdict"], c["rule"] + (f". {c['note']}" if c["note"] else "")]
+            for c in claims]
+    compat = sorted({c["compat"] for c in claims})
+    return Table(["claim", "statement", "measured", "seed spread", "verdict", "rule, note"],
+                 rows, title=f"Claims of THEORY.md §7 tested here ({', '.join(compat)})")
 
 
 _INTRO = {
@@ -100,4 +129,5 @@ def build_report(run_dir: str | Path, out_dir: str | Path | None = None) -> Path
     folder (into the folder itself unless ``out_dir``) and returns the page's path."""
     title, intro, figures, tables, summary = report_figures(run_dir)
     return write_report(out_dir or run_dir, title=title, intro=intro, figures=figures,
-                        tables=tables, summary=summary, findings=summary.get("findings", ()))
+                        tables=tables, summary=summary, notes=summary.get("notes", ()),
+                        findings=summary.get("findings", ()))

@@ -15,19 +15,9 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["RunMetrics", "read_metrics", "metric_base", "lag_series"]
+__all__ = ["RunMetrics", "read_metrics", "lag_series"]
 
 _LAG = re.compile(r"^(?P<base>.+)@(?P<lag>\d+)$")
-
-
-def metric_base(name: str) -> str:
-    """``"<instrument>/<quantity>"`` of a metric name.
-
-    Fused instrument groups may prefix their members' names (``"a+b/gates/alpha_mean"``); only
-    the last two path segments name the quantity.
-    """
-    parts = name.split("/")
-    return "/".join(parts[-2:]) if len(parts) > 2 else name
 
 
 @dataclasses.dataclass
@@ -100,7 +90,7 @@ def read_metrics(run_dir: str | Path, trial: int | None = None) -> RunMetrics:
             split = str(rec.get("split", "train"))
             step, seed = int(rec["step"]), int(rec.get("seed", 0))
             seeds.add(seed)
-            vals = {metric_base(k): _num(v) for k, v in rec.items()
+            vals = {k: _num(v) for k, v in rec.items()
                     if k not in ("step", "seed", "split", "trial")}
             rows.setdefault(split, {}).setdefault((step, seed), {}).update(vals)
     seed_list = sorted(seeds)

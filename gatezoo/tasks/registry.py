@@ -8,7 +8,7 @@ from collections.abc import Callable
 from typing import Any
 
 from gatezoo.tasks import copy as copy_task
-from gatezoo.tasks import datasets, dynamics, memory, signals
+from gatezoo.tasks import datasets, dynamics, memory, mqar, selective_copy, signals
 from gatezoo.tasks.protocol import Task
 
 __all__ = ["TaskEntry", "TASKS", "register_task", "make_task", "task_names"]
@@ -81,6 +81,9 @@ for _entry in (
     TaskEntry("narma10", dynamics.narma10, dynamics.narma10_description),
     TaskEntry("narma20", dynamics.narma20, dynamics.narma20_description),
     TaskEntry("copy", copy_task.copy, copy_task.copy_description),
+    TaskEntry("selective-copy", selective_copy.selective_copy,
+              selective_copy.selective_copy_description),
+    TaskEntry("mqar", mqar.mqar, mqar.mqar_description),
     TaskEntry("smnist", datasets.smnist, datasets.smnist_description),
     TaskEntry("psmnist", datasets.psmnist, datasets.psmnist_description),
     TaskEntry("digits", datasets.digits, datasets.digits_description),

@@ -28,8 +28,11 @@ class TrainConfig:
     ``gate_bias`` (float or ``"chrono"``), ``use_bias``, ``readout_bias``.
     Task: ``task`` (registered name), ``seq_len`` (``None``: the task's default),
     ``task_options``.
-    Optimizer: ``optimizer``, ``learning_rate``, ``schedule``, ``momentum``, ``clip``,
-    ``warmup`` (see :mod:`gatezoo.training.optimizers`).
+    Optimizer: ``optimizer`` (a registered name, an ``optax.GradientTransformation`` or a
+    factory ``learning_rate -> GradientTransformation``; the last two are written to JSON by
+    name only, so a run using them resumes only from Python with the same object),
+    ``learning_rate``, ``schedule``, ``momentum``, ``clip``, ``warmup`` (see
+    :mod:`gatezoo.training.optimizers`).
     Loop: ``steps`` updates, ``batch_size``, ``seeds`` (vmapped side by side), ``dtype``
     (``float64`` switches on ``jax_enable_x64``), ``steps_per_call`` (K compiled steps per host
     round-trip), ``eval_every``/``eval_batches`` (held-out batches of ``batch_size``),
@@ -39,7 +42,9 @@ class TrainConfig:
     the compiled step; ``None``: automatic, groups of 1 on CPU, where that is faster (see
     benchmarks/README.md), and all seeds in one vmap on GPU and TPU).
     Instruments: ``instruments`` (names or tiers), ``every`` (per-instrument schedule
-    overrides), ``probe_batch_size``, ``compat`` (``exact`` or ``paper-code``).
+    overrides), ``probe_batch_size``, ``compat`` (``exact`` or ``paper-code``),
+    ``self_check`` (the ``expansion`` instrument's check that the cell's ``__call__`` and its
+    gate path agree; adds ``expansion``).
     ``fixed_batch``: the same training batch at every step (the S2 experiment's quirk).
     ``lr_trials``: learning rates tried side by side (``()``: just ``learning_rate``); with
     ``N`` of them the run trains ``N x len(seeds)`` slots, trial-major, in one compiled program
@@ -57,7 +62,7 @@ class TrainConfig:
     task: str = "adding"
     seq_len: int | None = None
     task_options: dict = dataclasses.field(default_factory=dict)
-    optimizer: str = "adam"
+    optimizer: Any = "adam"
     learning_rate: float = 1e-3
     schedule: str = "constant"
     momentum: float = 0.9
@@ -76,6 +81,7 @@ class TrainConfig:
     instruments: tuple[str, ...] = ()
     every: dict = dataclasses.field(default_factory=dict)
     compat: str = "exact"
+    self_check: bool = False
     fixed_batch: bool = False
     devices: int | None = None
     seed_batch: int | None = None
@@ -118,6 +124,17 @@ class TrainConfig:
             raise ValueError(f"learning_rate must be > 0, got {self.learning_rate!r}")
         if self.clip is not None and not float(self.clip) > 0:
             raise ValueError(f"clip must be > 0 or null, got {self.clip!r}")
+        if not (isinstance(self.optimizer, str) or callable(self.optimizer)
+                or hasattr(self.optimizer, "update")):
+            raise ValueError(
+                "optimizer must be a registered name, an optax.GradientTransformation or a "
+                f"factory learning_rate -> GradientTransformation, got {self.optimizer!r}"
+            )
+        if not isinstance(self.cell, str):
+            raise ValueError(
+                f"cell must be a registered name, got {self.cell!r}; register it first with "
+                "gz.register_cell(gz.CellEntry(name, factory, description)) and pass the name"
+            )
         if self.dtype not in DTYPES:
             raise ValueError(f"unknown dtype {self.dtype!r}; choose one of: {', '.join(DTYPES)}")
         if self.compat not in COMPAT:
@@ -131,7 +148,8 @@ class TrainConfig:
 
     # -- JSON ------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
-        d = dataclasses.asdict(self)
+        d = dataclasses.asdict(dataclasses.replace(self, optimizer="adam"))
+        d["optimizer"] = _optimizer_label(self.optimizer)
         d["seeds"] = list(self.seeds)
         d["instruments"] = list(self.instruments)
         d["lr_trials"] = list(self.lr_trials)
@@ -177,6 +195,14 @@ class TrainConfig:
 
     def replace(self, **changes: Any) -> TrainConfig:
         return dataclasses.replace(self, **changes)
+
+
+def _optimizer_label(optimizer: Any) -> str:
+    if isinstance(optimizer, str):
+        return optimizer
+    if hasattr(optimizer, "update") and hasattr(optimizer, "init"):
+        return "optax.GradientTransformation"
+    return getattr(optimizer, "__name__", type(optimizer).__name__)
 
 
 def parse_seeds(seeds: Any) -> tuple[int, ...]:

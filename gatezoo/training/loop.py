@@ -7,10 +7,11 @@ at exact multiples of ``eval_every`` / ``checkpoint_every`` (and at the last ste
 same compiled program throughout (one trace per run).
 
 Resume: the state (step, parameters, optimizer and instrument states, keys) is restored from
-the newest complete checkpoint; batches are a function of ``(seed, step)`` and the compiled
-step does not depend on how steps are grouped into round trips, so on CPU a resumed run ends
-bit for bit where an uninterrupted one does. Metric lines at or after the restored step are
-dropped from ``metrics.jsonl`` and written again.
+the newest checkpoint that reads back (a damaged newer one is skipped with a note); batches are
+a function of ``(seed, step)`` and the compiled step does not depend on how steps are grouped
+into round trips, so on CPU a resumed run ends bit for bit where an uninterrupted one does.
+Metric lines at or after the restored step are dropped from ``metrics.jsonl`` and written
+again.
 
 Divergence: a NaN or Inf in a loss or gradient raises :class:`TrainingDiverged` naming the first
 bad step and seed; the diverged state is never saved, so the newest checkpoint is the last good
@@ -19,10 +20,9 @@ one. ``KeyboardInterrupt`` saves the state of the last completed round trip firs
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -31,10 +31,12 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from gatezoo.instruments.attach import Attached, attach_fns
+from gatezoo.instruments.model_fns import network_fns
 from gatezoo.instruments.protocol import Instrument
 from gatezoo.training.checkpoints import Checkpoints
 from gatezoo.training.config import RESUMABLE_CHANGES, RunResult, TrainConfig
-from gatezoo.training.model_fns import build_model, forward_fn, model_fns
+from gatezoo.training.model_fns import build_model
 from gatezoo.training.optimizers import make_optimizer
 from gatezoo.training.sharding import (
     batch_mesh,
@@ -47,7 +49,7 @@ from gatezoo.training.sinks import JsonlSink, Progress, TensorBoardSink, clean_l
 from gatezoo.training.step import FAST_COMPILE, data_keys, make_step_fns
 from gatezoo.training.trials import set_slot_learning_rates
 
-__all__ = ["train", "TrainingDiverged", "load_task", "init_params", "resolve_instruments"]
+__all__ = ["train", "TrainingDiverged", "load_task", "init_params", "attach_run"]
 
 
 class TrainingDiverged(RuntimeError):
@@ -61,53 +63,54 @@ def load_task(config: TrainConfig) -> Any:
     return make_task(config.task, config.seq_len, **dict(config.task_options))
 
 
-def init_params(config: TrainConfig, task: Any) -> tuple[Any, Any, Any]:
-    """Initialises every seed's model at once; returns ``(abstract_model, forward, params)``.
+ModelBuilder = Callable[[nnx.Rngs], nnx.Module]
 
-    ``params`` leaves are stacked over the slots (``config.slot_seeds()``: the seeds, once per
-    learning-rate trial) and equal, seed by seed, what
-    ``build_model(config, task, seed)`` gives eagerly (the initialisers are vmapped and jitted,
-    one compile instead of one per seed). ``abstract_model`` has shapes only.
+
+def _builder(config: TrainConfig, task: Any, model: ModelBuilder | None):
+    """``seed -> model``: the config's SequenceModel, or the user's ``model(rngs)``."""
+    if model is None:
+        return lambda seed: build_model(config, task, seed=seed)
+    if not callable(model) or isinstance(model, nnx.Module):
+        raise TypeError(
+            "model must be a function rngs -> nnx.Module (so every seed gets its own "
+            f"initialisation), got {type(model).__name__}"
+        )
+    # ``seed`` may be traced (vmapped initialisation of many seeds at once).
+    return lambda seed: model(nnx.Rngs(jax.random.key(seed)))
+
+
+def init_params(config: TrainConfig, task: Any, model: ModelBuilder | None = None) -> Any:
+    """Every seed's parameters at once, leaves stacked over the slots
+    (``config.slot_seeds()``: the seeds, once per learning-rate trial).
+
+    They equal, seed by seed, what ``build_model(config, task, seed)`` (or ``model(rngs)``)
+    gives eagerly (the initialisers are vmapped and jitted: one compile instead of one per seed).
     """
-    abstract = nnx.eval_shape(lambda: build_model(config, task, seed=0))
-    forward, _ = forward_fn(abstract)
+    build = _builder(config, task, model)
 
     def one(seed):
-        return nnx.state(build_model(config, task, seed=seed), nnx.Param)
+        return nnx.state(build(seed), nnx.Param)
 
-    params = jax.jit(jax.vmap(one), compiler_options=FAST_COMPILE)(
+    return jax.jit(jax.vmap(one), compiler_options=FAST_COMPILE)(
         jnp.asarray(config.slot_seeds(), jnp.int32)
     )
-    return abstract, forward, params
 
 
-def resolve_instruments(
-    config: TrainConfig, fns: Any, given: Sequence[Instrument] = ()
-) -> list[Instrument]:
-    """``given`` instrument objects plus those named in ``config.instruments``."""
-    out = list(given)
-    if config.instruments:
-        try:
-            from gatezoo.instruments import make_instruments
-        except ImportError:
-            raise ValueError(
-                "instruments were named (" + ", ".join(config.instruments) + ") but "
-                "gatezoo.instruments.make_instruments is not available in this install"
-            ) from None
-        out.extend(
-            make_instruments(
-                list(config.instruments), fns, every=dict(config.every) or None,
-                compat=config.compat,
-            )
-        )
-    names = [inst.name for inst in out]
-    dupes = sorted({n for n in names if names.count(n) > 1})
-    if dupes:
-        raise ValueError(f"instrument names must be unique, got {', '.join(dupes)} twice")
-    for inst in out:
-        if inst.needs_gates and not fns.gated:
-            raise ValueError(f"instrument {inst.name!r} needs a gated cell, but the cell is not")
-    return out
+def attach_run(
+    config: TrainConfig, task: Any, given: Sequence[Instrument] = (),
+    model: ModelBuilder | None = None,
+) -> Attached:
+    """The model of ``config`` (or ``model(rngs)``; first seed, concrete, so its gate protocol is
+    checked on a random probe) split by :func:`gatezoo.network_fns` under the task's loss, with
+    ``given`` instruments plus those named in ``config.instruments`` attached
+    (:func:`gatezoo.attach_fns`)."""
+    built = _builder(config, task, model)(config.seeds[0])
+    example = jax.eval_shape(lambda k: task.sample(k, 2, split="train"), jax.random.key(0))
+    net, _ = network_fns(built, task, example=example)
+    return attach_fns(
+        net, list(config.instruments), instruments=given, every=dict(config.every) or None,
+        compat=config.compat, self_check=bool(config.self_check),
+    )
 
 
 def _check_resume_config(stored: TrainConfig, config: TrainConfig, run_dir: Path) -> None:
@@ -128,6 +131,7 @@ def train(
     instruments: Sequence[Instrument] = (),
     progress: bool = True,
     task: Any = None,
+    model: ModelBuilder | None = None,
 ) -> RunResult:
     """Trains ``config.seeds`` side by side and returns the final state and metrics.
 
@@ -141,6 +145,10 @@ def train(
       progress: print the progress line on stderr.
       task: a task object to train on instead of ``make_task(config.task, ...)`` (a user's own
         task following the Task contract; ``config.task`` then only names it).
+      model: ``model(rngs) -> nnx.Module``, a model of your own with one or more
+        :class:`gatezoo.Recurrent` layers, trained on the task's loss instead of the config's
+        SequenceModel (``cell``, ``hidden`` and the init fields then do not apply; its metrics
+        are named by layer path when it has several layers).
 
     Returns:
       A :class:`RunResult`.
@@ -151,10 +159,13 @@ def train(
       TrainingDiverged: NaN/Inf in a loss or gradient (nothing is saved after it).
 
     Example:
-      >>> # from gatezoo.training import TrainConfig, train
-      >>> # result = train(TrainConfig(cell="gru", task="adding", seq_len=50, steps=300,
-      >>> #                            learning_rate=1e-2, seeds=(0, 1, 2)), "runs/gru-adding")
-      >>> # result.final_loss  # one per seed
+      >>> from gatezoo.training import TrainConfig, train
+      >>> config = TrainConfig(cell="gru", task="adding", seq_len=10, hidden=8, batch_size=8,
+      ...                      steps=20, learning_rate=1e-2, seeds=(0, 1), steps_per_call=10,
+      ...                      eval_every=10, eval_batches=1)
+      >>> result = train(config, progress=False)  # pass a folder to keep files and checkpoints
+      >>> result.final_loss.shape  # one per seed
+      (2,)
     """
     t_start = time.perf_counter()
     if not isinstance(config, TrainConfig):
@@ -187,14 +198,13 @@ def train(
     task = load_task(config) if task is None else task
     n_devices = resolve_devices(config.devices, config.batch_size)
     mesh = batch_mesh(n_devices)
-    model0, forward, params = init_params(config, task)
-    fns, _ = model_fns(model0, task)
-    attached = resolve_instruments(config, fns, instruments)
+    attached = attach_run(config, task, instruments, model)
+    params = init_params(config, task, model)
     step_fns = make_step_fns(
-        forward, fns, task, optimizer, batch_size=config.batch_size,
+        attached, task, optimizer, batch_size=config.batch_size,
         steps_per_call=config.steps_per_call, eval_batches=config.eval_batches,
-        probe_batch_size=config.probe_batch_size, instruments=attached,
-        fixed_batch=config.fixed_batch, mesh=mesh, seed_batch=config.seed_batch,
+        probe_batch_size=config.probe_batch_size, fixed_batch=config.fixed_batch, mesh=mesh,
+        seed_batch=config.seed_batch,
     )
     keys = jnp.stack([data_keys(s) for s in config.slot_seeds()])
     data = replicate(getattr(task, "data", None), mesh)
@@ -210,8 +220,9 @@ def train(
     if path is not None:
         path.mkdir(parents=True, exist_ok=True)
         ckpt = Checkpoints(path / "checkpoints", keep=config.keep_checkpoints)
-        if resume and ckpt.latest_step() is not None:
-            state = ckpt.restore(ckpt.latest_step(), like=state)
+        found = ckpt.restore_latest(like=state) if resume else None
+        if found is not None:
+            state = found[1]
         if writer:
             config.to_json(path / "config.json")
             truncate_jsonl(path / "metrics.jsonl", int(state.step))
@@ -320,7 +331,7 @@ def train(
 
 def _write_summary(path: Path, config: TrainConfig, final_eval: dict, last_loss: Any) -> None:
     summary = {
-        "config": dataclasses.asdict(config) | {"seeds": list(config.seeds)},
+        "config": config.to_dict(),
         "final_train_loss": [float(v) for v in np.asarray(last_loss)],
         "final_eval": {k: [float(x) for x in np.asarray(v)] for k, v in final_eval.items()},
     }

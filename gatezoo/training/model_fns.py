@@ -1,16 +1,14 @@
-"""The model of a run, and its pure functional view for the train step and the instruments.
-
-``build_model(config, task, seed)`` makes the :class:`gatezoo.SequenceModel` a
-:class:`~gatezoo.training.config.TrainConfig` describes; ``model_fns(model, task)`` splits it into
-parameters and pure functions of them (:class:`gatezoo.instruments.protocol.ModelFns`), so the
-train step can be ``jit``-ed, ``vmap``-ped over seeds and ``scan``-ned over steps.
+"""The model of a run: ``build_model(config, task, seed)`` makes the
+:class:`gatezoo.SequenceModel` a :class:`~gatezoo.training.config.TrainConfig` describes (its
+pure functions come from :func:`gatezoo.network_fns`, the one builder).
 
 Example:
-  >>> from gatezoo.training.config import TrainConfig
-  >>> # task = gatezoo.tasks.make_task("adding", seq_len=20)
-  >>> # model = build_model(TrainConfig(cell="gru", hidden=16), task, seed=0)
-  >>> # fns, params = model_fns(model, task)
-  >>> # loss, carries = fns.loss(params, *task.sample(key, 8))
+  >>> import gatezoo as gz
+  >>> task = gz.make_task("adding", 20)
+  >>> model = build_model(gz.TrainConfig(cell="gru", hidden=16), task, seed=0)
+  >>> fns, params = gz.model_fns(model, task)
+  >>> fns.hidden
+  16
 """
 
 from __future__ import annotations
@@ -21,14 +19,12 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from gatezoo.instruments.protocol import ModelFns
 from gatezoo.models.init import InitSpec
-from gatezoo.models.protocol import deform, is_gated
 from gatezoo.models.registry import make_cell
 from gatezoo.models.sequence import SequenceModel
 from gatezoo.training.config import DTYPES
 
-__all__ = ["DTYPES", "build_model", "model_fns", "forward_fn", "param_dtype"]
+__all__ = ["DTYPES", "build_model", "param_dtype"]
 
 
 
@@ -59,70 +55,18 @@ def build_model(config: Any, task: Any, seed: int = 0) -> SequenceModel:
         config.cell, int(task.input_dim), int(config.hidden), rngs=rngs, init=spec,
         use_bias=bool(config.use_bias), param_dtype=dtype, **dict(config.cell_options),
     )
+    _cast_params(cell, dtype)
     return SequenceModel(
         cell, int(task.output_dim), readout=task.readout,
         readout_bias=bool(config.readout_bias), rngs=rngs,
     )
 
 
-def forward_fn(model: SequenceModel):
-    """``forward(params, xs, eps=None, offsets=None) -> (pred, carries)``, pure in ``params``.
-
-    ``pred`` is ``(B, out)`` (readout ``"last"``) or ``(B, T, out)`` (``"all"``); ``carries``
-    has leaves ``(T, B, ...)``. Returns ``(forward, params)``.
-    """
-    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
-
-    def forward(p, xs, eps=None, offsets=None):
-        m = nnx.merge(graphdef, p, rest)
-        ys, carries = m.unroll_states(xs, eps=eps, offsets=offsets)
-        pred = m.read(ys[-1]) if m.readout == "last" else jnp.swapaxes(m.read(ys), 0, 1)
-        return pred, carries
-
-    return forward, params
-
-
-def model_fns(model: SequenceModel, task: Any) -> tuple[ModelFns, Any]:
-    """The pure functions of ``model`` on ``task`` and its parameters.
-
-    Returns:
-      ``(fns, params)`` with ``params = nnx.state(model, nnx.Param)`` and ``fns`` a
-      :class:`ModelFns` whose ``loss(params, xs, ys, eps=None, offsets=None)`` returns
-      ``(task.loss(pred, ys), carries)``.
-    """
-    forward, params = forward_fn(model)
-    cell = model.cell
-    cell_graph, _, cell_rest = nnx.split(cell, nnx.Param, ...)
-    gated = is_gated(cell)
-
-    def loss(p, xs, ys, eps=None, offsets=None):
-        pred, carries = forward(p, xs, eps=eps, offsets=offsets)
-        return task.loss(pred, ys), carries
-
-    def cell_params(p):
-        return p["cell"]
-
-    def step(cp, carry, x, eps=None):
-        module = nnx.merge(cell_graph, cp, cell_rest)
-        if eps is None:
-            return module(carry, x)
-        if not gated:
-            raise TypeError(f"{type(cell).__name__} does not follow the gate protocol")
-        return module.split_call(carry, x, deform(carry, eps))
-
-    def time_scale(cp, carry, x):
-        return nnx.merge(cell_graph, cp, cell_rest).time_scale(carry, x)
-
-    def split_step(cp, carry, x, gate_carry):
-        return nnx.merge(cell_graph, cp, cell_rest).split_call(carry, x, gate_carry)
-
-    carry = jax.eval_shape(lambda: cell.initialize_carry((1, int(task.input_dim))))
-    state_size = sum(int(leaf.shape[-1]) for leaf in jax.tree_util.tree_leaves(carry))
-    hidden = int(jax.tree_util.tree_leaves(carry)[-1].shape[-1])
-    fns = ModelFns(
-        loss=loss, step=step, time_scale=time_scale if gated else None,
-        cell_params=cell_params, gated=gated, hidden=hidden, state_size=state_size,
-        **({"split_step": split_step if gated else None}
-           if "split_step" in ModelFns._fields else {}),
-    )
-    return fns, params
+def _cast_params(cell: nnx.Module, dtype: Any) -> None:
+    """Every floating parameter in the run's dtype: a registered factory that takes no
+    ``param_dtype`` still yields one dtype for the whole model."""
+    for _, var in nnx.iter_graph(cell):
+        if isinstance(var, nnx.Param) and hasattr(var[...], "dtype") and jnp.issubdtype(
+            var[...].dtype, jnp.floating
+        ) and var[...].dtype != dtype:
+            var[...] = var[...].astype(dtype)

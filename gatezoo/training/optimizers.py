@@ -1,9 +1,11 @@
 """Optimizers and learning-rate schedules by name, with readable state.
 
-Every optimizer is built with :func:`optax.inject_hyperparams`, so its state is an
-inject-hyperparams state whose ``hyperparams['learning_rate']`` is the rate applied at the last
-update (a schedule is evaluated at the update's step count), and whose ``inner_state`` holds the
-momentum trace or Adam's moments where the instruments can read them.
+Every optimizer given by name or as a factory ``learning_rate -> GradientTransformation`` is
+built with :func:`optax.inject_hyperparams`, so its state holds ``learning_rate``, the rate
+applied at the last update (a schedule is evaluated at the update's step count), beside the
+momentum trace or Adam's moments, which the instruments read by name
+(:mod:`gatezoo.instruments.optimizer`). Any other ``optax.GradientTransformation`` is used as it
+is. :func:`register_optimizer` adds names for the command line.
 
 Optimizers (``g`` the gradient, ``eta_t`` the rate in force):
 
@@ -26,7 +28,8 @@ With ``clip`` the gradient is first rescaled to global norm at most ``clip``.
 
 Example:
   >>> import jax.numpy as jnp
-  >>> from gatezoo.training.optimizers import make_optimizer, learning_rate_in_force
+  >>> from gatezoo.training.optimizers import make_optimizer
+  >>> from gatezoo.instruments.optimizer import learning_rate_in_force
   >>> opt = make_optimizer("momentum", 0.1, schedule="cosine", steps=100)
   >>> state = opt.init({"w": jnp.ones(3)})
   >>> _, state = opt.update({"w": jnp.ones(3)}, state, {"w": jnp.ones(3)})
@@ -40,29 +43,33 @@ import dataclasses
 from collections.abc import Callable
 from typing import Any
 
-import jax
-import jax.numpy as jnp
 import optax
 
 __all__ = [
+    "OptimizerEntry",
     "OPTIMIZERS",
     "SCHEDULES",
     "optimizer_names",
     "schedule_names",
+    "register_optimizer",
     "make_schedule",
     "make_optimizer",
-    "learning_rate_in_force",
-    "find_hyperparams_state",
-    "find_adam_state",
-    "find_momentum_trace",
 ]
 
 
 @dataclasses.dataclass(frozen=True)
-class _Entry:
+class OptimizerEntry:
+    """A registered optimizer: ``build(learning_rate, **hyperparams) -> GradientTransformation``.
+
+    ``hyperparams`` names the knobs :func:`make_optimizer` passes besides the rate (and that
+    ``optax.inject_hyperparams`` then keeps readable in the state); a user's entry usually has
+    none: ``build`` is a factory from the learning rate alone.
+    """
+
     description: str
     build: Callable[..., optax.GradientTransformation]
-    hyperparams: tuple[str, ...]  # the knobs injected (and readable) besides learning_rate
+    hyperparams: tuple[str, ...] = ()
+
 
 
 def _sgd(learning_rate, clip=None):
@@ -99,17 +106,62 @@ def _clipped(clip, inner: optax.GradientTransformation) -> optax.GradientTransfo
     return optax.chain(optax.clip_by_global_norm(clip), inner)
 
 
-OPTIMIZERS: dict[str, _Entry] = {
-    "sgd": _Entry("plain gradient descent theta -= eta g", _sgd, ()),
-    "momentum": _Entry("heavy-ball momentum m = beta m + g, theta -= eta m", _momentum,
-                       ("momentum",)),
-    "nesterov": _Entry("Nesterov momentum theta -= eta (g + beta m)", _nesterov, ("momentum",)),
-    "adam": _Entry("Adam (bias-corrected first and second moments)", _adam, ("b1", "b2", "eps")),
-    "adamw": _Entry("Adam with decoupled weight decay", _adamw,
-                    ("b1", "b2", "eps", "weight_decay")),
-    "rmsprop": _Entry("RMSProp nu = rho nu + (1 - rho) g^2, theta -= eta g / sqrt(nu)", _rmsprop,
-                      ("decay", "eps")),
+_E = OptimizerEntry
+OPTIMIZERS: dict[str, OptimizerEntry] = {
+    "sgd": _E("plain gradient descent theta -= eta g", _sgd),
+    "momentum": _E("heavy-ball momentum m = beta m + g, theta -= eta m", _momentum,
+                   ("momentum",)),
+    "nesterov": _E("Nesterov momentum theta -= eta (g + beta m)", _nesterov, ("momentum",)),
+    "adam": _E("Adam (bias-corrected first and second moments)", _adam, ("b1", "b2", "eps")),
+    "adamw": _E("Adam with decoupled weight decay", _adamw, ("b1", "b2", "eps", "weight_decay")),
+    "rmsprop": _E("RMSProp nu = rho nu + (1 - rho) g^2, theta -= eta g / sqrt(nu)", _rmsprop,
+                  ("decay", "eps")),
 }
+
+def register_optimizer(
+    name: str,
+    factory: Callable[..., optax.GradientTransformation],
+    description: str = "",
+) -> OptimizerEntry:
+    """Registers ``factory(learning_rate) -> GradientTransformation`` under ``name`` (for the CLI's
+    ``--optimizer`` and ``gatezoo compare --optimizers``; names are unique).
+
+    Example:
+      >>> import optax
+      >>> def lion_clipped(lr):
+      ...     return optax.chain(optax.clip_by_global_norm(1.0), optax.lion(lr))
+      >>> entry = register_optimizer("doc-lion", lion_clipped, "Lion after clipping")
+      >>> _ = OPTIMIZERS.pop("doc-lion")  # the example leaves the registry as it was
+    """
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"optimizer name must be a non-empty string, got {name!r}")
+    if name in OPTIMIZERS:
+        raise ValueError(f"an optimizer named {name!r} is already registered")
+    if not callable(factory) or isinstance(factory, optax.GradientTransformation):
+        raise TypeError(
+            f"optimizer {name!r}: register a factory learning_rate -> GradientTransformation, "
+            f"got {type(factory).__name__}"
+        )
+    entry = OptimizerEntry(description or f"user optimizer {name}", _rate_only(factory))
+    OPTIMIZERS[name] = entry
+    return entry
+
+
+def _rate_only(factory: Callable[..., Any]) -> Callable[..., optax.GradientTransformation]:
+    # inject_hyperparams calls the factory with keyword ``learning_rate``; a user's factory may
+    # name its one argument anything (``lambda lr: ...``).
+    def build(learning_rate, clip=None):
+        transform = factory(learning_rate)
+        if not isinstance(transform, optax.GradientTransformation):
+            raise TypeError(
+                f"the optimizer factory {getattr(factory, '__name__', factory)!r} returned "
+                f"{type(transform).__name__}, not an optax.GradientTransformation"
+            )
+        return _clipped(clip, transform)
+
+    build.factory = factory  # the user's own function, e.g. for re-importing its module
+    return build
+
 
 SCHEDULES: dict[str, str] = {
     "constant": "the peak rate at every step",
@@ -171,7 +223,7 @@ def make_schedule(
 
 
 def make_optimizer(
-    name: str,
+    name: str | optax.GradientTransformation | Callable[..., optax.GradientTransformation],
     learning_rate: float,
     *,
     schedule: str = "constant",
@@ -190,8 +242,13 @@ def make_optimizer(
     """The optimizer ``name`` with the rate schedule ``schedule``, wrapped by inject_hyperparams.
 
     Args:
-      name: one of :data:`OPTIMIZERS` (``sgd``, ``momentum``, ``nesterov``, ``adam``, ``adamw``,
-        ``rmsprop``).
+      name: a registered name (:data:`OPTIMIZERS`: ``sgd``, ``momentum``, ``nesterov``,
+        ``adam``, ``adamw``, ``rmsprop`` and those added by :func:`register_optimizer`); a
+        factory ``learning_rate -> optax.GradientTransformation`` (any optax member, a chain,
+        ``optax.contrib``, your own), wrapped like the named ones, so the rate in force is
+        optimizer state; or a built ``optax.GradientTransformation``, used as it is (its rate
+        is its own: ``learning_rate``, ``schedule`` and ``clip`` do not apply and are refused
+        unless left at their defaults).
       learning_rate: the peak rate ``eta`` (> 0).
       schedule: one of :data:`SCHEDULES`; ``steps``, ``warmup``, ``decay_rate`` and
         ``step_size`` shape it.
@@ -201,16 +258,28 @@ def make_optimizer(
       b1, b2, eps: Adam's; ``rmsprop_decay`` is RMSProp's ``rho``.
 
     Returns:
-      An ``optax.GradientTransformation`` whose state is an inject-hyperparams state
-      (:func:`find_hyperparams_state`).
+      An ``optax.GradientTransformation``; for names and factories its state is an
+      inject-hyperparams state whose ``learning_rate`` is the rate in force.
 
     Raises:
       ValueError: for an unknown optimizer or schedule name or a non-positive rate.
     """
-    entry = OPTIMIZERS.get(name)
+    if isinstance(name, optax.GradientTransformation):
+        if schedule != "constant" or clip is not None:
+            raise ValueError(
+                "optimizer: a built optax.GradientTransformation keeps its own rate, so "
+                "schedule and clip cannot apply; pass a factory learning_rate -> transformation"
+            )
+        return name
+    if callable(name):
+        entry = OptimizerEntry("user factory", _rate_only(name))
+    else:
+        entry = OPTIMIZERS.get(name)
     if entry is None:
         raise ValueError(
-            f"unknown optimizer {name!r}; choose one of: {', '.join(optimizer_names())}"
+            f"unknown optimizer {name!r}; choose one of: {', '.join(optimizer_names())}, pass "
+            "an optax.GradientTransformation or a factory learning_rate -> one, or register "
+            "one with gz.register_optimizer"
         )
     if not float(learning_rate) > 0:
         raise ValueError(f"learning_rate must be > 0, got {learning_rate}")
@@ -230,60 +299,3 @@ def make_optimizer(
     if clip is not None:
         kwargs["clip"] = float(clip)
     return optax.inject_hyperparams(entry.build)(learning_rate=rate, **kwargs)
-
-
-# -- readers ----------------------------------------------------------------------------------
-
-def _walk(tree: Any):
-    """Yields every node of a nest of tuples/lists/dicts/NamedTuples, depth first."""
-    yield tree
-    if isinstance(tree, dict):
-        for v in tree.values():
-            yield from _walk(v)
-    elif isinstance(tree, (tuple, list)):
-        for v in tree:
-            yield from _walk(v)
-
-
-def find_hyperparams_state(opt_state: Any) -> Any:
-    """The first inject_hyperparams state inside ``opt_state`` (or ``None``).
-
-    optax has two such NamedTuples (``InjectHyperparamsState`` and, for schedules,
-    ``InjectStatefulHyperparamsState``); both carry ``hyperparams`` and ``inner_state``.
-    """
-    for node in _walk(opt_state):
-        if isinstance(node, tuple) and hasattr(node, "hyperparams") and hasattr(
-            node, "inner_state"
-        ):
-            return node
-    return None
-
-
-def learning_rate_in_force(opt_state: Any) -> jax.Array:
-    """The rate applied by the last update (after ``init``: the rate at step 0).
-
-    Works on vmapped states too (the result then has the seed axis).
-
-    Raises:
-      ValueError: if ``opt_state`` was not built by :func:`make_optimizer` (no injected rate).
-    """
-    state = find_hyperparams_state(opt_state)
-    if state is None or "learning_rate" not in state.hyperparams:
-        raise ValueError("optimizer state has no injected learning_rate (use make_optimizer)")
-    return jnp.asarray(state.hyperparams["learning_rate"])
-
-
-def find_adam_state(opt_state: Any) -> optax.ScaleByAdamState | None:
-    """Adam's ``ScaleByAdamState`` (``count``, ``mu``, ``nu``) or ``None``."""
-    for node in _walk(opt_state):
-        if isinstance(node, optax.ScaleByAdamState):
-            return node
-    return None
-
-
-def find_momentum_trace(opt_state: Any) -> optax.TraceState | None:
-    """The momentum buffer ``TraceState(trace)`` (momentum/nesterov) or ``None``."""
-    for node in _walk(opt_state):
-        if isinstance(node, optax.TraceState):
-            return node
-    return None

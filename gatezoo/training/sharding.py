@@ -7,10 +7,13 @@ per-device batch is ``batch_size / n``, so ``n`` must divide the batch.
 
 Several hosts: set ``JAX_COORDINATOR_ADDRESS`` (``host:port`` of process 0), ``JAX_NUM_PROCESSES``
 and ``JAX_PROCESS_ID`` on every host (or ``GATEZOO_DISTRIBUTED=auto`` on clusters JAX detects by
-itself: SLURM, Open MPI, Cloud TPU) and run the same ``gatezoo train`` command everywhere;
-:func:`initialize_distributed` then calls :func:`jax.distributed.initialize` before anything
-touches a device, the mesh spans every host's devices, and only process 0 writes the run folder.
-(This path cannot be exercised on a single machine; it is documented, not tested here.)
+itself: SLURM, Open MPI, Cloud TPU) and run the same ``gatezoo train`` command everywhere, with a
+run folder on a file system every host sees; :func:`initialize_distributed` then calls
+:func:`jax.distributed.initialize` before anything touches a device, the mesh spans every host's
+devices (each batch is computed in shards, one per device, so every process samples only its
+own rows), checkpoints are written by all processes together (orbax) and only process 0 writes
+the metric files. CPU processes all-reduce through gloo. ``tests/test_multihost.py`` runs this
+path with two processes on 127.0.0.1.
 """
 
 from __future__ import annotations
@@ -51,6 +54,10 @@ def initialize_distributed() -> bool:
                          ("JAX_PROCESS_ID", "process_id")):
             if os.environ.get(env):
                 kwargs[key] = int(os.environ[env])
+    if getattr(jax.config, "jax_cpu_collectives_implementation", "gloo") in (None, "none"):
+        # without a collectives backend, CPU processes cannot all-reduce across hosts (the
+        # default of JAX releases before gloo became it)
+        jax.config.update("jax_cpu_collectives_implementation", "gloo")
     jax.distributed.initialize(**kwargs)
     _INITIALIZED = True
     return True

@@ -1,7 +1,9 @@
 """Where metric lines go: ``metrics.jsonl``, TensorBoard events, and the progress line.
 
-A metric line is a flat dict ``{"step", "seed", "split", "loss", ...}`` (CONTRACTS.md). NaN
-values mean "not tracked at this step" and are left out of every sink.
+A metric line is a flat dict: ``step`` (int), ``seed`` (int), ``split`` (``"train"`` or
+``"eval"``) and one float per metric, named ``loss``, ``lr``, ``grad_norm`` or
+``"<instrument>/<quantity>"``. NaN values mean "not tracked at this step" and are left out of
+every sink.
 """
 
 from __future__ import annotations

@@ -20,15 +20,15 @@ real conditionals instead of both-branch selects. Per step the scan returns, sta
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import optax
 
-from gatezoo.instruments.protocol import Instrument, ModelFns, StepContext
-from gatezoo.training.optimizers import learning_rate_in_force
+from gatezoo.instruments.attach import Attached
+from gatezoo.instruments.optimizer import learning_rate_in_force
 from gatezoo.training.sharding import constrain_batch
 
 __all__ = ["TrainState", "StepFns", "data_keys", "make_step_fns"]
@@ -85,8 +85,7 @@ class StepFns(NamedTuple):
 
 
 def make_step_fns(
-    forward: Callable[..., Any],
-    fns: ModelFns,
+    attached: Attached,
     task: Any,
     optimizer: optax.GradientTransformation,
     *,
@@ -94,7 +93,6 @@ def make_step_fns(
     steps_per_call: int,
     eval_batches: int = 4,
     probe_batch_size: int = 16,
-    instruments: Sequence[Instrument] = (),
     fixed_batch: bool = False,
     mesh: Any = None,
     unroll: int = 1,
@@ -104,30 +102,25 @@ def make_step_fns(
     """Builds the jitted init / K-step chunk / evaluation of a run.
 
     Args:
-      forward: ``forward(params, xs, eps=None, offsets=None) -> (pred, carries)`` (one seed).
-      fns: the model's :class:`ModelFns` (handed to instruments).
+      attached: the model's loss and instruments (:func:`gatezoo.attach`); each step is one
+        call of ``attached.update``, the entry point a user's own loop calls too.
       task: the task (``sample``, ``loss``, ``metrics``).
-      optimizer: an optax transformation from :func:`make_optimizer`.
+      optimizer: an optax transformation.
       batch_size: training batch per seed (also the evaluation batch).
       steps_per_call: K, the scan length per host round-trip.
-      instruments: attached instruments; their states live in ``TrainState.instruments``.
       fixed_batch: reuse the step-0 batch at every step.
       mesh: a ``("batch",)`` mesh to shard batches over, or None.
       unroll: ``lax.scan`` unroll of the K-step loop.
       seed_batch: ``None`` picks 1 on CPU and all seeds on GPU/TPU; ``k`` vmaps groups of
         ``k`` seeds and runs the groups one after another inside the compiled step
         (``lax.map``), which keeps each group's backward-pass residuals in cache on CPUs
-        (see benchmarks/README.md).
+        (see benchmarks/README.md). The seed axis is generic: any per-slot state (e.g. a
+        per-slot learning rate in an injected optimizer state) rides on it.
       wrap: applied to the pure chunk and evaluation functions before ``jax.jit`` (tests pass
         ``functools.partial(chex.assert_max_traces, n=1)`` to prove one trace per run).
     """
-    instruments = tuple(instruments)
-    need_adjoints = any(inst.needs_adjoints for inst in instruments)
     K = int(steps_per_call)
-
-    def loss_fn(params, offsets, xs, ys):
-        pred, carries = forward(params, xs, offsets=offsets)
-        return task.loss(pred, ys), carries
+    forward = attached.net.forward
 
     def sample(data, key, batch, split):
         if hasattr(task, "sample_from"):  # dataset arrays as a jit argument, not a constant
@@ -138,49 +131,28 @@ def make_step_fns(
         data_key = jax.random.fold_in(key, _TRAIN)
         data_key = jax.random.fold_in(data_key, 0 if fixed_batch else step)
         xs, ys = constrain_batch(sample(data, data_key, batch_size, "train"), mesh)
-        if need_adjoints:
-            _, carry_shapes = jax.eval_shape(lambda p, x: forward(p, x), params, xs)
-            offsets = jax.tree_util.tree_map(
-                lambda s: jnp.zeros(s.shape, s.dtype), carry_shapes
-            )
-            (loss, carries), (grads, adjoints) = jax.value_and_grad(
-                loss_fn, argnums=(0, 1), has_aux=True
-            )(params, offsets, xs, ys)
-        else:
-            (loss, carries), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-                params, None, xs, ys
-            )
-            adjoints = None
-        updates, new_opt_state = optimizer.update(grads, opt_state, params)
-        new_params = optax.apply_updates(params, updates)
-        finite = jnp.isfinite(loss) & jnp.all(
-            jnp.stack([jnp.all(jnp.isfinite(g)) for g in jax.tree_util.tree_leaves(grads)])
+        out = attached.update(
+            params, inst_states, xs, ys, step=step, optimizer=optimizer, opt_state=opt_state,
+            probe=probe,
         )
+        new_params = optax.apply_updates(params, out.updates)
+        finite = jnp.isfinite(out.loss) & jnp.all(
+            jnp.stack([jnp.all(jnp.isfinite(g)) for g in jax.tree_util.tree_leaves(out.grads)])
+        )
+        lr = learning_rate_in_force(out.opt_state)
         # a non-finite step leaves the slot as it was: a diverging learning-rate trial must not
         # spread NaN into instruments (a run without trials stops at that step anyway)
         new_params, new_opt_state = jax.tree_util.tree_map(
-            lambda new, old: jnp.where(finite, new, old), (new_params, new_opt_state),
+            lambda new, old: jnp.where(finite, new, old), (new_params, out.opt_state),
             (params, opt_state),
         )
         metrics = {
-            "loss": loss,
-            "lr": learning_rate_in_force(new_opt_state),
-            "grad_norm": optax.tree.norm(grads),
+            "loss": out.loss,
+            "lr": jnp.asarray(jnp.nan, out.loss.dtype) if lr is None else lr,
+            "grad_norm": optax.tree.norm(out.grads),
+            **out.metrics,
         }
-        new_inst_states = []
-        if instruments:
-            probe_xs, probe_ys = probe
-            ctx = StepContext(
-                step=step, params=params, grads=grads, loss=loss, xs=xs, ys=ys,
-                carries=carries, adjoints=adjoints, updates=updates, opt_state=new_opt_state,
-                probe_xs=probe_xs, probe_ys=probe_ys, fns=fns,
-            )
-            for inst, s in zip(instruments, inst_states, strict=True):
-                inst_metrics, s = _tracked(inst, ctx, s, step)
-                for name, value in inst_metrics.items():
-                    metrics[f"{inst.name}/{name}"] = value
-                new_inst_states.append(s)
-        return new_params, new_opt_state, tuple(new_inst_states), metrics, finite
+        return new_params, new_opt_state, out.state, metrics, finite
 
     vmapped = jax.vmap(one_step, in_axes=(0, 0, 0, 0, 0, None, None))
 
@@ -223,7 +195,7 @@ def make_step_fns(
 
     def init(params, keys):
         opt_state = jax.vmap(optimizer.init)(params)
-        inst_states = tuple(jax.vmap(inst.init)(params) for inst in instruments)
+        inst_states = jax.vmap(attached.init)(params)
         return TrainState(jnp.zeros((), jnp.int32), params, opt_state, keys, inst_states)
 
     def evaluate_one(params, key, data):
@@ -233,7 +205,7 @@ def make_step_fns(
             xs, ys = constrain_batch(
                 sample(data, jax.random.fold_in(eval_key, j), batch_size, "test"), mesh
             )
-            pred, _ = forward(params, xs)
+            pred = forward(params, xs)
             out = {"loss": task.loss(pred, ys)}
             out.update(task.metrics(pred, ys))
             return {k: jnp.asarray(v, jnp.float32) for k, v in out.items()}
@@ -252,35 +224,5 @@ def make_step_fns(
         chunk=jax.jit(wrap(chunk)),
         evaluate=jax.jit(wrap(evaluate), compiler_options=FAST_COMPILE),
         probe=jax.jit(jax.vmap(probe_one, in_axes=(0, None)), compiler_options=FAST_COMPILE)
-        if instruments else None,
+        if attached.instruments else None,
     )
-
-
-def _as_float(tree: dict) -> dict:
-    # NaN marks "not tracked", so every metric must be floating point.
-    out = {}
-    for k, v in tree.items():
-        v = jnp.asarray(v)
-        out[k] = v if jnp.issubdtype(v.dtype, jnp.floating) else v.astype(jnp.float32)
-    return out
-
-
-def _tracked(inst: Instrument, ctx: StepContext, state: Any, step: jax.Array):
-    """``inst.update`` when ``step % inst.every == 0``; NaN metrics and the old state otherwise.
-
-    ``ctx`` is closed over rather than passed as a cond operand: it holds ``fns`` (functions).
-    """
-
-    def run(state):
-        metrics, new_state = inst.update(ctx, state)
-        return _as_float(metrics), new_state
-
-    every = int(inst.every)
-    if every <= 1:
-        return run(state)
-    shapes = jax.eval_shape(run, state)[0]
-
-    def skip(state):
-        return {k: jnp.full(v.shape, jnp.nan, v.dtype) for k, v in shapes.items()}, state
-
-    return jax.lax.cond(step % every == 0, run, skip, state)

@@ -14,7 +14,8 @@ harnesses with a stated budget of ``N`` trials per optimizer.
 
 Example:
   >>> import jax, jax.numpy as jnp
-  >>> from gatezoo.training.optimizers import make_optimizer, learning_rate_in_force
+  >>> from gatezoo.instruments.optimizer import learning_rate_in_force
+  >>> from gatezoo.training.optimizers import make_optimizer
   >>> opt = make_optimizer("sgd", 0.1)
   >>> state = jax.vmap(opt.init)({"w": jnp.ones((2, 3))})
   >>> state = set_slot_learning_rates(state, [0.01, 1.0])
@@ -30,8 +31,6 @@ from typing import Any
 
 import jax.numpy as jnp
 import optax
-
-from gatezoo.training.optimizers import find_hyperparams_state
 
 __all__ = ["log_grid", "set_slot_learning_rates"]
 
@@ -55,6 +54,19 @@ def log_grid(lo: float, hi: float, n: int) -> tuple[float, ...]:
     return tuple(float(lo * math.exp(ratio * k / (n - 1))) for k in range(n))
 
 
+def _inject_state(tree: Any) -> Any:
+    """The first inject_hyperparams state (``hyperparams`` + ``inner_state``) in ``tree``."""
+    if isinstance(tree, tuple) and hasattr(tree, "hyperparams") and hasattr(tree, "inner_state"):
+        return tree
+    children = tree.values() if isinstance(tree, dict) else (
+        tree if isinstance(tree, (tuple, list)) else ())
+    for child in children:
+        found = _inject_state(child)
+        if found is not None:
+            return found
+    return None
+
+
 def set_slot_learning_rates(opt_state: Any, rates: Sequence[float] | jnp.ndarray) -> Any:
     """``opt_state`` (stacked over slots) with slot ``j``'s injected learning rate set to
     ``rates[j]``.
@@ -64,7 +76,7 @@ def set_slot_learning_rates(opt_state: Any, rates: Sequence[float] | jnp.ndarray
         evaluated afresh at every update, so a written value would not last), or if the number
         of rates differs from the number of slots.
     """
-    hp = find_hyperparams_state(opt_state)
+    hp = _inject_state(opt_state)
     if hp is None or "learning_rate" not in hp.hyperparams:
         raise ValueError("learning-rate trials need an optimizer built with "
                          "optax.inject_hyperparams and a learning_rate argument")

@@ -1,0 +1,229 @@
+r"""Instruments inside your own train step: one pure entry point, in the manner of optax.
+
+:func:`attach` takes a model (any ``nnx.Module`` with :class:`gatezoo.Recurrent` layers), the
+loss ``loss_fn(model, xs, ys)`` (or a task) and instrument names, and returns
+:class:`Attached`, a pair of pure functions:
+
+* ``init(params) -> state``: the instruments' state;
+* ``update(params, state, xs, ys, *, step, optimizer, opt_state, probe=None) -> StepOutput``:
+  one backward pass gives the loss, the gradient and every layer's adjoints
+  :math:`\lambda_t = dL/dh_t` (through zero offsets on the states); the optimizer's
+  ``update`` gives the parameter updates; the instruments measure on all of it. It returns the
+  loss, the gradients, the updates and the new optimizer state (apply the updates yourself),
+  the metrics (``"<instrument>/<quantity>"``, NaN on steps an instrument is not tracked) and
+  the instruments' new state.
+
+Everything is jit-, vmap- and scan-compatible; gatezoo's own trainer calls this same
+``update`` inside its compiled loop. ``first_order(params, xs, ys)`` returns each layer's
+:math:`G_0` and :math:`G_1` (THEORY.md §3.4) themselves.
+
+Example:
+  >>> import jax, jax.numpy as jnp, optax
+  >>> from flax import nnx
+  >>> import gatezoo as gz
+  >>> model = gz.SequenceModel(gz.GRU(2, 8, rngs=nnx.Rngs(0)), 1, rngs=nnx.Rngs(1))
+  >>> loss_fn = lambda m, x, y: jnp.mean((m(x) - y) ** 2)
+  >>> att = gz.attach(model, loss_fn, ["gates", "expansion"])
+  >>> params = nnx.state(model, nnx.Param)
+  >>> opt = optax.adam(1e-2)
+  >>> opt_state, inst_state = opt.init(params), att.init(params)
+  >>> xs, ys = jnp.ones((4, 10, 2)), jnp.zeros((4, 1))
+  >>> out = jax.jit(lambda p, o, s: att.update(p, s, xs, ys, step=0, optimizer=opt,
+  ...                                           opt_state=o))(params, opt_state, inst_state)
+  >>> params = optax.apply_updates(params, out.updates)
+  >>> sorted(out.metrics)[:2]
+  ['expansion/cos', 'expansion/cos@cell.U']
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from gatezoo.instruments.expansion import FirstOrder, first_order_gradients
+from gatezoo.instruments.model_fns import NetworkFns, network_fns, zero_offsets
+from gatezoo.instruments.protocol import Instrument, StepContext
+
+__all__ = ["Attached", "StepOutput", "attach", "attach_fns"]
+
+
+class StepOutput(NamedTuple):
+    """What :meth:`Attached.update` returns (one step).
+
+    Attributes:
+      loss: the loss of the batch; ``grads``: its gradient (the optimizer's input).
+      updates: ``optimizer.update(grads, opt_state, params)``'s updates; ``opt_state``: the new
+        optimizer state.
+      metrics: ``{"<instrument>/<quantity>": array}``; NaN where not tracked this step.
+      state: the instruments' new state.
+    """
+
+    loss: jax.Array
+    grads: Any
+    updates: Any
+    opt_state: Any
+    metrics: dict
+    state: tuple
+
+
+class Attached(NamedTuple):
+    """Instruments attached to a model (see the module docstring).
+
+    Attributes:
+      init: ``init(params) -> state``.
+      update: ``update(params, state, xs, ys, *, step, optimizer, opt_state, probe=None)
+        -> StepOutput``.
+      first_order: ``first_order(params, xs, ys) -> {layer path: FirstOrder(g0, g1, None)}``.
+      net: the model's :class:`~gatezoo.instruments.model_fns.NetworkFns`.
+      instruments: the attached :class:`Instrument` objects.
+    """
+
+    init: Callable[[Any], tuple]
+    update: Callable[..., StepOutput]
+    first_order: Callable[..., dict]
+    net: NetworkFns
+    instruments: tuple
+
+
+def attach(
+    model: nnx.Module,
+    loss: Any,
+    names: Sequence[str] | str = (),
+    *,
+    instruments: Sequence[Instrument] = (),
+    every: dict[str, int] | None = None,
+    compat: str = "exact",
+    self_check: bool = False,
+    example: tuple | None = None,
+) -> Attached:
+    """Attaches the instruments ``names`` (and ``instruments`` objects) to ``model``.
+
+    Args:
+      model: an ``nnx.Module`` with one or more :class:`gatezoo.Recurrent` layers.
+      loss: ``loss_fn(model, xs, ys) -> scalar`` or a task.
+      names, every, compat, self_check: as in :func:`gatezoo.make_instruments`.
+      example: ``(xs, ys)`` of one batch, for the gate-protocol check of cells without an
+        integer ``in_features`` (see :func:`gatezoo.network_fns`).
+
+    Raises:
+      ValueError: as :func:`gatezoo.network_fns` and :func:`gatezoo.make_instruments`, and for
+        duplicate instrument names.
+    """
+    net, _ = network_fns(model, loss, example=example)
+    return attach_fns(net, names, instruments=instruments, every=every, compat=compat,
+                      self_check=self_check)
+
+
+def attach_fns(
+    net: NetworkFns,
+    names: Sequence[str] | str = (),
+    *,
+    instruments: Sequence[Instrument] = (),
+    every: dict[str, int] | None = None,
+    compat: str = "exact",
+    self_check: bool = False,
+) -> Attached:
+    """:func:`attach` for a model already split by :func:`gatezoo.network_fns`."""
+    from gatezoo.instruments.registry import make_instruments
+
+    attached = list(instruments)
+    if names or self_check:
+        attached += make_instruments(names, net, every=every, compat=compat,
+                                     self_check=self_check)
+    _check_attached(net, attached)
+    attached = tuple(attached)
+    adjoint_layers = sorted({i.layer for i in attached if i.needs_adjoints})
+
+    def init(params):
+        return tuple(inst.init(params) for inst in attached)
+
+    def update(params, state, xs, ys, *, step, optimizer, opt_state, probe=None):
+        offsets = None
+        if adjoint_layers:
+            zeros = zero_offsets(net, params, xs, ys)
+            offsets = {name: zeros[name] for name in adjoint_layers}
+        (loss, records), (grads, adjoints) = jax.value_and_grad(
+            net.loss, argnums=(0, 3), has_aux=True
+        )(params, xs, ys, offsets)
+        updates, new_opt_state = optimizer.update(grads, opt_state, params)
+        probe_xs, probe_ys = (xs, ys) if probe is None else probe
+        step = jnp.asarray(step, jnp.int32)
+        metrics, new_state = {}, []
+        for inst, s in zip(attached, state, strict=True):
+            # one context per measured layer: its states, inputs and adjoints
+            rec = records[inst.layer]
+            fns = net.layers[inst.layer]
+            ctx = StepContext(
+                step=step, params=params, grads=grads, loss=loss, xs=xs, ys=ys,
+                carries=rec["carries"], adjoints=(adjoints or {}).get(inst.layer),
+                updates=updates, opt_state=new_opt_state, probe_xs=probe_xs,
+                probe_ys=probe_ys, fns=fns, inputs=None if fns.inputs is None else rec["inputs"],
+            )
+            inst_metrics, s = tracked(inst, ctx, s, step)
+            metrics.update({f"{inst.name}/{k}": v for k, v in inst_metrics.items()})
+            new_state.append(s)
+        return StepOutput(loss, grads, updates, new_opt_state, metrics, tuple(new_state))
+
+    def first_order(params, xs, ys):
+        offsets = zero_offsets(net, params, xs, ys)
+        (_, records), (grads, adjoints) = jax.value_and_grad(
+            net.loss, argnums=(0, 3), has_aux=True
+        )(params, xs, ys, offsets)
+        out: dict[str, FirstOrder] = {}
+        for name, fns in net.layers.items():
+            out[name] = first_order_gradients(
+                fns, params, xs, records[name]["carries"], adjoints[name], grads
+            )
+        return out
+
+    return Attached(init, update, first_order, net, attached)
+
+
+def _check_attached(net: NetworkFns, attached: list[Instrument]) -> None:
+    names = [inst.name for inst in attached]
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        raise ValueError(f"instrument names must be unique, got {', '.join(dupes)} twice")
+    for inst in attached:
+        if inst.layer not in net.layers:
+            raise ValueError(
+                f"instrument {inst.name!r} measures layer {inst.layer!r}, which the model does "
+                f"not have (layers: {', '.join(map(repr, net.layers))})"
+            )
+        if inst.needs_gates and not net.layers[inst.layer].gated:
+            raise ValueError(f"instrument {inst.name!r} needs a gated cell, but the cell is not")
+
+
+def _as_float(tree: dict) -> dict:
+    # NaN marks "not tracked", so every metric must be floating point.
+    out = {}
+    for k, v in tree.items():
+        v = jnp.asarray(v)
+        out[k] = v if jnp.issubdtype(v.dtype, jnp.floating) else v.astype(jnp.float32)
+    return out
+
+
+def tracked(inst: Instrument, ctx: StepContext, state: Any, step: jax.Array):
+    """``inst.update`` when ``step % inst.every == 0``; NaN metrics and the old state otherwise.
+
+    ``ctx`` is closed over rather than passed as a cond operand: it holds ``fns`` (functions).
+    """
+
+    def run(state):
+        metrics, new_state = inst.update(ctx, state)
+        return _as_float(metrics), new_state
+
+    every = int(inst.every)
+    if every <= 1:
+        return run(state)
+    shapes = jax.eval_shape(run, state)[0]
+
+    def skip(state):
+        return {k: jnp.full(v.shape, jnp.nan, v.dtype) for k, v in shapes.items()}, state
+
+    return jax.lax.cond(step % every == 0, run, skip, state)
+

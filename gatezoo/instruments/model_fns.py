@@ -1,0 +1,200 @@
+"""The one builder of a model's pure functions, for the train step and the instruments.
+
+A model is any ``nnx.Module`` holding one or more :class:`gatezoo.Recurrent` layers
+(:class:`gatezoo.SequenceModel` is one); a loss is a task (``task.loss(model(xs), ys)``) or the
+user's ``loss_fn(model, xs, ys) -> scalar``. :func:`network_fns` splits the model into
+parameters and pure functions of them:
+
+* ``NetworkFns.loss(params, xs, ys, offsets=None)`` runs the model once with every layer
+  tapped (zero ``offsets`` per layer path, so one backward pass gives the parameter gradient
+  and every layer's adjoints ``dL/dh_t``) and returns ``(loss, records)``, ``records[path]``
+  holding the layer's ``carries`` and ``inputs``;
+* ``NetworkFns.layers[path]`` is the :class:`~gatezoo.instruments.protocol.ModelFns` of one
+  layer: its loss deforms that layer's gate path only, its ``step``/``split_step``/
+  ``time_scale`` are those of :func:`gatezoo.cell_fn` on the layer's cell.
+
+Example:
+  >>> import jax, jax.numpy as jnp
+  >>> from flax import nnx
+  >>> import gatezoo as gz
+  >>> model = gz.SequenceModel(gz.GRU(2, 4, rngs=nnx.Rngs(0)), 1, rngs=nnx.Rngs(1))
+  >>> net, params = gz.network_fns(model, lambda m, x, y: jnp.mean((m(x) - y) ** 2))
+  >>> loss, records = net.loss(params, jnp.ones((3, 6, 2)), jnp.zeros((3, 1)))
+  >>> records[""]["carries"].shape
+  (6, 3, 4)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from gatezoo.instruments.protocol import ModelFns
+from gatezoo.models.protocol import cell_fn, check_gate_protocol, zero_carry
+from gatezoo.models.recurrent import LayerTap, Recurrent, layer_name, recurrent_layers, tapping
+
+__all__ = ["NetworkFns", "network_fns", "model_fns", "loss_function", "zero_offsets"]
+
+
+class NetworkFns(NamedTuple):
+    """Pure functions of a model with one or more recurrent layers.
+
+    Attributes:
+      loss: ``loss(params, xs, ys, offsets=None) -> (loss, records)``; ``offsets`` maps a layer
+        path to zeros shaped like its carries; ``records[path]`` is ``{"carries", "inputs"}``.
+      layers: ``path -> ModelFns`` (``""`` is the model itself, e.g. a SequenceModel).
+      forward: ``forward(params, xs) -> model output`` (the plain model, nothing tapped).
+    """
+
+    loss: Callable[..., Any]
+    layers: dict[str, ModelFns]
+    forward: Callable[..., Any]
+
+
+def loss_function(loss: Any) -> Callable[..., jax.Array]:
+    """``loss_fn(model, xs, ys)`` from a task (``task.loss(model(xs), ys)``) or a callable."""
+    if callable(getattr(loss, "loss", None)):
+        task = loss
+        return lambda model, xs, ys: task.loss(model(xs), ys)
+    if callable(loss):
+        return loss
+    raise TypeError(
+        f"loss must be a task (with .loss(pred, ys)) or a function loss_fn(model, xs, ys), "
+        f"got {type(loss).__name__}"
+    )
+
+
+def _subtree(tree: Any, path: tuple) -> Any:
+    for key in path:
+        tree = tree[key]
+    return tree
+
+
+def _layer_fns(path: tuple, layer: Recurrent, tapped: Callable[..., Any]) -> ModelFns:
+    name = layer_name(path)
+    cell = layer.cell
+    fn = cell_fn(cell)
+    carry = jax.eval_shape(lambda: zero_carry(cell, (1, 1)))
+    leaves = jax.tree_util.tree_leaves(carry)
+
+    def loss(p, xs, ys, eps=None, offsets=None):
+        value, records = tapped(p, xs, ys, {name: (eps, offsets)})
+        return value, records[name]["carries"]
+
+    def inputs(p, xs):
+        return tapped(p, xs, None, {name: (None, None)}, forward_only=True)[1][name]["inputs"]
+
+    return ModelFns(
+        loss=loss, step=fn.step, time_scale=fn.time_scale,
+        cell_params=lambda p: _subtree(p, (*path, "cell")), gated=fn.gated,
+        hidden=int(leaves[-1].shape[-1]), state_size=sum(int(c.shape[-1]) for c in leaves),
+        split_step=fn.split_step, inputs=None if not path else inputs, path=name,
+    )
+
+
+def network_fns(
+    model: nnx.Module, loss: Any, *, example: tuple | None = None
+) -> tuple[NetworkFns, Any]:
+    """The pure functions of ``model`` under ``loss`` and its parameters (``nnx.Param`` state).
+
+    Args:
+      model: an ``nnx.Module`` with at least one :class:`gatezoo.Recurrent` layer (concrete, or
+        abstract from ``nnx.eval_shape``).
+      loss: a task or ``loss_fn(model, xs, ys) -> scalar``.
+      example: ``(xs, ys)`` of one batch (arrays or ``jax.ShapeDtypeStruct``): gives each
+        layer's input width for the gate-protocol check; not needed when every gated cell
+        has an integer ``in_features``.
+
+    Every gated cell of a concrete model is checked once, here, with
+    :func:`gatezoo.check_gate_protocol` on a small random probe (an abstract model from
+    ``nnx.eval_shape`` is not checked).
+
+    Raises:
+      ValueError: a model without a recurrent layer, or a gated cell whose input width is
+        unknown (no ``in_features`` and no ``example``); GateProtocolError: a gated cell
+        whose ``__call__`` and ``split_call``/``time_scale`` disagree.
+    """
+    loss_fn = loss_function(loss)
+    found = recurrent_layers(model)
+    if not found:
+        raise ValueError(
+            f"{type(model).__name__} holds no gatezoo.Recurrent layer; build its recurrent "
+            "layers with gz.Recurrent(cell) (a drop-in for nnx.RNN) so the instruments can "
+            "measure them"
+        )
+    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+    by_name = {layer_name(p): layer for p, layer in found}
+
+    def tapped(p, xs, ys, taps: dict, forward_only: bool = False):
+        m = nnx.merge(graphdef, p, rest)
+        live = {layer_name(path): layer for path, layer in recurrent_layers(m)}
+        records: dict[str, dict] = {}
+        active = {}
+        for name, (eps, off) in taps.items():
+            records[name] = {}
+            active[id(live[name])] = LayerTap(eps, off, records[name])
+        with tapping(active):
+            out = m(xs) if forward_only else loss_fn(m, xs, ys)
+        return out, records
+
+    def net_loss(p, xs, ys, offsets=None):
+        offsets = offsets or {}
+        return tapped(p, xs, ys, {n: (None, offsets.get(n)) for n in by_name})
+
+    def forward(p, xs):
+        return nnx.merge(graphdef, p, rest)(xs)
+
+    layers = {name: _layer_fns(path, layer, tapped)
+              for (path, layer), name in zip(found, by_name, strict=True)}
+    net = NetworkFns(net_loss, layers, forward)
+    concrete = not any(
+        isinstance(x, jax.ShapeDtypeStruct) for x in jax.tree_util.tree_leaves(params)
+    )
+    if concrete:
+        _check_cells(net, by_name, params, example)
+    return net, params
+
+
+def _check_cells(net: NetworkFns, layers: dict, params: Any, example: tuple | None) -> None:
+    gated = {n: layer.cell for n, layer in layers.items() if net.layers[n].gated}
+    widths = {n: getattr(c, "in_features", None) for n, c in gated.items()}
+    if example is not None and not all(isinstance(w, int) for w in widths.values()):
+        xs, ys = example
+        _, records = jax.eval_shape(net.loss, params, xs, ys)
+        widths = {n: int(records[n]["inputs"].shape[-1]) for n in gated}
+    for name, cell in gated.items():
+        if not isinstance(widths[name], int):
+            raise ValueError(
+                f"cannot check the gate protocol of cell {type(cell).__name__} (layer "
+                f"{name or 'model'!r}): its input width is unknown; give the cell an integer "
+                "in_features attribute or pass example=(xs, ys)"
+            )
+        check_gate_protocol(cell, widths[name])
+
+
+def model_fns(model: nnx.Module, loss: Any, *, example: tuple | None = None):
+    """``(ModelFns, params)`` of a model with exactly one recurrent layer (a SequenceModel).
+
+    ``loss`` is a task or ``loss_fn(model, xs, ys)``; ``example`` as in :func:`network_fns`.
+    For several layers use :func:`network_fns`.
+    """
+    net, params = network_fns(model, loss, example=example)
+    if len(net.layers) != 1:
+        raise ValueError(
+            f"{type(model).__name__} has {len(net.layers)} recurrent layers "
+            f"({', '.join(net.layers)}); use gz.network_fns for per-layer functions"
+        )
+    return next(iter(net.layers.values())), params
+
+
+def zero_offsets(net: NetworkFns, params: Any, xs: jax.Array, ys: Any) -> dict:
+    """Zero offsets for every layer of ``net`` on a batch shaped like ``xs``."""
+    _, records = jax.eval_shape(lambda p: net.loss(p, xs, ys), params)
+    return {
+        name: jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype), rec["carries"])
+        for name, rec in records.items()
+    }
