@@ -288,6 +288,19 @@ def _run_entry(config_dict: dict[str, Any], entry: dict[str, Any], out: str,
     return record
 
 
+def _rates_label(config: CompareConfig, entry: dict[str, Any]) -> str:
+    rates = config.lr_trials(entry["optimizer"], entry["schedule"])
+    if rates:
+        return f"{len(rates)} rates {rates[0]:.3g}..{rates[-1]:.3g}"
+    return f"lr {config.learning_rate(entry['optimizer']):g}"
+
+
+def _result_label(record: dict[str, Any]) -> str:
+    loss = record["final_eval"]["loss"]
+    lr = record["tuning"]["chosen_rate"] or float("nan")
+    return f"lr {lr:.3g}, held-out loss {sum(loss) / len(loss):.4g}"
+
+
 def run_compare(
     config: CompareConfig,
     out_dir: str | Path,
@@ -325,11 +338,8 @@ def run_compare(
     _write_status(out, config, status, start)
 
     def started(i, entry):
-        rates = config.lr_trials(entry["optimizer"], entry["schedule"])
-        lr = (f"{len(rates)} rates {rates[0]:.3g}..{rates[-1]:.3g}" if rates
-              else f"lr {config.learning_rate(entry['optimizer']):g}")
-        log(f"[{i}/{len(cells)}] {entry['name']}: {config.task}, {lr}, {config.steps} steps x "
-            f"{config.seeds} seeds")
+        log(f"[{i}/{len(cells)}] {entry['name']}: {config.task}, {_rates_label(config, entry)}, "
+            f"{config.steps} steps x {config.seeds} seeds")
         status[entry["name"]] = "running"
         _write_status(out, config, status, start)
 
@@ -339,10 +349,8 @@ def run_compare(
             log(f"[{i}/{len(cells)}] {entry['name']}: failed: {err}")
         else:
             status[entry["name"]] = "done"
-            loss = record["final_eval"]["loss"]
             log(f"[{i}/{len(cells)}] {entry['name']}: done in {record['wall_time_s']:.1f} s, "
-                f"lr {record['tuning']['chosen_rate'] or float('nan'):.3g}, "
-                f"held-out loss {sum(loss) / len(loss):.4g}")
+                + _result_label(record))
         _write_status(out, config, status, start)
 
     cfg_dict = config.to_dict()
