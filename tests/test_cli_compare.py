@@ -13,7 +13,8 @@ def compare_run(tmp_path_factory):
     rc = main(["compare", "--cells", "scalar", "--optimizers", "sgd,momentum", "--steps", "20",
                "--seeds", "2", "--hidden", "8", "--seq-len", "10", "--batch-size", "8",
                "--instruments", "economy", "--every", "step=5", "--eval-every", "10",
-               "--lr", "sgd=0.05", "--out", str(out), "--quiet"])
+               "--lr", "sgd=0.05", "--trials", "2", "--lr-range", "momentum=0.001:0.1",
+               "--out", str(out), "--quiet"])
     assert rc == 0
     return out
 
@@ -26,6 +27,12 @@ def test_compare_end_to_end(compare_run):
         cfg = json.loads((out / name / "config.json").read_text())
         assert cfg["steps"] == 20 and cfg["seeds"] == [0, 1] and cfg["hidden"] == 8
     assert json.loads((out / "scalar-sgd" / "config.json").read_text())["learning_rate"] == 0.05
+    # sgd pinned by --lr: no search; momentum: two trials over the given range, one selected
+    assert not json.loads((out / "scalar-sgd" / "result.json").read_text())["tuning"]["searched"]
+    tuning = json.loads((out / "scalar-momentum" / "result.json").read_text())["tuning"]
+    assert tuning["rates"] == pytest.approx([1e-3, 1e-1]) and tuning["chosen"] in (0, 1)
+    assert len(tuning["eval_loss"]) == 2 and len(tuning["eval_loss"][0]) == 2
+    assert tuning["chosen_rate"] == tuning["rates"][tuning["chosen"]]
     for f in ("report.html", "summary.json", "table.md", "figures/loss_curves.png"):
         assert (out / f).is_file(), f
     doc = json.loads((out / "compare.json").read_text())
@@ -54,6 +61,10 @@ def test_compare_continues_where_it_stopped(compare_run, capsys):
     (["compare", "--optimizers", "adom"], "unknown optimizer 'adom'"),
     (["compare", "--task", "nope"], "nope"),
     (["report", "/nonexistent/run"], "does not exist"),
+    (["compare", "--lr-range", "sgd=1:0.1"], "needs 0 < LO <= HI"),
+    (["compare", "--lr-range", "sgd=0.1"], "LO:HI"),
+    (["compare", "--lr-range", "rmsprop=0.1:1"], "not in the grid"),
+    (["compare", "--trials", "0"], "trials must be a positive integer"),
 ])
 def test_bad_input_is_one_line(argv, message, capsys, tmp_path):
     if argv[0] == "compare":

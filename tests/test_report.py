@@ -173,3 +173,110 @@ def test_load_compare_skips_runs_not_started(compare_dir):
     doc["grid"].append({"name": "x-y", "cell": "x", "optimizer": "y"})
     (compare_dir / "compare.json").write_text(json.dumps(doc))
     assert "x-y" not in load_compare(compare_dir).runs
+
+
+# -- tuning, findings, and the page as a browser shows it ----------------------------------------
+
+def _add_tuning(compare_dir):
+    """Gives gru-sgd a learning-rate search in its result.json (as compare writes it)."""
+    tuning = {"searched": True, "rates": [0.01, 0.1, 1.0], "eval_loss_mean": [0.15, 0.12, None],
+              "diverged_at": [[-1, -1], [-1, -1], [3, -1]], "chosen": 1, "chosen_rate": 0.1}
+    path = compare_dir / "gru-sgd" / "result.json"
+    path.write_text(json.dumps({"wall_time_s": 1.5, "trial": None, "tuning": tuning}))
+    return tuning
+
+
+def test_tuning_figure_table_and_findings_come_from_the_numbers(compare_dir):
+    tuning = _add_tuning(compare_dir)
+    _, _, figures, tables, summary = report_figures(compare_dir)
+    figs = {f.name: f for f in figures}
+    d = figs["tuning_curves"].data["gru-sgd"]
+    assert d["rates"] == tuning["rates"] and d["chosen"] == 1
+    assert d["diverged"] == [False, False, True]
+    runs = {r["run"]: r for r in summary["compare"]["runs"]}
+    assert runs["gru-sgd"]["learning_rate"] == 0.1 and runs["gru-sgd"]["trials"] == 3
+    # held-out loss of the fixture: 0.2 + 0.01 run + h + 1e-4 step; the target is half the
+    # baseline (1/12), never reached, so every run says so
+    assert all(r["steps_to_target"] is None for r in runs.values())
+    texts = [f["text"] for f in summary["findings"]]
+    base = 2 / 12
+    ratios = [runs[n]["final_eval_loss"] / base for n in runs]
+    assert f"0 of 3 runs end with a held-out loss below 0.9x the trivial baseline (best " \
+           f"{min(ratios):.2f}x" in texts[0]
+    assert any("No run reached the held-out target 0.0833" in t for t in texts)
+    g1 = [v for n in runs for v in figs["gate_correction"].data[n]["g1_over_g0_mean"]
+          if n.startswith("gru")]
+    assert any(t.startswith("||G1||/||G0|| over training") and
+               f"gru {np.median(g1):.3g} ({min(g1):.3g} to {max(g1):.3g})" in t for t in texts)
+    assert {f["figure"] for f in summary["findings"]} <= set(figs)
+
+
+def test_read_metrics_keeps_one_trial(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    with open(run / "metrics.jsonl", "w") as fh:
+        for trial in (0, 1):
+            for seed in (0, 1):
+                fh.write(json.dumps({"step": 0, "seed": seed, "trial": trial, "split": "train",
+                                     "loss": 10 * trial + seed}) + "\n")
+    m = read_metrics(run, trial=1)
+    assert m.seeds == [0, 1] and m.get("loss").tolist() == [[10.0, 11.0]]
+    assert "trial" not in m.names()
+
+
+def test_report_renders_in_chromium(compare_dir, tmp_path):
+    import shutil
+    import struct
+    import subprocess
+
+    browser = shutil.which("chromium") or shutil.which("chromium-browser")
+    if browser is None:
+        pytest.skip("Chromium is not installed (Debian: apt-get install -y chromium)")
+    _add_tuning(compare_dir)
+    page = build_report(compare_dir)
+    html = page.read_text()
+    # a copy of the page with a probe that records, after load, what the browser made of it
+    probe = ("<script>window.addEventListener('load',()=>{const p=document.createElement('pre');"
+             "p.id='probe';p.textContent=JSON.stringify({"
+             "h2:[...document.querySelectorAll('h2')].map(h=>h.textContent),"
+             "figures:[...document.querySelectorAll('figure')].map(f=>f.id),"
+             "images:[...document.images].map(i=>[i.complete,i.naturalWidth])});"
+             "document.body.appendChild(p);});</script>")
+    probed = tmp_path / "probed.html"
+    probed.write_text(html.replace("</body>", probe + "</body>"))
+    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
+             f"--user-data-dir={tmp_path / 'profile'}", "--virtual-time-budget=10000"]
+    dom = subprocess.run([browser, *flags, "--dump-dom", probed.as_uri()], capture_output=True,
+                         text=True, timeout=120, check=True).stdout
+    found = json.loads(re.search(r"<pre id=\"probe\">(.*?)</pre>", dom, re.S).group(1)
+                       .replace("&quot;", '"').replace("&amp;", "&"))
+    assert {"Findings", "Summary table", "Figures"} <= set(found["h2"])
+    names = sorted(p.stem for p in (compare_dir / "figures").glob("*.png"))
+    assert sorted(found["figures"]) == names and "tuning_curves" in names
+    assert len(found["images"]) == len(names)
+    assert all(ok and width > 0 for ok, width in found["images"])  # no broken image
+    shot = tmp_path / "page.png"
+    subprocess.run([browser, *flags, f"--screenshot={shot}", "--window-size=1400,3000",
+                    page.as_uri()], capture_output=True, timeout=120, check=True)
+    head = shot.read_bytes()[:24]
+    assert head[:8] == b"\x89PNG\r\n\x1a\n"
+    assert struct.unpack(">II", head[16:24]) == (1400, 3000)
+
+
+def test_time_to_target_is_the_first_held_out_hit_at_the_compiled_step_rate(tmp_path):
+    from gatezoo.report.compare_report import time_to_target
+
+    run = tmp_path / "run"
+    run.mkdir()
+    lines = []
+    for step in range(40):  # round trips of 10 steps; the first one includes the compile
+        rate = 2.0 if step < 10 else 100.0
+        lines += [{"step": step, "seed": s, "split": "train", "loss": 1.0,
+                   "steps_per_sec": rate} for s in (0, 1)]
+    for step, losses in ((0, (1.0, 1.0)), (10, (0.6, 0.3)), (20, (0.5, 0.4)), (30, (0.1, 0.1))):
+        lines += [{"step": step, "seed": s, "split": "eval", "loss": v}
+                  for s, v in zip((0, 1), losses, strict=True)]
+    (run / "metrics.jsonl").write_text("\n".join(json.dumps(x) for x in lines))
+    m = read_metrics(run)
+    assert time_to_target(m, 0.45, trials=4) == (10, pytest.approx(10 * 0.01 / 4))
+    assert time_to_target(m, 0.05, trials=1) == (None, None)

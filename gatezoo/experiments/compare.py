@@ -12,9 +12,11 @@ opened, resumed or re-plotted on its own:
         config.json metrics.jsonl checkpoints/ result.json (when that run finished)
       report.html summary.json table.md figures/*.png   (gatezoo.report)
 
-The defaults are the README's main job: the adding task, cells leaky, scalar, vector, GRU and
-LSTM, optimizers SGD, momentum and Adam, three seeds, sized to finish in about five minutes on a
-2-core CPU.
+The defaults are the README's main job: the adding task at ``T = 24``, cells leaky
+(``alpha = 0.2``), scalar, vector, GRU and LSTM, optimizers SGD, momentum and Adam, each tuned
+over 3 learning rates (log-uniform, :data:`LR_RANGES`), three seeds, 1000 steps of batch 64,
+sized to finish within six minutes of a 2-core CPU. Every grid cell (all its trials and seeds)
+is one compiled program; the chosen trial's seeds are the run that is reported.
 
 Example:
   >>> # from gatezoo.experiments.compare import CompareConfig, run_compare
@@ -31,11 +33,23 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-__all__ = ["CompareConfig", "DEFAULT_LR", "grid", "run_name", "run_compare", "default_workers"]
+__all__ = ["CompareConfig", "DEFAULT_LR", "LR_RANGES", "SELECTION_RULE", "grid", "run_name",
+           "run_compare", "default_workers", "select_trial"]
 
-#: base learning rate per optimizer when none is given (chosen so every cell trains stably)
+#: learning rate per optimizer when there is no search (``trials=1``, a non-constant schedule)
 DEFAULT_LR = {"sgd": 0.1, "momentum": 0.02, "nesterov": 0.02, "adam": 1e-2, "adamw": 1e-2,
               "rmsprop": 1e-3}
+
+#: the declared search space per optimizer: log-uniform over ``[lo, hi]``, each a factor 30 wide
+#: (the same budget in log-rate for every optimizer), placed where the adding task trains
+LR_RANGES = {"sgd": (1e-2, 0.3), "momentum": (2e-3, 6e-2), "nesterov": (2e-3, 6e-2),
+             "adam": (2e-3, 6e-2), "adamw": (2e-3, 6e-2), "rmsprop": (3e-4, 1e-2)}
+
+SELECTION_RULE = (
+    "per grid cell, the trial with the lowest held-out loss at the last step, averaged over "
+    "seeds; a trial in which any seed diverged (non-finite loss or gradient) is not eligible; "
+    "ties go to the smaller rate"
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,35 +58,41 @@ class CompareConfig:
 
     Attributes:
       task, seq_len, task_options: the task (``seq_len=None``: the task's default).
-      cells: cell names; ``cell_options``: per-cell options, e.g. ``{"leaky": {"alpha": 0.8}}``.
-      optimizers: optimizer names; ``learning_rates``: per-optimizer base rates (missing ones
-        from :data:`DEFAULT_LR`).
+      cells: cell names; ``cell_options``: per-cell options, e.g. ``{"leaky": {"alpha": 0.2}}``.
+      optimizers: optimizer names; ``learning_rates``: per-optimizer pinned rates (no search).
+      trials: learning-rate trials per grid cell (the same budget for every optimizer), spaced
+        log-uniformly over ``lr_ranges[optimizer]`` (missing ones from :data:`LR_RANGES`), run
+        as slots beside the seeds in one compiled program and selected by
+        :data:`SELECTION_RULE`. ``trials=1``, a pinned rate or a non-constant schedule: one
+        rate (pinned, else :data:`DEFAULT_LR`).
       schedules: learning-rate schedules (each multiplies the grid).
       seeds: number of seeds (``0 .. seeds - 1``), vmapped inside each run.
       steps, batch_size, hidden: the run's size.
       instruments: instrument names or presets attached to every run (gate instruments are
         skipped for cells without gates); ``every``: their schedule (names or tiers).
-      target: loss to reach for the "steps to target" column (``None``: half the task's
+      target: held-out loss to reach for the time-to-target columns (``None``: half the task's
         trivial baseline).
     """
 
     task: str = "adding"
-    seq_len: int | None = 50
+    seq_len: int | None = 24
     task_options: dict = dataclasses.field(default_factory=dict)
     cells: tuple[str, ...] = ("leaky", "scalar", "vector", "gru", "lstm")
-    cell_options: dict = dataclasses.field(default_factory=lambda: {"leaky": {"alpha": 0.8}})
+    cell_options: dict = dataclasses.field(default_factory=lambda: {"leaky": {"alpha": 0.2}})
     optimizers: tuple[str, ...] = ("sgd", "momentum", "adam")
     learning_rates: dict = dataclasses.field(default_factory=dict)
+    trials: int = 3
+    lr_ranges: dict = dataclasses.field(default_factory=dict)
     schedules: tuple[str, ...] = ("constant",)
     seeds: int = 3
-    steps: int = 300
-    batch_size: int = 32
+    steps: int = 1000
+    batch_size: int = 64
     hidden: int = 32
     instruments: tuple[str, ...] = ("economy", "expansion", "anisotropy")
     every: dict = dataclasses.field(
-        default_factory=lambda: {"step": 10, "probe": 150})
+        default_factory=lambda: {"step": 50, "probe": 500})
     eval_every: int = 100
-    steps_per_call: int = 50
+    steps_per_call: int = 100
     compat: str = "exact"
     target: float | None = None
 
@@ -80,13 +100,25 @@ class CompareConfig:
         for name in ("cells", "optimizers", "schedules"):
             if not getattr(self, name):
                 raise ValueError(f"compare needs at least one entry in {name}")
-        for name in ("seeds", "steps", "batch_size", "hidden"):
+        for name in ("seeds", "steps", "batch_size", "hidden", "trials"):
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool) or v < 1:
                 raise ValueError(f"{name} must be a positive integer, got {v!r}")
 
     def learning_rate(self, optimizer: str) -> float:
         return float(self.learning_rates.get(optimizer, DEFAULT_LR.get(optimizer, 1e-3)))
+
+    def lr_range(self, optimizer: str) -> tuple[float, float]:
+        lo, hi = self.lr_ranges.get(optimizer, LR_RANGES.get(optimizer, (1e-4, 1e-1)))
+        return float(lo), float(hi)
+
+    def lr_trials(self, optimizer: str, schedule: str = "constant") -> tuple[float, ...]:
+        """The rates tried for ``optimizer`` (``()``: no search, one rate)."""
+        from gatezoo.training.trials import log_grid
+
+        if self.trials <= 1 or optimizer in self.learning_rates or schedule != "constant":
+            return ()
+        return log_grid(*self.lr_range(optimizer), self.trials)
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -129,6 +161,7 @@ def train_config(config: CompareConfig, entry: dict[str, Any]):
         hidden=config.hidden, task=config.task, seq_len=config.seq_len,
         task_options=dict(config.task_options), optimizer=entry["optimizer"],
         learning_rate=config.learning_rate(entry["optimizer"]), schedule=entry["schedule"],
+        lr_trials=config.lr_trials(entry["optimizer"], entry["schedule"]),
         steps=config.steps, batch_size=config.batch_size, seeds=tuple(range(config.seeds)),
         steps_per_call=config.steps_per_call, eval_every=config.eval_every,
         checkpoint_every=config.steps, keep_checkpoints=1,
@@ -152,6 +185,17 @@ def validate(config: CompareConfig) -> None:
     for s in config.schedules:
         if s not in schedule_names():
             raise ValueError(f"unknown schedule {s!r}; choose from: {', '.join(schedule_names())}")
+    for o, pair in {**config.lr_ranges}.items():
+        if o not in config.optimizers:
+            raise ValueError(f"--lr-range names optimizer {o!r}, which is not in the grid")
+        try:
+            lo, hi = pair
+        except (TypeError, ValueError):
+            raise ValueError(f"the learning-rate range of {o!r} must be LO:HI, got {pair!r}"
+                             ) from None
+        if not 0 < float(lo) <= float(hi):
+            raise ValueError(f"the learning-rate range of {o!r} needs 0 < LO <= HI, "
+                             f"got {lo}:{hi}")
     make_task(config.task, config.seq_len, **dict(config.task_options))
     for entry in grid(config):
         train_config(config, entry)
@@ -175,10 +219,53 @@ def default_workers() -> int:
     return 2 if jax.default_backend() == "cpu" and (os.cpu_count() or 1) >= 2 else 1
 
 
+def select_trial(eval_loss: Any, diverged: Any, n_trials: int) -> int | None:
+    """The trial chosen by :data:`SELECTION_RULE` (``None`` if every trial diverged).
+
+    Args:
+      eval_loss: final held-out loss per slot, ``(n_trials * seeds,)``, trial-major.
+      diverged: per slot, the first non-finite step (``-1``: none).
+      n_trials: the number of trials (the rates ascending, so the first minimum is the
+        smaller rate).
+    """
+    import numpy as np
+
+    loss = np.asarray(eval_loss, np.float64).reshape(n_trials, -1).mean(axis=1)
+    bad = (np.asarray(diverged).reshape(n_trials, -1) >= 0).any(axis=1) | ~np.isfinite(loss)
+    if bad.all():
+        return None
+    return int(np.argmin(np.where(bad, np.inf, loss)))
+
+
+def _tuning_record(config: CompareConfig, entry: dict[str, Any], tc: Any, result: Any):
+    """``(chosen trial or None, the tuning record of result.json)``."""
+    import numpy as np
+
+    rates = tc.lr_trials
+    if not rates:
+        return None, {"searched": False, "chosen_rate": tc.learning_rate,
+                      "why": "pinned with --lr" if entry["optimizer"] in config.learning_rates
+                      else f"trials={config.trials}" if config.trials <= 1
+                      else f"schedule {entry['schedule']} (trials need the constant schedule)"}
+    n, s = len(rates), len(tc.seeds)
+    chosen = select_trial(result.final_eval["loss"], result.diverged, n)
+    loss = np.asarray(result.final_eval["loss"], np.float64).reshape(n, s)
+    lo, hi = config.lr_range(entry["optimizer"])
+    return chosen, {
+        "searched": True, "space": {"kind": "log-uniform grid", "lo": lo, "hi": hi, "trials": n},
+        "rule": SELECTION_RULE, "rates": list(rates),
+        "eval_loss": loss.tolist(), "eval_loss_mean": loss.mean(axis=1).tolist(),
+        "diverged_at": np.asarray(result.diverged).reshape(n, s).tolist(),
+        "chosen": chosen, "chosen_rate": None if chosen is None else rates[chosen],
+        "slot_runs": n * s,
+    }
+
+
 def _run_entry(config_dict: dict[str, Any], entry: dict[str, Any], out: str,
                progress: bool) -> dict[str, Any]:
-    """Trains one grid cell into ``out/<name>`` and writes its ``result.json`` (a top-level
-    function, so worker processes can run it)."""
+    """Trains one grid cell (all its learning-rate trials and seeds, one compiled program)
+    into ``out/<name>``, selects the rate and writes ``result.json`` (a top-level function, so
+    worker processes can run it). The record's ``final_*`` values are the chosen trial's."""
     from gatezoo.training import train
 
     config = CompareConfig.from_dict(config_dict)
@@ -186,13 +273,32 @@ def _run_entry(config_dict: dict[str, Any], entry: dict[str, Any], out: str,
     tc = train_config(config, entry)
     resume = (run_dir / "checkpoints").is_dir()
     result = train(tc, run_dir, resume=resume, progress=progress)
+    chosen, tuning = _tuning_record(config, entry, tc, result)
+    s = len(tc.seeds)
+    pick = slice(0, s) if chosen is None else slice(chosen * s, (chosen + 1) * s)
     record = {
         "wall_time_s": float(result.wall_time),
-        "final_loss": [float(v) for v in result.final_loss],
-        "final_eval": {k: [float(x) for x in v] for k, v in result.final_eval.items()},
+        # the trial whose seeds the report shows (the first when every trial diverged)
+        "trial": (chosen or 0) if tuning["searched"] else None,
+        "tuning": tuning,
+        "final_loss": [float(v) for v in result.final_loss[pick]],
+        "final_eval": {k: [float(x) for x in v[pick]] for k, v in result.final_eval.items()},
     }
     (run_dir / "result.json").write_text(json.dumps(record, indent=1))
     return record
+
+
+def _rates_label(config: CompareConfig, entry: dict[str, Any]) -> str:
+    rates = config.lr_trials(entry["optimizer"], entry["schedule"])
+    if rates:
+        return f"{len(rates)} rates {rates[0]:.3g}..{rates[-1]:.3g}"
+    return f"lr {config.learning_rate(entry['optimizer']):g}"
+
+
+def _result_label(record: dict[str, Any]) -> str:
+    loss = record["final_eval"]["loss"]
+    lr = record["tuning"]["chosen_rate"] or float("nan")
+    return f"lr {lr:.3g}, held-out loss {sum(loss) / len(loss):.4g}"
 
 
 def run_compare(
@@ -232,9 +338,8 @@ def run_compare(
     _write_status(out, config, status, start)
 
     def started(i, entry):
-        log(f"[{i}/{len(cells)}] {entry['name']}: {config.task}, "
-            f"lr {config.learning_rate(entry['optimizer']):g}, {config.steps} steps x "
-            f"{config.seeds} seeds")
+        log(f"[{i}/{len(cells)}] {entry['name']}: {config.task}, {_rates_label(config, entry)}, "
+            f"{config.steps} steps x {config.seeds} seeds")
         status[entry["name"]] = "running"
         _write_status(out, config, status, start)
 
@@ -244,9 +349,8 @@ def run_compare(
             log(f"[{i}/{len(cells)}] {entry['name']}: failed: {err}")
         else:
             status[entry["name"]] = "done"
-            loss = record["final_loss"]
             log(f"[{i}/{len(cells)}] {entry['name']}: done in {record['wall_time_s']:.1f} s, "
-                f"final loss {sum(loss) / len(loss):.4g}")
+                + _result_label(record))
         _write_status(out, config, status, start)
 
     cfg_dict = config.to_dict()

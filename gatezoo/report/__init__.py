@@ -28,15 +28,18 @@ def report_figures(run_dir: str | Path):
     root = Path(run_dir)
     if not root.is_dir():
         raise FileNotFoundError(f"run folder {str(root)!r} does not exist")
-    figures, tables, summary, parts = [], [], {}, []
+    figures, tables, summary, parts, findings = [], [], {}, [], []
     if (root / "compare.json").is_file() or (root / "metrics.jsonl").is_file():
         from gatezoo.report.compare_report import compare_figures, compare_table, load_compare
 
         cr = load_compare(root)
         if not cr.runs:
             raise FileNotFoundError(f"{str(root)!r} holds no run with metrics yet")
+        from gatezoo.report.findings import compare_findings
+
         figures += compare_figures(cr)
         table, records = compare_table(cr)
+        findings += compare_findings(cr, records)
         tables.append(table)
         summary["compare"] = {"config": cr.doc.get("config", {}),
                               "status": cr.doc.get("status", {}), "runs": records}
@@ -84,6 +87,8 @@ def report_figures(run_dir: str | Path):
     title = "gatezoo report: " + ", ".join(parts)
     intro = _INTRO.get(parts[0], "") if len(parts) == 1 else (
         "Reproduction of the experiments of Livi, arXiv 2508.12121 (THEORY.md §6).")
+    if findings:
+        summary["findings"] = findings
     return title, intro, figures, tables, summary
 
 
@@ -124,4 +129,5 @@ def build_report(run_dir: str | Path, out_dir: str | Path | None = None) -> Path
     folder (into the folder itself unless ``out_dir``) and returns the page's path."""
     title, intro, figures, tables, summary = report_figures(run_dir)
     return write_report(out_dir or run_dir, title=title, intro=intro, figures=figures,
-                        tables=tables, summary=summary, notes=summary.get("notes", ()))
+                        tables=tables, summary=summary, notes=summary.get("notes", ()),
+                        findings=summary.get("findings", ()))

@@ -13,11 +13,14 @@ from typing import Any
 
 import numpy as np
 
-from gatezoo.report.figures import ReportFigure, color_for, new_figure, render
+from gatezoo.report import compare_plots as plots
+from gatezoo.report.compare_plots import smooth, variant
+from gatezoo.report.figures import ReportFigure
 from gatezoo.report.page import Table
-from gatezoo.report.runfiles import RunMetrics, lag_series, read_metrics
+from gatezoo.report.runfiles import RunMetrics, read_metrics
 
-__all__ = ["CompareRuns", "load_compare", "compare_figures", "compare_table", "smooth"]
+__all__ = ["CompareRuns", "load_compare", "compare_figures", "compare_table", "smooth",
+           "baseline_of", "target_of", "time_to_target"]
 
 
 class CompareRuns:
@@ -33,12 +36,7 @@ class CompareRuns:
     @property
     def variants(self) -> list[str]:
         """Optimizer (and schedule) labels in grid order."""
-        return list(dict.fromkeys(_variant(e) for e, _, _ in self.runs.values()))
-
-
-def _variant(entry: dict[str, Any]) -> str:
-    sch = entry.get("schedule", "constant")
-    return entry["optimizer"] + ("" if sch == "constant" else f"/{sch}")
+        return list(dict.fromkeys(variant(e) for e, _, _ in self.runs.values()))
 
 
 def load_compare(root: str | Path) -> CompareRuns:
@@ -63,24 +61,15 @@ def load_compare(root: str | Path) -> CompareRuns:
             continue  # not started yet (interrupted before it)
         result = json.loads((d / "result.json").read_text()) if (
             d / "result.json").is_file() else None
-        runs[e["name"]] = (e, read_metrics(d), result)
+        trial = result.get("trial") if result is not None else None
+        if result is None and json.loads((d / "config.json").read_text() if (
+                d / "config.json").is_file() else "{}").get("lr_trials"):
+            trial = 0  # interrupted before the selection: show the first trial
+        runs[e["name"]] = (e, read_metrics(d, trial=trial), result)
     return CompareRuns(root, doc, runs)
 
 
-def smooth(y: np.ndarray, window: int) -> np.ndarray:
-    """Trailing moving average over ``window`` points (shorter at the start)."""
-    y = np.asarray(y, np.float64)
-    if window <= 1 or y.size == 0:
-        return y
-    c = np.cumsum(np.insert(y, 0, 0.0))
-    out = np.empty_like(y)
-    for i in range(y.size):
-        lo = max(0, i + 1 - window)
-        out[i] = (c[i + 1] - c[lo]) / (i + 1 - lo)
-    return out
-
-
-def _baseline(cr: CompareRuns) -> float | None:
+def baseline_of(cr: CompareRuns) -> float | None:
     try:
         from gatezoo.tasks import make_task
 
@@ -92,223 +81,22 @@ def _baseline(cr: CompareRuns) -> float | None:
         return None
 
 
-def _panels(n: int, width=4.2, height=3.2):
-    ncols = min(n, 3)
-    nrows = (n + ncols - 1) // ncols
-    fig, axes = new_figure(ncols=ncols, nrows=nrows, width=width, height=height)
-    flat = list(axes.ravel())
-    for ax in flat[n:]:
-        ax.axis("off")
-    return fig, flat[:n]
-
-
-def _last_tracked(m: RunMetrics, base: str):
-    """Lag profile at the last tracked step: ``(lags, step, mean over seeds)``."""
-    lags, steps, stack = lag_series(m, base)
-    if lags.size == 0:
-        return lags, None, np.zeros(0)
-    with np.errstate(all="ignore"):
-        return lags, int(steps[-1]), np.nanmean(stack[-1], axis=-1)
 
 
 def compare_figures(cr: CompareRuns) -> list[ReportFigure]:
-    figs: list[ReportFigure] = []
-    base = _baseline(cr)
-    cells, variants = cr.cells, cr.variants
+    """The report's figures in page order (builders with nothing to draw are left out)."""
+    base = baseline_of(cr)
+    figs = [plots.loss_figure(cr, base), plots.tuning_figure(cr, base), plots.lag_figure(cr),
+            plots.gate_correction_figure(cr), plots.analogies_figure(cr),
+            plots.anisotropy_figure(cr)]
+    return [f for f in figs if f is not None]
 
-    # 1. loss curves ----------------------------------------------------------------------
-    fig, axes = _panels(len(cells))
-    data: dict[str, Any] = {}
-    for ax, cell in zip(axes, cells, strict=False):
-        for name, (e, m, _) in cr.runs.items():
-            if e["cell"] != cell:
-                continue
-            steps, loss = m.seed_mean("loss")
-            col = color_for(variants.index(_variant(e)))
-            ax.semilogy(steps, smooth(loss, 10), color=col, label=_variant(e))
-            es, el = m.seed_mean("loss", "eval")
-            if es.size:
-                ax.semilogy(es, el, "o", color=col, ms=3)
-            data[name] = {"step": steps.tolist(), "loss_mean": loss.tolist(),
-                          "eval_step": es.tolist(), "eval_loss_mean": el.tolist()}
-        if base is not None:
-            ax.axhline(base, color="k", ls="--", lw=1, label="trivial baseline")
-        ax.set_title(cell)
-        ax.set_xlabel("step")
-        ax.set_ylabel("loss")
-        ax.legend(fontsize=7)
-    figs.append(ReportFigure(
-        "loss_curves", "Training loss per cell and optimizer",
-        "Training loss (mean over seeds, 10-step moving average; dots: held-out evaluation) "
-        "against step, one panel per cell, one colour per optimizer. The dashed line is the "
-        "task's trivial baseline: a curve that stays on it has learned nothing; the lower and "
-        "earlier a curve falls below it, the better.",
-        data, render(fig),
-    ))
 
-    # 2. effective learning rate by lag: measured vs predicted ----------------------------
-    fig, axes = _panels(len(cells))
-    data = {}
-    any_lag = False
-    for ax, cell in zip(axes, cells, strict=False):
-        for name, (e, m, _) in cr.runs.items():
-            if e["cell"] != cell:
-                continue
-            col = color_for(variants.index(_variant(e)))
-            entry = {}
-            for key, ls, lab in (("sensitivity/profile", "-", "measured S(l)/S(1)"),
-                                 ("lags/ratio", "-.", "error signal ||dL/dh_T-l||"),
-                                 ("transport/candidate", ":", "predicted prod(alpha)"),
-                                 ("transport/retention", "--", "predicted prod(1-alpha)")):
-                lags, step, prof = _last_tracked(m, key)
-                if lags.size == 0:
-                    continue
-                any_lag = True
-                ax.semilogy(lags, prof, ls, color=col, marker=".",
-                            label=f"{_variant(e)}: {lab}")
-                entry[key] = {"lags": lags.tolist(), "step": step, "mean": prof.tolist()}
-            data[name] = entry
-        ax.set_title(cell)
-        ax.set_xlabel("lag l")
-        ax.set_ylabel("relative gain (lag 1 = 1)")
-        ax.legend(fontsize=5)
-    if any_lag:
-        figs.append(ReportFigure(
-            "effective_lr_by_lag", "Effective learning rate by lag: measured vs predicted",
-            "At the last tracked step (mean over seeds), per cell: the measured transport gain "
-            "by lag (solid: probe sensitivity ||J_t...J_t-l+1||_2 normalised at lag 1; dash-dot: "
-            "the training error signal's norm by lag) beside the gate-product predictions "
-            "(dotted: product of candidate weights alpha; dashed: product of retentions "
-            "1 - alpha). Curves that fall together mean the gates alone explain how strongly "
-            "errors from l steps back update the weights; log y-axis.",
-            data, render(fig),
-        ))
-
-    # 3. gate correction ||G1|| / ||G0|| over training ------------------------------------
-    rows = [(n, e, m) for n, (e, m, _) in cr.runs.items()
-            if m.get("expansion/g1_over_g0") is not None]
-    if rows:
-        fig, axes = _panels(len(variants))
-        data = {}
-        for ax, var in zip(axes, variants, strict=False):
-            for name, e, m in rows:
-                if _variant(e) != var:
-                    continue
-                st, r = m.seed_mean("expansion/g1_over_g0")
-                ax.semilogy(st, r, color=color_for(cells.index(e["cell"])), label=e["cell"])
-                data[name] = {"step": st.tolist(), "g1_over_g0_mean": r.tolist()}
-            ax.set_title(var)
-            ax.set_xlabel("step")
-            ax.set_ylabel("||G1|| / ||G0||")
-            ax.legend(fontsize=7)
-        figs.append(ReportFigure(
-            "gate_correction", "First-order gate correction of the gradient over training",
-            "||G1|| / ||G0|| (mean over seeds) against step, one panel per optimizer, one "
-            "colour per gated cell: the size of the gate-induced first-order part of the "
-            "gradient relative to the gates-frozen part. Small but non-zero and persistent "
-            "values are the 'small but systematic' corrections of the theory.",
-            data, render(fig),
-        ))
-
-    # 4. gate-induced beside optimizer-induced effective learning rates -------------------
-    # each analogy is drawn for the runs of the optimizer it compares with (all runs if the
-    # grid has none of that kind)
-    def runs_of(kinds):
-        picked = [(n, e, m) for n, (e, m, _) in cr.runs.items() if e["optimizer"] in kinds]
-        return picked or [(n, e, m) for n, (e, m, _) in cr.runs.items()]
-
-    fig, axes = new_figure(ncols=3, width=4.4)
-    ax_m, ax_s, ax_a = axes[0]
-    # (panel key, axis, optimizers compared, gate metric, optimizer metric, log-y, label)
-    panels = (
-        ("momentum", ax_m, ("momentum", "nesterov"), "beta_gate", "beta_optimizer", False,
-         "1 - mean(alpha)"),
-        ("schedule", ax_s, ("sgd",), "gate_step", "lr", True, "lr x mean(alpha)"),
-        ("adam", ax_a, ("adam", "adamw", "rmsprop"), "gate_anisotropy", "adam_anisotropy",
-         True, "gate"),
-    )
-    data = {key: {} for key, *_ in panels}
-    drew = False
-    for key, ax, kinds, gate_metric, opt_metric, logy, label in panels:
-        plot = ax.semilogy if logy else ax.plot
-        for name, e, m in runs_of(kinds):
-            col = color_for(cells.index(e["cell"]))
-            st, gate = m.seed_mean(f"analogies/{gate_metric}")
-            if not st.size:
-                continue
-            drew = True
-            plot(st, gate, color=col, label=f"{e['cell']}: {label} ({_variant(e)})")
-            data[key][name] = {"step": st.tolist(), gate_metric: gate.tolist()}
-            st2, opt = m.seed_mean(f"analogies/{opt_metric}")
-            if st2.size:
-                plot(st2, opt, color=col, ls="--", lw=1)
-                data[key][name][opt_metric] = opt.tolist()
-    ax_m.set_title("momentum: leak 1 - alpha vs optimizer beta (--)", fontsize=9)
-    ax_s.set_title("schedule: lr x alpha vs lr in force (--)", fontsize=9)
-    ax_a.set_title("Adam: gate vs Adam per-row anisotropy (--)", fontsize=9)
-    for ax in (ax_m, ax_s, ax_a):
-        ax.set_xlabel("step")
-        ax.legend(fontsize=6)
-    if drew:
-        figs.append(ReportFigure(
-            "gate_vs_optimizer", "Gate-induced beside optimizer-induced adaptivity",
-            "Three analogies over training (means over seeds; colour = cell). Left, momentum "
-            "runs: the leak 1 - mean(alpha) acts as a momentum coefficient along sequence time "
-            "(solid) beside the optimizer's own momentum beta (dashed). Middle, SGD runs: the "
-            "gate scales each step as lr x mean(alpha), a data-driven schedule (solid), beside "
-            "the learning rate in force (dashed). Right, Adam runs: max/min over neurons of the "
-            "gate's per-neuron scaling, a diagonal preconditioner (solid), beside max/min of "
-            "Adam's per-row effective step (dashed). Where solid and dashed differ, gates and "
-            "optimizer adapt differently: complementary, not equivalent.",
-            data, render(fig),
-        ))
-
-    # 5. anisotropy of propagation and of updates per cell and optimizer ------------------
-    width = 0.8 / max(len(variants), 1)
-    fig, axes = new_figure(ncols=2, width=5.6)
-    data = {"propagation_ai": {}, "update_ai": {}}
-    drew = False
-    x = np.arange(len(cells))
-    for vi, var in enumerate(variants):
-        prop, upd = [], []
-        for cell in cells:
-            p = u = np.nan
-            for e, m, _ in cr.runs.values():
-                if e["cell"] == cell and _variant(e) == var:
-                    lags, _, prof = _last_tracked(m, "anisotropy/jac_ai")
-                    if lags.size:
-                        p = float(np.nanmedian(prof))
-                    st, g = m.seed_mean("anisotropy/grad_ai")
-                    if st.size:
-                        u = float(g[-1])
-            prop.append(p)
-            upd.append(u)
-        data["propagation_ai"][var] = prop
-        data["update_ai"][var] = upd
-        if np.isfinite(prop).any() or np.isfinite(upd).any():
-            drew = True
-        axes[0, 0].bar(x + vi * width, prop, width, color=color_for(vi), label=var)
-        axes[0, 1].bar(x + vi * width, upd, width, color=color_for(vi), label=var)
-    for ax, title in ((axes[0, 0], "propagation: Jacobian-product AI (median over lags)"),
-                      (axes[0, 1], "updates: per-sample gradient AI")):
-        ax.set_xticks(x + width * (len(variants) - 1) / 2)
-        ax.set_xticklabels(cells)
-        ax.set_yscale("log")
-        ax.set_title(title, fontsize=9)
-        ax.legend(fontsize=7)
-    if drew:
-        data["cells"] = cells
-        figs.append(ReportFigure(
-            "anisotropy", "Anisotropy of propagation and of updates",
-            "At the last probe (mean over seeds), per cell (groups) and optimizer (colours). "
-            "Left: anisotropy index sigma_1/sigma_10 of Jacobian products through the sequence "
-            "(median over the probed lags): how strongly the cell's state transport favours "
-            "few directions, set by the gates. Right: the same index for the per-sample "
-            "gradients: how concentrated the updates are in parameter space, where Adam acts. "
-            "Higher = more concentrated (log scale).",
-            data, render(fig),
-        ))
-    return figs
+def target_of(cr: CompareRuns) -> float | None:
+    """The held-out loss to reach: ``config.target``, else half the trivial baseline."""
+    target = cr.doc.get("config", {}).get("target")
+    base = baseline_of(cr)
+    return float(target) if target is not None else (0.5 * base if base else None)
 
 
 def steps_to_target(steps: np.ndarray, loss: np.ndarray, target: float, window: int = 10):
@@ -318,37 +106,77 @@ def steps_to_target(steps: np.ndarray, loss: np.ndarray, target: float, window: 
     return int(steps[hit[0]]) if hit.size else None
 
 
+def time_to_target(m: RunMetrics, target: float, trials: int) -> tuple[int | None, float | None]:
+    """``(step, seconds)`` at which the held-out loss (mean over seeds) first reaches
+    ``target``: AlgoPerf's time to a validation target.
+
+    Seconds are the step count times the run's median time per compiled step (first round trip,
+    which includes compilation, left out), divided by the number of learning-rate trials that
+    shared those steps: the cost of this one trial's seeds.
+    """
+    es, el = m.seed_mean("loss", "eval")
+    hit = np.nonzero(el <= target)[0]
+    if not hit.size:
+        return None, None
+    step = int(es[hit[0]])
+    sps = m.get("steps_per_sec")
+    if sps is None:
+        return step, None
+    rates = np.nanmean(sps, axis=1)
+    rates = rates[np.isfinite(rates)]
+    rates = rates[rates != rates[0]] if np.unique(rates).size > 1 else rates
+    per_step = float(np.median(1.0 / rates)) if rates.size else float("nan")
+    return step, step * per_step / max(trials, 1)
+
+
+def _wall(m: RunMetrics, result: dict | None) -> float:
+    if result is not None:
+        return float(result["wall_time_s"])
+    sps = m.get("steps_per_sec")  # interrupted: time of the steps that ran
+    per_step = 1.0 / np.nanmean(sps, axis=1) if sps is not None else np.zeros(0)
+    return float(np.nansum(per_step)) if per_step.size else float("nan")
+
+
+def _record(name: str, e: dict, m: RunMetrics, result: dict | None, base, target) -> dict:
+    steps, loss = m.seed_mean("loss")
+    final = float(np.mean(loss[-10:])) if loss.size else float("nan")
+    es, el = m.seed_mean("loss", "eval")
+    final_eval = float(el[-1]) if el.size else float("nan")
+    tuning = (result or {}).get("tuning") or {"searched": False}
+    trials = len(tuning.get("rates", [])) if tuning.get("searched") else 1
+    reach, seconds = time_to_target(m, target, trials) if target is not None else (None, None)
+    lr = tuning.get("chosen_rate", m.config.get("learning_rate"))
+    return {"run": name, "cell": e["cell"], "optimizer": variant(e),
+            "steps_done": int(steps[-1]) + 1 if steps.size else 0,
+            "learning_rate": lr, "trials": trials, "tuning": tuning,
+            "final_train_loss": final, "final_eval_loss": final_eval, "baseline": base,
+            "loss_over_baseline": final / base if base else None,
+            "eval_over_baseline": final_eval / base if base else None,
+            "target": target, "steps_to_target": reach, "seconds_to_target": seconds,
+            "steps_to_target_train": steps_to_target(steps, loss, target)
+            if target is not None and loss.size else None,
+            "wall_time_s": _wall(m, result), "finished": result is not None}
+
+
 def compare_table(cr: CompareRuns) -> tuple[Table, list[dict[str, Any]]]:
-    base = _baseline(cr)
-    cfg = cr.doc.get("config", {})
-    target = cfg.get("target")
-    if target is None and base is not None:
-        target = 0.5 * base
+    """The cells x optimizers table and one record per grid cell (for summary.json)."""
+    base, target = baseline_of(cr), target_of(cr)
     rows, records = [], []
     for name, (e, m, result) in cr.runs.items():
-        steps, loss = m.seed_mean("loss")
-        final = float(np.mean(loss[-10:])) if loss.size else float("nan")
-        es, el = m.seed_mean("loss", "eval")
-        final_eval = float(el[-1]) if el.size else float("nan")
-        reach = steps_to_target(steps, loss, target) if target is not None and loss.size else None
-        if result is not None:
-            wall = float(result["wall_time_s"])
-        else:  # interrupted: time of the steps that ran
-            sps = m.get("steps_per_sec")
-            per_step = 1.0 / np.nanmean(sps, axis=1) if sps is not None else np.zeros(0)
-            wall = float(np.nansum(per_step)) if per_step.size else float("nan")
-        rec = {"run": name, "cell": e["cell"], "optimizer": _variant(e),
-               "steps_done": int(steps[-1]) + 1 if steps.size else 0,
-               "final_train_loss": final, "final_eval_loss": final_eval, "baseline": base,
-               "loss_over_baseline": final / base if base else None,
-               "target": target, "steps_to_target": reach, "wall_time_s": wall,
-               "finished": result is not None}
+        rec = _record(name, e, m, result, base, target)
         records.append(rec)
-        rows.append([e["cell"], _variant(e), rec["steps_done"], final, final_eval, base,
-                     rec["loss_over_baseline"], reach if reach is not None else "not reached",
-                     wall])
-    table = Table(["cell", "optimizer", "steps", "final train loss (last 10, mean over seeds)",
-                   "final eval loss", "trivial baseline", "loss / baseline",
-                   f"steps to loss <= {target:.3g}" if target is not None else "steps to target",
-                   "wall time s"], rows, title="Cells x optimizers")
+        reach = rec["steps_to_target"]
+        lr = rec["learning_rate"]
+        rows.append([e["cell"], rec["optimizer"], "-" if lr is None else f"{lr:.3g}",
+                     rec["trials"], rec["steps_done"], rec["final_train_loss"],
+                     rec["final_eval_loss"], rec["eval_over_baseline"],
+                     reach if reach is not None else "not reached", rec["seconds_to_target"],
+                     rec["wall_time_s"]])
+    goal = f"held-out loss <= {target:.3g}" if target is not None else "target"
+    table = Table(["cell", "optimizer", "chosen lr", "lr trials", "steps",
+                   "final train loss (last 10, mean over seeds)", "final held-out loss",
+                   "held-out loss / baseline", f"steps to {goal}",
+                   "s to target (one trial, compile excluded)",
+                   "wall time s (all trials and seeds, tuning included)"],
+                  rows, title="Cells x optimizers")
     return table, records

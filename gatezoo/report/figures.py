@@ -55,10 +55,13 @@ def new_figure(ncols: int = 1, nrows: int = 1, width: float = 5.2, height: float
     return fig, axes
 
 
-def render(fig) -> bytes:
-    """PNG bytes of a matplotlib figure, which is then closed (no figure leaks)."""
+def render(fig, tight: bool = True) -> bytes:
+    """PNG bytes of a matplotlib figure, which is then closed (no figure leaks).
+
+    ``tight=False`` keeps a layout already made (e.g. room reserved for a figure legend)."""
     buf = io.BytesIO()
-    fig.tight_layout()
+    if tight:
+        fig.tight_layout()
     fig.savefig(buf, format="png")
     plt.close(fig)
     return buf.getvalue()

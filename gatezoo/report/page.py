@@ -80,8 +80,12 @@ def write_report(
     tables: Sequence[Table] = (),
     summary: dict[str, Any] | None = None,
     notes: Sequence[str] = (),
+    findings: Sequence[dict[str, Any]] = (),
 ) -> Path:
     """Writes ``report.html``, ``figures/<name>.png``, ``table.md`` and ``summary.json``.
+
+    ``findings`` (``{"text", "figure"}`` each) open the page as a list, each linked to its
+    figure; they also go into ``summary.json`` under ``"findings"``.
 
     Returns the path of ``report.html``.
     """
@@ -93,6 +97,15 @@ def write_report(
         f"<title>{html.escape(title)}</title><style>{_CSS}</style></head><body>",
         f"<h1>{html.escape(title)}</h1><p>{html.escape(intro)}</p>",
     ]
+    names = {f.name: i for i, f in enumerate(figures, 1)}
+    if findings:
+        parts.append("<h2 id='findings'>Findings</h2><ul>")
+        for item in findings:
+            fig = item.get("figure")
+            link = (f" <a href='#{html.escape(fig)}'>(Figure {names[fig]})</a>"
+                    if fig in names else "")
+            parts.append(f"<li>{html.escape(item['text'])}{link}</li>")
+        parts.append("</ul>")
     for note in notes:
         parts.append(f"<p class='note'>{html.escape(note)}</p>")
     if tables:
@@ -115,5 +128,7 @@ def write_report(
         "\n".join(markdown_table(t) for t in tables) if tables else "(no table)\n"
     )
     if summary is not None:
+        if findings:
+            summary = {"findings": list(findings), **summary}
         (out / "summary.json").write_text(json.dumps(to_list(summary), indent=1))
     return page

@@ -56,8 +56,11 @@ def _num(v: Any) -> float:
         return math.nan
 
 
-def read_metrics(run_dir: str | Path) -> RunMetrics:
+def read_metrics(run_dir: str | Path, trial: int | None = None) -> RunMetrics:
     """Parses ``config.json`` and ``metrics.jsonl`` of a train run folder.
+
+    A run with learning-rate trials tags its lines with ``trial``; ``trial=k`` keeps trial
+    ``k``'s lines only (its seeds are then the series' columns).
 
     Raises:
       FileNotFoundError: if the folder has no ``metrics.jsonl``.
@@ -82,11 +85,13 @@ def read_metrics(run_dir: str | Path) -> RunMetrics:
                 continue  # a line cut by an interruption
             if not isinstance(rec, dict) or "step" not in rec:
                 continue
+            if trial is not None and rec.get("trial", trial) != trial:
+                continue
             split = str(rec.get("split", "train"))
             step, seed = int(rec["step"]), int(rec.get("seed", 0))
             seeds.add(seed)
             vals = {k: _num(v) for k, v in rec.items()
-                    if k not in ("step", "seed", "split")}
+                    if k not in ("step", "seed", "split", "trial")}
             rows.setdefault(split, {}).setdefault((step, seed), {}).update(vals)
     seed_list = sorted(seeds)
     seed_idx = {s: i for i, s in enumerate(seed_list)}

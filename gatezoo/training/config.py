@@ -46,6 +46,9 @@ class TrainConfig:
     ``self_check`` (the ``expansion`` instrument's check that the cell's ``__call__`` and its
     gate path agree; adds ``expansion``).
     ``fixed_batch``: the same training batch at every step (the S2 experiment's quirk).
+    ``lr_trials``: learning rates tried side by side (``()``: just ``learning_rate``); with
+    ``N`` of them the run trains ``N x len(seeds)`` slots, trial-major, in one compiled program
+    (:mod:`gatezoo.training.trials`; needs the constant schedule).
     """
 
     cell: str = "gru"
@@ -82,9 +85,11 @@ class TrainConfig:
     fixed_batch: bool = False
     devices: int | None = None
     seed_batch: int | None = None
+    lr_trials: tuple[float, ...] = ()
 
     def __post_init__(self):
         self.seeds = parse_seeds(self.seeds)
+        self.lr_trials = tuple(float(r) for r in self.lr_trials)
         if isinstance(self.instruments, str):
             self.instruments = tuple(n for n in self.instruments.split(",") if n)
         self.instruments = tuple(self.instruments)
@@ -111,6 +116,10 @@ class TrainConfig:
             positive("devices")
         if self.seed_batch is not None:
             positive("seed_batch")
+        if self.lr_trials and self.schedule != "constant":
+            raise ValueError(f"lr_trials need the constant schedule, got {self.schedule!r}")
+        if not all(r > 0 and r == r for r in self.lr_trials):
+            raise ValueError(f"lr_trials must all be > 0, got {self.lr_trials!r}")
         if not float(self.learning_rate) > 0:
             raise ValueError(f"learning_rate must be > 0, got {self.learning_rate!r}")
         if self.clip is not None and not float(self.clip) > 0:
@@ -143,7 +152,19 @@ class TrainConfig:
         d["optimizer"] = _optimizer_label(self.optimizer)
         d["seeds"] = list(self.seeds)
         d["instruments"] = list(self.instruments)
+        d["lr_trials"] = list(self.lr_trials)
         return d
+
+    # -- slots: trials x seeds -------------------------------------------------------------
+    def slot_seeds(self) -> tuple[int, ...]:
+        """The seed of every slot: ``seeds`` once per learning-rate trial (trial-major)."""
+        return tuple(self.seeds) * max(len(self.lr_trials), 1)
+
+    def slot_tags(self) -> list[dict[str, Any]]:
+        """What names each slot in the metric lines: ``{"seed"}`` plus ``{"trial"}`` with trials."""
+        if not self.lr_trials:
+            return [{"seed": s} for s in self.seeds]
+        return [{"seed": s, "trial": k} for k in range(len(self.lr_trials)) for s in self.seeds]
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
@@ -224,7 +245,8 @@ class RunResult:
     Attributes:
       params: final parameters, every leaf stacked over seeds (leading axis ``len(seeds)``).
       opt_state: final optimizer state, stacked over seeds.
-      final_loss: the training loss of the last step, one per seed (numpy ``(S,)``).
+      final_loss: the training loss of the last step, one per slot (numpy ``(S,)``; with
+        ``lr_trials`` the slots are trials x seeds, trial-major).
       final_eval: the last held-out evaluation, ``{metric: (S,) array}``.
       history: the metric lines written to ``metrics.jsonl`` by this call (list of dicts).
       wall_time: seconds spent in ``train`` (compilation included).
@@ -233,6 +255,8 @@ class RunResult:
       config: the config that ran.
       step_fns: the compiled functions of the run (``step_fns.chunk._cache_size()`` is 1: one
         trace per run).
+      diverged: per slot, the first step whose loss or gradient was not finite (-1: none);
+        only runs with ``lr_trials`` get here with a diverged slot (others raise).
     """
 
     params: Any
@@ -245,3 +269,4 @@ class RunResult:
     state: Any
     config: TrainConfig
     step_fns: Any = None
+    diverged: Any = None

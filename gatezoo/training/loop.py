@@ -47,6 +47,7 @@ from gatezoo.training.sharding import (
 )
 from gatezoo.training.sinks import JsonlSink, Progress, TensorBoardSink, clean_line, truncate_jsonl
 from gatezoo.training.step import FAST_COMPILE, data_keys, make_step_fns
+from gatezoo.training.trials import set_slot_learning_rates
 
 __all__ = ["train", "TrainingDiverged", "load_task", "init_params", "attach_run"]
 
@@ -79,7 +80,8 @@ def _builder(config: TrainConfig, task: Any, model: ModelBuilder | None):
 
 
 def init_params(config: TrainConfig, task: Any, model: ModelBuilder | None = None) -> Any:
-    """Every seed's parameters at once, leaves stacked over ``config.seeds``.
+    """Every seed's parameters at once, leaves stacked over the slots
+    (``config.slot_seeds()``: the seeds, once per learning-rate trial).
 
     They equal, seed by seed, what ``build_model(config, task, seed)`` (or ``model(rngs)``)
     gives eagerly (the initialisers are vmapped and jitted: one compile instead of one per seed).
@@ -90,7 +92,7 @@ def init_params(config: TrainConfig, task: Any, model: ModelBuilder | None = Non
         return nnx.state(build(seed), nnx.Param)
 
     return jax.jit(jax.vmap(one), compiler_options=FAST_COMPILE)(
-        jnp.asarray(config.seeds, jnp.int32)
+        jnp.asarray(config.slot_seeds(), jnp.int32)
     )
 
 
@@ -204,9 +206,13 @@ def train(
         probe_batch_size=config.probe_batch_size, fixed_batch=config.fixed_batch, mesh=mesh,
         seed_batch=config.seed_batch,
     )
-    keys = jnp.stack([data_keys(s) for s in config.seeds])
+    keys = jnp.stack([data_keys(s) for s in config.slot_seeds()])
     data = replicate(getattr(task, "data", None), mesh)
-    state = replicate(step_fns.init(params, keys), mesh)
+    state = step_fns.init(params, keys)
+    if config.lr_trials:
+        rates = [r for r in config.lr_trials for _ in config.seeds]
+        state = state._replace(opt_state=set_slot_learning_rates(state.opt_state, rates))
+    state = replicate(state, mesh)
 
     writer = path is not None and is_writer()
     ckpt = None
@@ -228,8 +234,11 @@ def train(
     bar = Progress(config.steps, enabled=progress)
     history: list[dict] = []
     final_eval: dict = {}
-    last_loss = np.full(len(config.seeds), np.nan)
-    seeds = list(config.seeds)
+    tags = config.slot_tags()
+    last_loss = np.full(len(tags), np.nan)
+    # with learning-rate trials a diverging slot is a finding, not an error: the compiled step
+    # keeps its last finite state and the loop records the first bad step (-1: never)
+    diverged = np.full(len(tags), -1)
 
     def emit(lines: list[dict]) -> None:
         lines = [clean_line(line) for line in lines]
@@ -242,9 +251,9 @@ def train(
         out = jax.device_get(step_fns.evaluate(state.params, keys, data))
         final_eval = {k: np.asarray(v) for k, v in out.items()}
         emit([
-            {"step": step, "seed": seed, "split": "eval",
+            {"step": step, **tag, "split": "eval",
              **{k: float(v[i]) for k, v in final_eval.items()}}
-            for i, seed in enumerate(seeds)
+            for i, tag in enumerate(tags)
         ])
         bar.eval_loss = float(np.mean(final_eval["loss"]))
 
@@ -274,14 +283,18 @@ def train(
             out = {k: np.asarray(v)[:n] for k, v in jax.device_get(out).items()}
             rate = n / (time.perf_counter() - t0)
             finite = out.pop("finite")
+            if config.lr_trials:
+                first = np.where((~finite).any(axis=0), np.argmax(~finite, axis=0) + step, -1)
+                diverged = np.where((diverged < 0) & (first >= 0), first, diverged)
+                finite = np.ones_like(finite)
             bad = np.argwhere(~finite)
             good_steps = int(bad[0][0]) if len(bad) else n
             lines = [
-                {"step": step + k, "seed": seed, "split": "train", **{
+                {"step": step + k, **tag, "split": "train", **{
                     name: out[name][k, i] for name in out
                 }, "steps_per_sec": rate}
                 for k in range(good_steps + (1 if len(bad) else 0))
-                for i, seed in enumerate(seeds)
+                for i, tag in enumerate(tags)
             ]
             emit(lines)
             if len(bad):
@@ -290,7 +303,7 @@ def train(
                 where = f"; last good checkpoint: step {kept}" if kept is not None else ""
                 raise TrainingDiverged(
                     f"training diverged: non-finite loss or gradient at step {step + k} for "
-                    f"seed {seeds[i]} (loss {out['loss'][k, i]}){where}"
+                    f"seed {tags[i]['seed']} (loss {out['loss'][k, i]}){where}"
                 )
             state = new_state
             step += n
@@ -312,7 +325,7 @@ def train(
     return RunResult(
         params=state.params, opt_state=state.opt_state, final_loss=np.asarray(last_loss),
         final_eval=final_eval, history=history, wall_time=time.perf_counter() - t_start,
-        run_dir=path, state=state, config=config, step_fns=step_fns,
+        run_dir=path, state=state, config=config, step_fns=step_fns, diverged=diverged,
     )
 
 

@@ -289,6 +289,10 @@ def make_optimizer(
         schedule, learning_rate, steps=steps, warmup=warmup, decay_rate=decay_rate,
         step_size=step_size,
     )
+    if schedule == "constant":
+        # a number, not a constant schedule: it then lives in the state, where learning-rate
+        # trials set it per slot (gatezoo.training.trials)
+        rate = float(learning_rate)
     knobs = {"momentum": momentum, "b1": b1, "b2": b2, "eps": eps,
              "weight_decay": weight_decay, "decay": rmsprop_decay}
     kwargs: dict[str, Any] = {k: float(knobs[k]) for k in entry.hyperparams}

@@ -140,13 +140,19 @@ def make_step_fns(
             jnp.stack([jnp.all(jnp.isfinite(g)) for g in jax.tree_util.tree_leaves(out.grads)])
         )
         lr = learning_rate_in_force(out.opt_state)
+        # a non-finite step leaves the slot as it was: a diverging learning-rate trial must not
+        # spread NaN into instruments (a run without trials stops at that step anyway)
+        new_params, new_opt_state = jax.tree_util.tree_map(
+            lambda new, old: jnp.where(finite, new, old), (new_params, out.opt_state),
+            (params, opt_state),
+        )
         metrics = {
             "loss": out.loss,
             "lr": jnp.asarray(jnp.nan, out.loss.dtype) if lr is None else lr,
             "grad_norm": optax.tree.norm(out.grads),
             **out.metrics,
         }
-        return new_params, out.opt_state, out.state, metrics, finite
+        return new_params, new_opt_state, out.state, metrics, finite
 
     vmapped = jax.vmap(one_step, in_axes=(0, 0, 0, 0, 0, None, None))
 

@@ -1,0 +1,161 @@
+"""Findings of a compare report: short sentences computed from the numbers.
+
+Each finding is ``{"text", "value", "figure"}``: a sentence, the number(s) it states and the name
+of the figure that shows them (the page links to it). Nothing here is written in advance: a
+finding whose numbers are missing from the runs is left out, and a claim of THEORY.md §7 that
+the run tested and that did not hold is stated as such.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from gatezoo.report.compare_plots import variant
+from gatezoo.report.runfiles import RunMetrics
+
+__all__ = ["compare_findings", "R2_HIGH", "BELOW_BASELINE"]
+
+#: R^2 of the gate-product power fit that counts as "tracks the measured profile" (§7.14)
+R2_HIGH = 0.8
+#: a run "learned something" when its held-out loss ends below this fraction of the baseline
+BELOW_BASELINE = 0.9
+
+
+def _f(text: str, value: Any, figure: str) -> dict[str, Any]:
+    return {"text": text, "value": value, "figure": figure}
+
+
+def _last_mean(m: RunMetrics, name: str) -> float | None:
+    st, v = m.seed_mean(name)
+    return float(v[-1]) if st.size and np.isfinite(v[-1]) else None
+
+
+def _outcome(records: list[dict]) -> list[dict]:
+    out = []
+    ratios = [r["eval_over_baseline"] for r in records if r.get("eval_over_baseline") is not None]
+    if ratios:
+        below = sum(1 for x in ratios if x < BELOW_BASELINE)
+        out.append(_f(f"{below} of {len(ratios)} runs end with a held-out loss below "
+                      f"{BELOW_BASELINE}x the trivial baseline (best "
+                      f"{min(ratios):.2f}x, worst {max(ratios):.2f}x).",
+                      {"below": below, "runs": len(ratios), "best": min(ratios),
+                       "worst": max(ratios)}, "loss_curves"))
+    reached = [r for r in records if r.get("steps_to_target") is not None]
+    if reached:
+        first = min(reached, key=lambda r: (r["seconds_to_target"] or np.inf,
+                                            r["steps_to_target"]))
+        sec = first["seconds_to_target"]
+        out.append(_f(
+            f"{first['cell']} x {first['optimizer']} reached the held-out target "
+            f"{first['target']:.3g} first: step {first['steps_to_target']}"
+            + (f", {sec:.2f} s of training for its seeds" if sec is not None else "")
+            + f"; its whole tuning ({first['trials']} trials) took {first['wall_time_s']:.0f} s "
+            f"(lr {first['learning_rate']:.3g}). {len(reached)} of {len(records)} runs reached "
+            "the target.",
+            {"run": first["run"], "steps": first["steps_to_target"], "seconds": sec,
+             "tuning_wall_s": first["wall_time_s"], "reached": len(reached)}, "loss_curves"))
+    elif records and records[0].get("target") is not None:
+        out.append(_f(f"No run reached the held-out target {records[0]['target']:.3g}.",
+                      {"reached": 0}, "loss_curves"))
+    edge = [r["run"] for r in records if r.get("tuning", {}).get("searched")
+            and r["tuning"].get("chosen") in (0, len(r["tuning"]["rates"]) - 1)]
+    if edge:
+        out.append(_f(f"The chosen rate lies at the end of its search range for {len(edge)} "
+                      f"run(s) ({', '.join(edge)}): a wider range might do better there.",
+                      {"at_edge": edge}, "tuning_curves"))
+    return out
+
+
+def _lag_fit(cr) -> list[dict]:
+    out, failed = [], {}
+    for cell in cr.cells:
+        parts, value = [], {}
+        for e, m, _ in cr.runs.values():
+            if e["cell"] != cell:
+                continue
+            fit = {k: _last_mean(m, f"transport/{k}") for k in
+                   ("candidate_s", "candidate_r2", "retention_s", "retention_r2")}
+            if fit["candidate_r2"] is None or fit["retention_r2"] is None:
+                continue
+            best = "retention" if fit["retention_r2"] >= fit["candidate_r2"] else "candidate"
+            sym = "prod(1-alpha)" if best == "retention" else "prod(alpha)"
+            r2, s = fit[f"{best}_r2"], fit[f"{best}_s"]
+            parts.append(f"{variant(e)} {sym} (power {s:.2f}, R^2 {r2:.2f})")
+            value[variant(e)] = {"predictor": best, "power": s, "r2": r2} | fit
+            if r2 < R2_HIGH:
+                failed.setdefault(cell, []).append(variant(e))
+        if parts:
+            out.append(_f(f"{cell}: the error-signal profile by lag is fitted best by "
+                          + ", ".join(parts) + ".", value, "effective_lr_by_lag"))
+    if failed:
+        where = "; ".join(f"{c} ({', '.join(v)})" for c, v in failed.items())
+        out.append(_f(f"THEORY §7.14 (a gate-product power law tracks the lag profile with high "
+                      f"R^2) did not hold in this run for: {where}; best R^2 below {R2_HIGH}.",
+                      {"failed": failed, "r2_threshold": R2_HIGH}, "effective_lr_by_lag"))
+    return out
+
+
+def _gate_correction(cr) -> list[dict]:
+    parts, value, broken, zero = [], {}, [], []
+    for cell in cr.cells:
+        vals = []
+        for e, m, _ in cr.runs.values():
+            if e["cell"] == cell:
+                _, r = m.seed_mean("expansion/g1_over_g0")
+                vals.extend(r[np.isfinite(r)].tolist())
+        if not vals:
+            continue
+        v = np.asarray(vals)
+        med, lo, hi = float(np.median(v)), float(v.min()), float(v.max())
+        value[cell] = {"median": med, "min": lo, "max": hi}
+        if hi == 0.0:  # a constant gate has no gate-induced Jacobian part: B = 0 (§7.2)
+            zero.append(cell)
+            continue
+        parts.append(f"{cell} {med:.3g} ({lo:.3g} to {hi:.3g})")
+        if not (lo > 0 and hi < 1):
+            broken.append(cell)
+    out = []
+    if parts:
+        out.append(_f("||G1||/||G0|| over training, median (range) over all optimizers: "
+                      + ", ".join(parts) + "."
+                      + (f" {', '.join(zero)}: exactly 0, as THEORY §7.2 says for a constant "
+                         "gate (B = 0)." if zero else ""), value, "gate_correction"))
+    if broken:
+        out.append(_f(f"THEORY §7.12 ('corrections are small': 0 < ||G1||/||G0|| < 1 "
+                      f"throughout) did not hold for {', '.join(broken)}.",
+                      {c: value[c] for c in broken}, "gate_correction"))
+    return out
+
+
+_ANALOGY_TEXT = (
+    ("momentum", "beta_gate", "beta_optimizer",
+     "Momentum runs, leak 1 - mean(alpha) beside the optimizer's beta {b:.3g}: "),
+    ("sgd", "gate_step", "lr", "SGD runs, gate step lr x mean(alpha) beside the rate: "),
+    ("adam", "precond_corr", None,
+     "Adam runs, per-neuron correlation of the gate's and Adam's scaling: "),
+)
+
+
+def _analogies(cr) -> list[dict]:
+    out = []
+    for opt, ga, ob, head in _ANALOGY_TEXT:
+        parts, value, b = [], {}, None
+        for name, (e, m, _) in cr.runs.items():
+            _, gv = m.seed_mean(f"analogies/{ga}")
+            if e["optimizer"] != opt or not gv.size:
+                continue
+            a = float(np.nanmean(gv))
+            b = float(np.nanmean(m.seed_mean(f"analogies/{ob}")[1])) if ob else None
+            parts.append(f"{e['cell']} {a:.3g}" + (f" vs {b:.3g}" if ob == "lr" else ""))
+            value[name] = {ga: a, **({ob: b} if ob else {})}
+        if parts:
+            out.append(_f(head.format(b=b) + ", ".join(parts) + " (means over training).",
+                          value, "gate_vs_optimizer"))
+    return out
+
+
+def compare_findings(cr, records: list[dict]) -> list[dict[str, Any]]:
+    """The findings of a compare folder, in page order."""
+    return _outcome(records) + _lag_fit(cr) + _gate_correction(cr) + _analogies(cr)
