@@ -62,7 +62,12 @@ def test_compare_with_imported_cell_and_optimizers(tmp_path, monkeypatch):
             lines = [json.loads(t) for t in
                      (out / f"plugin-gated-{name}" / "metrics.jsonl").read_text().splitlines()]
             train = [ln for ln in lines if ln["split"] == "train"]
-            assert len(train) == 4
+            # the user's learning-rate factories are tuned like the built-in optimizers:
+            # compare's default 3 trials, each 4 steps, in one run
+            assert sorted({ln["trial"] for ln in train}) == [0, 1, 2]
+            assert len(train) == 3 * 4
+            tuning = json.loads((out / f"plugin-gated-{name}" / "result.json").read_text())
+            assert len(tuning["tuning"]["rates"]) == 3
             assert all(ln["optimizer/found_lr"] == 1.0 for ln in train)
             assert all(abs(ln["optimizer/step_gate_corr"]) <= 1.0 for ln in train)
             assert train[-1]["optimizer/step_mean"] > 0
