@@ -8,6 +8,8 @@ non-zero exit, never as a traceback.
 from __future__ import annotations
 
 import argparse
+import gc
+import os
 import signal
 import sys
 import threading
@@ -562,7 +564,22 @@ class Terminated(KeyboardInterrupt):
     saved and a partial report is written before the process ends."""
 
 
+def _swallows_exceptions(frame) -> bool:
+    """Whether an exception raised in ``frame`` would be printed and dropped by Python: a
+    garbage-collector callback (JAX registers one) or a ``__del__``."""
+    if frame is None:
+        return False
+    code = frame.f_code
+    return code.co_name == "__del__" or any(
+        getattr(cb, "__code__", None) is code for cb in gc.callbacks)
+
+
 def _raise_terminated(signum, frame) -> None:
+    if _swallows_exceptions(frame):
+        # raised here, Terminated would be ignored and the run would go on: ask again shortly,
+        # when the main thread is back in ordinary code
+        threading.Timer(0.05, signal.raise_signal, (signum,)).start()
+        return
     raise Terminated()
 
 
@@ -601,5 +618,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             signal.signal(signal.SIGTERM, previous)
 
 
+def run() -> None:
+    """The ``gatezoo`` command: :func:`main`, then exit with its status. After Ctrl-C or SIGTERM
+    (everything finished is saved by then) the process leaves at once, without the interpreter's
+    teardown: XLA computations cut off mid-flight can crash it in their destructors."""
+    code = main()
+    if code in (130, 143):
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    run()
