@@ -19,9 +19,9 @@ are gatezoo's median over the other's median from the same run.
 
 Second table (the scans): for ``mingru``, ``rglru`` and ``s6`` (and any cell given with
 ``--scan-cells``), the same train step with ``scan="associative"`` (``jax.lax.associative_scan``,
-the default) and ``scan="sequential"`` (``lax.scan``), and Flax's ``nnx.GRUCell`` in ``nnx.RNN``
-as a reference, at ``T = 1024`` and ``4096``; ratios associative/sequential and
-associative/flax-gru from the same round-robin timing.
+the default on accelerators) and ``scan="sequential"`` (``lax.scan``, the default on a CPU), and
+Flax's ``nnx.GRUCell`` in ``nnx.RNN`` as a reference, at ``T = 1024`` and ``4096``; ratios
+associative/sequential and associative/flax-gru from the same round-robin timing.
 
 Usage::
 

@@ -118,7 +118,8 @@ def interleaved(fns: dict, args: tuple, repeats: int) -> tuple[dict[str, float],
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--sizes", default=",".join(SIZES))
+    parser.add_argument("--sizes", default=",".join(SIZES),
+                        help="comma-separated HIDDENxT (batch 64), e.g. 64x80,64x4096")
     parser.add_argument("--cells", default="vector,gru")
     parser.add_argument("--steps", type=int, default=10, help="train steps per timed call")
     parser.add_argument("--repeats", type=int, default=7)
@@ -134,7 +135,7 @@ def main() -> None:
         header += f" {'sens s':>8} {'aniso s':>8} {'trunc s':>8}"
     print(header)
     for size in args.sizes.split(","):
-        hidden, T, batch = SIZES[size]
+        hidden, T, batch = SIZES.get(size) or (*map(int, size.split("x")), 64)
         for cell_name in args.cells.split(","):
             fns, params = build(cell_name, hidden)
             opt = optax.inject_hyperparams(optax.sgd)(learning_rate=1e-2)

@@ -15,6 +15,7 @@ from test_instruments_fixtures import make_context
 
 import gatezoo as gz
 from gatezoo.instruments import lag_sensitivity
+from gatezoo.instruments.expansion import first_order_gradients
 from gatezoo.instruments.products import lag_products, probe_states
 from gatezoo.instruments.steps import gate_trace
 
@@ -137,6 +138,51 @@ def test_expansion_gives_g1_zero_and_g0_equal_to_the_gradient(name, x64):
     assert float(metrics["remainder"]) <= 1e-13
     assert abs(float(metrics["cos"]) - 1.0) <= 1e-13
     assert _max_diff(ctx.grads, g1) <= 1e-12 * scale
+    # the cell declares B = 0, so the instrument reads the gradient alone (no adjoints); the
+    # full first-order recursion, run anyway, agrees with the declaration
+    assert not fns.gates_read_state and not inst.needs_adjoints
+    fo = first_order_gradients(fns, params, xs, ctx.carries, ctx.adjoints, ctx.grads)
+    assert _max_abs(fo.g1) <= 1e-14 * scale
+    assert _max_diff(fo.g0, g1) <= 1e-12 * scale
+
+
+class LeakyGateReadingState(nnx.Module):
+    """A user cell that declares ``gates_read_state = False`` although its gate reads h."""
+
+    gates_read_state = False
+
+    def __init__(self, d_in, hidden, *, rngs):
+        self.in_features, self.hidden = d_in, hidden
+        self.U = nnx.Param(0.5 * jax.random.normal(rngs.params(), (d_in, hidden)))
+        self.W = nnx.Param(0.5 * jax.random.normal(rngs.params(), (hidden, hidden)))
+
+    def time_scale(self, carry, x):
+        return jax.nn.sigmoid(x @ self.U[...] + carry @ self.W[...])
+
+    def split_call(self, carry, x, gate_carry):
+        alpha = self.time_scale(gate_carry, x)
+        new = (1 - alpha) * carry + alpha * jnp.tanh(x @ self.U[...])
+        return new, new
+
+    def __call__(self, carry, x):
+        return self.split_call(carry, x, carry)
+
+    def initialize_carry(self, input_shape, rngs=None):
+        return jnp.zeros(input_shape[:-1] + (self.hidden,))
+
+    @property
+    def num_feature_axes(self):
+        return 1
+
+
+def test_a_false_claim_that_gates_read_no_state_is_refused():
+    cell = LeakyGateReadingState(3, 4, rngs=nnx.Rngs(0))
+    with pytest.raises(gz.GateProtocolError, match="LeakyGateReadingState.*gates_read_state"):
+        gz.check_gate_protocol(cell, 3)
+    cell.W[...] = jnp.zeros((4, 4))  # now the gate reads only x: the claim holds
+    gz.check_gate_protocol(cell, 3)
+    model = gz.SequenceModel(cell, 2, readout="all", rngs=nnx.Rngs(1))
+    assert not gz.model_fns(model, _task(5))[0].gates_read_state
 
 
 # -- single layer: exact lag products are products of retentions ----------------------------------

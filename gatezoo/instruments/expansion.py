@@ -196,8 +196,23 @@ def expansion(fns: ModelFns, *, every: int = 1, self_check: bool = False) -> Mea
     ``...@<group>`` per cell parameter (see :func:`expansion_metrics`); with ``self_check``
     also ``expansion/self_check``:
     ``||G(1)_cell - sum_k (d+h_k/dtheta)^T lambda_k|| / ||G(1)_cell||``, rounding-level when the
-    adjoints and the step function agree (one more parameter cotangent, about +15 %).
+    adjoints and the step function agree (one more parameter cotangent).
+
+    For a layer whose gates read no state (``fns.gates_read_state`` False: minGRU, minLSTM,
+    RG-LRU, S6) ``B = 0``, so ``G1 = 0`` and ``G0 = G(1)`` exactly: the metrics come from the
+    gradient alone, with no reverse scan and no adjoints (unless ``self_check`` asks for the
+    full recursion).
     """
+
+    if not fns.gates_read_state and not self_check:
+        # B = 0 within the layer: e = lambda1 = 0 in the recursion above, so G0 = G(1) and
+        # G1 = 0 exactly; the adjoints are not even needed
+        def measure_input_gated(ctx: StepContext, state, views: StepViews):
+            g1 = jax.tree_util.tree_map(jnp.zeros_like, ctx.grads)
+            return expansion_metrics(ctx.fns, ctx.params, ctx.grads, ctx.grads, g1), state
+
+        return Measure("expansion", lambda p: (), measure_input_gated, every=every,
+                       needs_gates=True)
 
     def measure(ctx: StepContext, state, views: StepViews):
         fo = first_order_gradients(

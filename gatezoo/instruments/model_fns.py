@@ -93,6 +93,7 @@ def _layer_fns(path: tuple, layer: Recurrent, tapped: Callable[..., Any]) -> Mod
         cell_params=lambda p: _subtree(p, (*path, "cell")), gated=fn.gated,
         hidden=int(leaves[-1].shape[-1]), state_size=sum(int(c.shape[-1]) for c in leaves),
         split_step=fn.split_step, inputs=None if not path else inputs, path=name,
+        gates_read_state=fn.gates_read_state,
     )
 
 

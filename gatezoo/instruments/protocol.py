@@ -50,6 +50,9 @@ class ModelFns(NamedTuple):
         and ``G1`` are exact for every parameter of a stacked model.
       path: the layer's dotted path in the model (``""`` for a SequenceModel); metrics of a
         model with several layers are named ``"<instrument>/<path>/<quantity>"``.
+      gates_read_state: False when the cell declares that no gate reads the state
+        (:func:`gatezoo.models.protocol.gates_read_state`): ``B = 0`` within the layer, so
+        ``G1 = 0`` and ``G0 = G(1)`` exactly, and ``expansion`` computes nothing more.
     """
 
     loss: Callable[..., Any]
@@ -62,6 +65,7 @@ class ModelFns(NamedTuple):
     split_step: Callable[..., Any] | None = None
     inputs: Callable[..., Any] | None = None
     path: str = ""
+    gates_read_state: bool = True
 
 
 class StepContext(NamedTuple):

@@ -18,10 +18,11 @@ so its time-scale gate (THEORY.md §1.1) is :math:`\alpha_t = 1 - a_t` and the s
   ``split_call`` therefore ignores ``gate_carry``: there is nothing to deform.
 * **Parallel in time.** The step is affine in the state, so a sequence is a composition of
   affine maps and runs as a parallel prefix scan (:func:`gatezoo.models.linear_scan.
-  linear_recurrence`). ``scan="associative"`` (default) uses it whenever
+  linear_recurrence`). ``scan="associative"`` uses it whenever
   :class:`gatezoo.SequenceModel` runs the cell without a gate deformation (training, the
   instruments' adjoints through ``offsets``); ``scan="sequential"`` uses ``lax.scan``, the
-  reference path. Both give the same values and gradients to float rounding.
+  reference path; ``scan="auto"`` (default) is sequential on a CPU and associative on an
+  accelerator. All give the same values and gradients to float rounding.
 
 Subclasses define ``_input_blocks`` and ``_coefficients(fused, xp) -> (a, b)``; they may
 override ``_alpha`` (a more accurate ``1 - a``) and ``_readout`` (the output read from the state;
@@ -50,12 +51,15 @@ class InputGatedCell(RecurrentCell):
     ``batch + (hidden,)`` (the state itself unless the subclass reads it out).
     """
 
+    #: no gate reads ``h_{t-1}``: ``B_t = 0``, declared for the instruments (gate protocol)
+    gates_read_state = False
+
     def __init__(
         self,
         in_features: int,
         hidden_features: int,
         *,
-        scan: str = "associative",
+        scan: str = "auto",
         use_bias: bool = True,
         init: InitSpec | None = None,
         param_dtype: Any = jnp.float32,

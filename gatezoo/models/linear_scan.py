@@ -11,7 +11,9 @@ an associative operation, so all ``T`` prefix compositions come out of
 ``jax.lax.associative_scan`` in ``O(log T)`` depth (Blelloch 1990; Martin & Cundy 2018) instead
 of ``T`` dependent steps. The initial state enters as ``b_1 <- a_1 ⊙ h_0 + b_1``. ``method =
 "sequential"`` runs the same recurrence as a ``lax.scan``, the reference path. Both are plain JAX
-code, differentiable in forward and reverse mode.
+code, differentiable in forward and reverse mode. ``"auto"`` picks the sequential scan on a CPU,
+where the prefix scan's extra work is not repaid by width (benchmarks/README.md, scans), and the
+associative one on accelerators.
 
 Shapes: ``a`` and ``b`` ``(T, ...)`` time-major with the same trailing shape as ``h0``.
 
@@ -29,7 +31,7 @@ import jax.numpy as jnp
 
 __all__ = ["SCANS", "check_scan", "linear_recurrence"]
 
-SCANS = ("associative", "sequential")
+SCANS = ("auto", "associative", "sequential")
 
 
 def check_scan(scan: str, owner: str = "scan") -> str:
@@ -46,16 +48,19 @@ def _compose(first, second):
 
 
 def linear_recurrence(
-    a: jax.Array, b: jax.Array, h0: jax.Array, method: str = "associative"
+    a: jax.Array, b: jax.Array, h0: jax.Array, method: str = "auto"
 ) -> jax.Array:
     """All states ``h_1..h_T`` of ``h_t = a_t * h_{t-1} + b_t`` from ``h0``, ``(T, ...)``.
 
     Args:
       a: retentions ``(T, ...)``; b: drives, same shape; h0: the initial state ``(...)``.
-      method: ``"associative"`` (parallel prefix, ``jax.lax.associative_scan``) or
-        ``"sequential"`` (``jax.lax.scan``, one step at a time).
+      method: ``"associative"`` (parallel prefix, ``jax.lax.associative_scan``),
+        ``"sequential"`` (``jax.lax.scan``, one step at a time) or ``"auto"`` (sequential on a
+        CPU backend, associative elsewhere).
     """
     check_scan(method, "method")
+    if method == "auto":
+        method = "sequential" if jax.default_backend() == "cpu" else "associative"
     if a.shape != b.shape or a.shape[1:] != jnp.shape(h0):
         raise ValueError(
             f"linear_recurrence needs a, b (T, ...) and h0 (...) of one shape, got a {a.shape}, "

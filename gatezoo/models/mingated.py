@@ -32,7 +32,8 @@ class MinGRU(InputGatedCell):
 
     Parameters: ``U_z, U (in, hidden)``, ``b_z, b (hidden,)``; ``b_z`` follows the gate-bias
     initialisation (the pre-activation of ``alpha``). ``scan`` chooses the sequence path
-    (``"associative"`` or ``"sequential"``, see :mod:`gatezoo.models.linear_cell`).
+    (``"auto"``, ``"associative"`` or ``"sequential"``, see
+    :mod:`gatezoo.models.linear_cell`).
 
     Example:
       >>> from flax import nnx
@@ -50,7 +51,7 @@ class MinGRU(InputGatedCell):
         in_features: int,
         hidden_features: int,
         *,
-        scan: str = "associative",
+        scan: str = "auto",
         use_bias: bool = True,
         init: InitSpec | None = None,
         param_dtype: Any = jnp.float32,
@@ -99,7 +100,7 @@ class MinLSTM(InputGatedCell):
         in_features: int,
         hidden_features: int,
         *,
-        scan: str = "associative",
+        scan: str = "auto",
         use_bias: bool = True,
         init: InitSpec | None = None,
         param_dtype: Any = jnp.float32,

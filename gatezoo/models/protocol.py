@@ -13,6 +13,11 @@ two methods, which is all a user-written cell needs to opt in to the gate instru
     The per-neuron weight ``alpha_t`` of the new candidate, shape ``batch + (hidden,)``, so that
     the state retains ``1 - alpha_t`` (THEORY.md §1.1). For an LSTM it is ``1 - f_t``.
 
+A cell whose gates read only the input (minGRU, RG-LRU, S6: ``split_call`` ignores
+``gate_carry``) may say so with the class attribute ``gates_read_state = False``. Then
+``B = 0`` within the layer, and the instruments skip what can only be zero (the first-order
+correction ``G1``); :func:`check_gate_protocol` verifies the claim.
+
 With ``gate_carry = deform(carry, eps)`` the value is unchanged, but the derivative with respect
 to ``carry`` becomes ``A + eps * B`` (THEORY.md §3.4 recipe 2): ``A`` is the gate-frozen Jacobian
 and ``B`` the gate-induced one. Nobody measuring means ``eps = None`` and the plain ``__call__``.
@@ -33,6 +38,7 @@ __all__ = [
     "CellFn",
     "deform",
     "is_gated",
+    "gates_read_state",
     "cell_fn",
     "flatten_carry",
     "unflatten_carry",
@@ -63,6 +69,12 @@ def is_gated(cell: Any) -> bool:
     return callable(getattr(cell, "split_call", None)) and callable(
         getattr(cell, "time_scale", None)
     )
+
+
+def gates_read_state(cell: Any) -> bool:
+    """False if no gate of ``cell`` reads the state: a cell without the gate protocol, or one
+    that declares ``gates_read_state = False``."""
+    return is_gated(cell) and bool(getattr(cell, "gates_read_state", True))
 
 
 def deform(carry: Carry, eps: jax.Array | float) -> Carry:
@@ -103,6 +115,8 @@ class CellFn(NamedTuple):
       gated: whether the cell follows the gate protocol.
       split_step: ``split_step(params, carry, x, gate_carry) -> (carry, y)``, the cell's
         ``split_call`` (gated cells), else ``None``.
+      gates_read_state: False when the cell declares that its gates read no state, so
+        ``B = 0`` (see :func:`gates_read_state`).
     """
 
     params: Any
@@ -110,6 +124,7 @@ class CellFn(NamedTuple):
     time_scale: Callable[..., jax.Array] | None
     gated: bool
     split_step: Callable[..., tuple[Carry, jax.Array]] | None = None
+    gates_read_state: bool = True
 
 
 def cell_fn(cell: nnx.Module) -> CellFn:
@@ -147,7 +162,8 @@ def cell_fn(cell: nnx.Module) -> CellFn:
         return nnx.merge(graphdef, p, rest).split_call(carry, x, gate_carry)
 
     return CellFn(
-        params, step, time_scale if gated else None, gated, split_step if gated else None
+        params, step, time_scale if gated else None, gated, split_step if gated else None,
+        gates_read_state(cell),
     )
 
 
@@ -175,8 +191,9 @@ def check_gate_protocol(cell: nnx.Module, in_features: int, *, batch: int = 3) -
     """Checks a gated cell on a small random probe, once, before training uses it.
 
     ``__call__(h, x)`` must equal ``split_call(h, x, h)`` and ``time_scale(h, x)`` must have the
-    state's shape ``(batch, hidden)`` with values in ``[0, 1]``. A cell without the protocol
-    passes (it gets the step-only instruments).
+    state's shape ``(batch, hidden)`` with values in ``[0, 1]``; a cell declaring
+    ``gates_read_state = False`` must give the same ``split_call(h, x, g)`` for any ``g``. A cell
+    without the protocol passes (it gets the step-only instruments).
 
     Raises:
       GateProtocolError: one line naming the cell and what differs.
@@ -204,6 +221,15 @@ def check_gate_protocol(cell: nnx.Module, in_features: int, *, batch: int = 3) -
             f"cell {name}: __call__(h, x) differs from split_call(h, x, h) by up to {gap:.3g} "
             "on a random probe; __call__ must be split_call with gate_carry = carry"
         )
+    if not fn.gates_read_state:
+        other = jax.tree_util.tree_map(lambda a: 1.0 - 2.0 * a, h)
+        moved = flatten_carry(fn.split_step(fn.params, h, x, other)[0])
+        gap = float(jnp.max(jnp.abs(moved - split)))
+        if not gap <= tol * scale:
+            raise GateProtocolError(
+                f"cell {name}: declares gates_read_state = False, but split_call(h, x, g) "
+                f"moves by up to {gap:.3g} when gate_carry g changes; its gates read the state"
+            )
     hidden = jax.tree_util.tree_leaves(carry)[-1].shape[-1]
     alpha = fn.time_scale(fn.params, h, x)
     if tuple(alpha.shape) != (batch, hidden):

@@ -62,7 +62,7 @@ class RGLRU(InputGatedCell):
         c: float = 8.0,
         a_min: float = 0.9,
         a_max: float = 0.999,
-        scan: str = "associative",
+        scan: str = "auto",
         use_bias: bool = True,
         init: InitSpec | None = None,
         param_dtype: Any = jnp.float32,

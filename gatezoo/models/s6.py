@@ -72,7 +72,7 @@ class S6(InputGatedCell):
         d_state: int = 16,
         dt_min: float = 1e-3,
         dt_max: float = 1e-1,
-        scan: str = "associative",
+        scan: str = "auto",
         use_bias: bool = True,
         init: InitSpec | None = None,
         param_dtype: Any = jnp.float32,

@@ -80,15 +80,20 @@ def _lag_fit(cr) -> list[dict]:
             if fit["candidate_r2"] is None or fit["retention_r2"] is None:
                 continue
             best = "retention" if fit["retention_r2"] >= fit["candidate_r2"] else "candidate"
-            sym = "prod(1-alpha)" if best == "retention" else "prod(alpha)"
             r2, s = fit[f"{best}_r2"], fit[f"{best}_s"]
-            parts.append(f"{variant(e)} {sym} (power {s:.2f}, R^2 {r2:.2f})")
+            # prod(1 - alpha) is the zeroth-order rate by lag, so it is always stated
+            text = (f"{variant(e)} prod(1-alpha) power {fit['retention_s']:.2f}, "
+                    f"R^2 {fit['retention_r2']:.2f}")
+            if best == "candidate":
+                text += f" (prod(alpha) fits better: power {s:.2f}, R^2 {r2:.2f})"
+            parts.append(text)
             value[variant(e)] = {"predictor": best, "power": s, "r2": r2} | fit
             if r2 < R2_HIGH:
                 failed.setdefault(cell, []).append(variant(e))
         if parts:
-            out.append(_f(f"{cell}: the error-signal profile by lag is fitted best by "
-                          + ", ".join(parts) + ".", value, "effective_lr_by_lag"))
+            out.append(_f(f"{cell}: the measured error-signal profile by lag against the "
+                          "retention product, fitted as a power law: " + ", ".join(parts) + ".",
+                          value, "effective_lr_by_lag"))
     if failed:
         where = "; ".join(f"{c} ({', '.join(v)})" for c, v in failed.items())
         out.append(_f(f"THEORY §7.14 (a gate-product power law tracks the lag profile with high "
@@ -117,11 +122,14 @@ def _gate_correction(cr) -> list[dict]:
         if not (lo > 0 and hi < 1):
             broken.append(cell)
     out = []
-    if parts:
-        out.append(_f("||G1||/||G0|| over training, median (range) over all optimizers: "
-                      + ", ".join(parts) + "."
-                      + (f" {', '.join(zero)}: exactly 0, as THEORY §7.2 says for a constant "
-                         "gate (B = 0)." if zero else ""), value, "gate_correction"))
+    if parts or zero:
+        head = ("||G1||/||G0|| over training, median (range) over all optimizers: "
+                + ", ".join(parts) + ". ") if parts else ""
+        tail = (f"{', '.join(zero)}: exactly 0: no gate of theirs reads the state (B = 0; "
+                "THEORY §7.2 for a constant gate), so their gates act on learning entirely at "
+                "zeroth order, through the lag-dependent rate prod(1 - alpha)."
+                if zero else "")
+        out.append(_f((head + tail).strip(), value, "gate_correction"))
     if broken:
         out.append(_f(f"THEORY §7.12 ('corrections are small': 0 < ||G1||/||G0|| < 1 "
                       f"throughout) did not hold for {', '.join(broken)}.",
