@@ -41,6 +41,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from gatezoo.experiments.seeded import stream_key
 from gatezoo.experiments.stats import iqr_inliers, loglog_slope, mean_std, median_iqr, to_list
 from gatezoo.linalg import singular_values
 from gatezoo.models import InitSpec, cell_fn, make_cell
@@ -119,7 +120,7 @@ def appendix_signal(key: jax.Array, config: AppendixConfig) -> jax.Array:
 
 def _make(gate: str, seed: int, config: AppendixConfig):
     return make_cell(
-        gate, config.input_dim, config.hidden, rngs=nnx.Rngs(seed),
+        gate, config.input_dim, config.hidden, rngs=nnx.Rngs(params=stream_key(seed, "cell")),
         init=InitSpec(scheme="normal", std=config.init_std), use_bias=False,
         param_dtype=jnp.float64,
     )
@@ -176,7 +177,9 @@ def _gate_stats(gate: str, config: AppendixConfig) -> dict[str, np.ndarray]:
     params = jax.tree_util.tree_map(
         lambda *p: jnp.stack(p), *[nnx.state(c, nnx.Param) for c in cells]
     )
-    keys = jnp.stack([jax.random.fold_in(jax.random.key(s), 1) for s in seeds])
+    # the signal's stream is not the cell's: ``nnx.Rngs(key)`` draws ``fold_in(key, i)``, so a
+    # signal key ``fold_in(key(s), 1)`` would be the cell's second parameter draw
+    keys = jnp.stack([stream_key(s, "probe") for s in seeds])
     order = "reversed" if config.compat == "paper-code" else "temporal"
     eps_grid = jnp.asarray(config.eps_grid, jnp.float64)
 
