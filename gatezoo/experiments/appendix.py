@@ -42,21 +42,22 @@ import numpy as np
 from flax import nnx
 
 from gatezoo.experiments.seeded import stream_key
-from gatezoo.experiments.stats import iqr_inliers, loglog_slope, mean_std, median_iqr, to_list
+from gatezoo.experiments.stats import iqr_inliers, mean_std, median_iqr, to_list
 from gatezoo.linalg import singular_values
 from gatezoo.models import InitSpec, cell_fn, make_cell
 from gatezoo.models.jacobians import (
+    CONVENTIONS,
     deformed_product,
     first_order,
+    loglog_slope,
     state_jacobians,
     truncation_error,
 )
 
-__all__ = ["EPS_GRID", "COMPATS", "AppendixConfig", "appendix_signal", "gate_factors",
+__all__ = ["EPS_GRID", "AppendixConfig", "appendix_signal", "gate_factors",
            "appendix_per_seed", "run_appendix"]
 
 EPS_GRID = (1e-5, 3e-5, 1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1, 3e-1, 1.0)
-COMPATS = ("exact", "paper-code")
 APPENDIX_GATES = ("scalar", "vector")
 
 
@@ -92,8 +93,8 @@ class AppendixConfig:
         for g in self.gates:
             if g not in APPENDIX_GATES:
                 raise ValueError(f"unknown appendix gate {g!r}; choose from {APPENDIX_GATES}")
-        if self.compat not in COMPATS:
-            raise ValueError(f"unknown compat {self.compat!r}; choose one of {COMPATS}")
+        if self.compat not in CONVENTIONS:
+            raise ValueError(f"unknown compat {self.compat!r}; choose one of {CONVENTIONS}")
         for name in ("seeds", "seq_len", "hidden", "input_dim"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
@@ -197,7 +198,7 @@ def summarise_gate(stats: dict[str, np.ndarray], config: AppendixConfig) -> dict
     eps = np.asarray(config.eps_grid)
     n = config.slope_points
     e = stats["E"]
-    slopes = np.array([loglog_slope(eps[:n], row[:n]) for row in e])
+    slopes = np.array([float(loglog_slope(eps[:n], row[:n])) for row in e])
     e1 = e[:, -1] if eps[-1] == 1.0 else np.full(len(e), np.nan)
     r = stats["r"]
     per_seed = {

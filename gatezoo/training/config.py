@@ -7,9 +7,10 @@ import json
 from pathlib import Path
 from typing import Any
 
-__all__ = ["TrainConfig", "RunResult", "parse_seeds", "COMPAT"]
+from gatezoo.models.jacobians import CONVENTIONS
 
-COMPAT = ("exact", "paper-code")
+__all__ = ["TrainConfig", "RunResult", "parse_seeds"]
+
 DTYPES = ("float32", "float64", "bfloat16")
 
 # Fields a resumed run may change: they alter how far and how often, never what a step computes.
@@ -137,8 +138,10 @@ class TrainConfig:
             )
         if self.dtype not in DTYPES:
             raise ValueError(f"unknown dtype {self.dtype!r}; choose one of: {', '.join(DTYPES)}")
-        if self.compat not in COMPAT:
-            raise ValueError(f"unknown compat {self.compat!r}; choose one of: {', '.join(COMPAT)}")
+        if self.compat not in CONVENTIONS:
+            raise ValueError(
+                f"unknown compat {self.compat!r}; choose one of: {', '.join(CONVENTIONS)}"
+            )
         if not isinstance(self.every, dict) or not all(
             isinstance(v, int) and v >= 1 for v in self.every.values()
         ):
@@ -251,7 +254,7 @@ class RunResult:
       history: the metric lines written to ``metrics.jsonl`` by this call (list of dicts).
       wall_time: seconds spent in ``train`` (compilation included).
       run_dir: the run folder (``None`` when the run was not written to disk).
-      state: the full final :class:`~gatezoo.training.state.TrainState`.
+      state: the full final :class:`~gatezoo.training.step.TrainState`.
       config: the config that ran.
       step_fns: the compiled functions of the run (``step_fns.chunk._cache_size()`` is 1: one
         trace per run).
