@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from gatezoo.models.jacobians import CONVENTIONS
+from gatezoo.training.sharding import SHARD_AXES
 
 __all__ = ["TrainConfig", "RunResult", "parse_seeds"]
 
@@ -16,7 +17,7 @@ DTYPES = ("float32", "float64", "bfloat16")
 # Fields a resumed run may change: they alter how far and how often, never what a step computes.
 RESUMABLE_CHANGES = (
     "steps", "eval_every", "eval_batches", "checkpoint_every", "keep_checkpoints",
-    "steps_per_call", "devices",
+    "steps_per_call", "devices", "shard",
 )
 
 
@@ -37,8 +38,10 @@ class TrainConfig:
     Loop: ``steps`` updates, ``batch_size``, ``seeds`` (vmapped side by side), ``dtype``
     (``float64`` switches on ``jax_enable_x64``), ``steps_per_call`` (K compiled steps per host
     round-trip), ``eval_every``/``eval_batches`` (held-out batches of ``batch_size``),
-    ``checkpoint_every``/``keep_checkpoints``, ``devices`` (``None``: all devices when the batch
-    divides over them, else one; an integer: exactly that many, the batch must divide),
+    ``checkpoint_every``/``keep_checkpoints``, ``devices`` (``None``: all devices when the split
+    axis divides over them, else one; an integer: exactly that many, the axis must divide),
+    ``shard`` (what the devices split: ``"batch"``, each batch, or ``"seeds"``, the slots, whose
+    number must then divide over the devices; :mod:`gatezoo.training.sharding`),
     ``seed_batch`` (``k``: groups of ``k`` seeds vmapped, the groups run one after another in
     the compiled step; ``None``: automatic, groups of 1 on CPU, where that is faster (see
     benchmarks/README.md), and all seeds in one vmap on GPU and TPU).
@@ -85,6 +88,7 @@ class TrainConfig:
     self_check: bool = False
     fixed_batch: bool = False
     devices: int | None = None
+    shard: str = "batch"
     seed_batch: int | None = None
     lr_trials: tuple[float, ...] = ()
 
@@ -117,6 +121,13 @@ class TrainConfig:
             positive("devices")
         if self.seed_batch is not None:
             positive("seed_batch")
+        if self.shard not in SHARD_AXES:
+            raise ValueError(
+                f"unknown shard {self.shard!r}; choose one of: {', '.join(SHARD_AXES)}"
+            )
+        if self.shard == "seeds" and self.seed_batch is not None:
+            raise ValueError("seed_batch does not apply with shard='seeds' (the slots are "
+                             "vmapped all at once and split over the devices); leave it unset")
         if self.lr_trials and self.schedule != "constant":
             raise ValueError(f"lr_trials need the constant schedule, got {self.schedule!r}")
         if not all(r > 0 and r == r for r in self.lr_trials):
