@@ -1,4 +1,7 @@
-"""Data parallelism: the batch split over two forced CPU devices gives the one-device losses."""
+"""Several devices: the batch, or the seeds and trials, split over two forced CPU devices give
+the one-device losses."""
+
+import json
 
 import jax
 import jax.numpy as jnp
@@ -56,11 +59,16 @@ def _losses(result, split):
     dict(seeds=(0, 1, 2, 3)),
     dict(seeds=(0, 1), lr_trials=(1e-2, 3e-2)),  # the learning-rate trials ride the seed axis
 ])
-def test_seeds_sharded_over_two_devices_match_one_device(slots):
+def test_seeds_sharded_over_two_devices_match_one_device(slots, tmp_path):
     config = {**CONFIG, "cell": "gru", "steps": 4, "steps_per_call": 2, "eval_every": 2,
-              "instruments": ("gates",), **slots}
+              "checkpoint_every": 2, "instruments": ("gates",), **slots}
     one = train(TrainConfig(**config, devices=1), progress=False)
-    two = train(TrainConfig(**config, devices=2, shard="seeds"), progress=False)
+    # the sharded run stops at step 2 and resumes from its checkpoint (restored sharded)
+    sharded = TrainConfig(**config, devices=2, shard="seeds")
+    train(sharded.replace(steps=2), tmp_path, progress=False)
+    two = train(sharded, tmp_path, resume=True, progress=False)
+    written = [json.loads(t) for t in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    two.history = written  # the whole run, both halves
     for split in ("train", "eval"):
         a, b = _losses(one, split), _losses(two, split)
         assert len(a) == len(b) > 0 and [x[:3] for x in a] == [x[:3] for x in b]
