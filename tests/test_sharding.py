@@ -55,13 +55,11 @@ def _losses(result, split):
             if ln["split"] == split]
 
 
-@pytest.mark.parametrize("slots", [
-    dict(seeds=(0, 1, 2, 3)),
-    dict(seeds=(0, 1), lr_trials=(1e-2, 3e-2)),  # the learning-rate trials ride the seed axis
-])
-def test_seeds_sharded_over_two_devices_match_one_device(slots, tmp_path):
+def test_seeds_sharded_over_two_devices_match_one_device(tmp_path):
+    # 4 slots: 2 seeds x 2 learning-rate trials (the trials ride the seed axis), 2 per device
     config = {**CONFIG, "cell": "gru", "steps": 4, "steps_per_call": 2, "eval_every": 2,
-              "checkpoint_every": 2, "instruments": ("gates",), **slots}
+              "checkpoint_every": 2, "instruments": ("gates",), "seeds": (0, 1),
+              "lr_trials": (1e-2, 3e-2)}
     one = train(TrainConfig(**config, devices=1), progress=False)
     # the sharded run stops at step 2 and resumes from its checkpoint (restored sharded)
     sharded = TrainConfig(**config, devices=2, shard="seeds")
