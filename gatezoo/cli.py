@@ -101,8 +101,10 @@ _TRAIN_FLAGS = [
     ("--eval-batches", "eval_batches", int, "held-out batches per evaluation; default 4"),
     ("--checkpoint-every", "checkpoint_every", int, "save a checkpoint every N steps; default 500"),
     ("--keep", "keep_checkpoints", int, "keep the last k checkpoints; default 3"),
-    ("--devices", "devices", int, "shard the batch over exactly N devices (the batch must divide); "
-     "default: all devices when the batch divides, else one"),
+    ("--devices", "devices", int, "split the --shard axis over exactly N devices (it must "
+     "divide); default: all devices when it divides, else one"),
+    ("--shard", "shard", str, "what the devices split: batch (default; each batch, gradients "
+     "all-reduced) or seeds (the seeds x lr trials, whose number must divide over them)"),
     ("--seed-batch", "seed_batch", int, "vmap seeds in groups of k, groups one after another "
      "inside the compiled step; default: 1 on CPU (faster there), all seeds in one vmap "
      "on GPU/TPU"),

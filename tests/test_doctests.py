@@ -16,9 +16,7 @@ import pytest
 
 import gatezoo
 
-NOT_RUNNABLE = {
-    "gatezoo.experiments.compare": "commented-out example (>>> #): a full compare run",
-}
+NOT_RUNNABLE: dict[str, str] = {}
 
 
 # doctest drops a ">>> # ..." line (a comment is no example), so those are found in the text

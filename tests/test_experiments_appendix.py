@@ -15,8 +15,9 @@ from gatezoo.experiments.appendix import (
     gate_factors,
     run_appendix,
 )
-from gatezoo.experiments.stats import iqr_inliers, loglog_slope
+from gatezoo.experiments.stats import iqr_inliers
 from gatezoo.models import cell_fn
+from gatezoo.models.jacobians import loglog_slope
 
 SMALL = dict(seeds=4, seq_len=40, hidden=16)
 
@@ -116,6 +117,7 @@ def test_factors_match_autodiff_and_F1_is_transport(x64, compat):
 def test_stats_helpers():
     eps = np.array([1e-3, 1e-2, 1e-1])
     assert loglog_slope(eps, 3 * eps**2) == pytest.approx(2.0)
+    assert np.isnan(loglog_slope(eps, np.array([1.0, 0.0, 2.0])))  # log of 0: no slope
     mask = iqr_inliers(np.array([1.0, 1.1, 0.9, 1.05, 50.0, np.nan]))
     assert mask.tolist() == [True, True, True, True, False, False]
 

@@ -10,7 +10,7 @@ from test_instruments_fixtures import data, jit_update, make_context, make_model
 
 from gatezoo.instruments import lag_sensitivity, power_fit, spectrum_stats
 from gatezoo.instruments.anisotropy import gradient_spectrum
-from gatezoo.instruments.lags import lags, transport
+from gatezoo.instruments.lags import gate_transport, lags
 from gatezoo.instruments.products import lag_products, probe_states
 from gatezoo.instruments.truncation import truncation, truncation_curve, window_factors
 from gatezoo.instruments.views import StepViews
@@ -67,7 +67,7 @@ def test_gate_product_predictors_and_fit(setup):
             cp["W_g"]) + np.asarray(cp["b_g"])))
     views = StepViews(s["ctx"])
     np.testing.assert_allclose(views.alpha, alpha, rtol=1e-12)
-    out, _ = transport(s["fns"]).measure(s["ctx"], (), views)
+    out, _ = gate_transport(s["fns"]).measure(s["ctx"], (), views)
     norms = np.asarray(views.adjoint_norms)
     for tag, f in (("candidate", alpha), ("retention", 1.0 - alpha)):
         logp, logs = [], []

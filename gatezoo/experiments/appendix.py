@@ -41,21 +41,23 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from gatezoo.experiments.stats import iqr_inliers, loglog_slope, mean_std, median_iqr, to_list
+from gatezoo.experiments.seeded import stream_key
+from gatezoo.experiments.stats import iqr_inliers, mean_std, median_iqr, to_list
 from gatezoo.linalg import singular_values
 from gatezoo.models import InitSpec, cell_fn, make_cell
 from gatezoo.models.jacobians import (
+    CONVENTIONS,
     deformed_product,
     first_order,
+    loglog_slope,
     state_jacobians,
     truncation_error,
 )
 
-__all__ = ["EPS_GRID", "COMPATS", "AppendixConfig", "appendix_signal", "gate_factors",
+__all__ = ["EPS_GRID", "AppendixConfig", "appendix_signal", "gate_factors",
            "appendix_per_seed", "run_appendix"]
 
 EPS_GRID = (1e-5, 3e-5, 1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1, 3e-1, 1.0)
-COMPATS = ("exact", "paper-code")
 APPENDIX_GATES = ("scalar", "vector")
 
 
@@ -91,8 +93,8 @@ class AppendixConfig:
         for g in self.gates:
             if g not in APPENDIX_GATES:
                 raise ValueError(f"unknown appendix gate {g!r}; choose from {APPENDIX_GATES}")
-        if self.compat not in COMPATS:
-            raise ValueError(f"unknown compat {self.compat!r}; choose one of {COMPATS}")
+        if self.compat not in CONVENTIONS:
+            raise ValueError(f"unknown compat {self.compat!r}; choose one of {CONVENTIONS}")
         for name in ("seeds", "seq_len", "hidden", "input_dim"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
@@ -119,7 +121,7 @@ def appendix_signal(key: jax.Array, config: AppendixConfig) -> jax.Array:
 
 def _make(gate: str, seed: int, config: AppendixConfig):
     return make_cell(
-        gate, config.input_dim, config.hidden, rngs=nnx.Rngs(seed),
+        gate, config.input_dim, config.hidden, rngs=nnx.Rngs(params=stream_key(seed, "cell")),
         init=InitSpec(scheme="normal", std=config.init_std), use_bias=False,
         param_dtype=jnp.float64,
     )
@@ -176,7 +178,9 @@ def _gate_stats(gate: str, config: AppendixConfig) -> dict[str, np.ndarray]:
     params = jax.tree_util.tree_map(
         lambda *p: jnp.stack(p), *[nnx.state(c, nnx.Param) for c in cells]
     )
-    keys = jnp.stack([jax.random.fold_in(jax.random.key(s), 1) for s in seeds])
+    # the signal's stream is not the cell's: ``nnx.Rngs(key)`` draws ``fold_in(key, i)``, so a
+    # signal key ``fold_in(key(s), 1)`` would be the cell's second parameter draw
+    keys = jnp.stack([stream_key(s, "probe") for s in seeds])
     order = "reversed" if config.compat == "paper-code" else "temporal"
     eps_grid = jnp.asarray(config.eps_grid, jnp.float64)
 
@@ -194,7 +198,7 @@ def summarise_gate(stats: dict[str, np.ndarray], config: AppendixConfig) -> dict
     eps = np.asarray(config.eps_grid)
     n = config.slope_points
     e = stats["E"]
-    slopes = np.array([loglog_slope(eps[:n], row[:n]) for row in e])
+    slopes = np.array([float(loglog_slope(eps[:n], row[:n])) for row in e])
     e1 = e[:, -1] if eps[-1] == 1.0 else np.full(len(e), np.nan)
     r = stats["r"]
     per_seed = {

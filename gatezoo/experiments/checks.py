@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from gatezoo.experiments.appendix import COMPATS
+from gatezoo.models.jacobians import CONVENTIONS
 
 __all__ = ["check_experiment", "clip_checkpoints"]
 
@@ -20,8 +20,8 @@ def check_experiment(
     for t in cfg.tasks:
         if t not in tasks:
             raise ValueError(f"unknown {label} task {t!r}; choose from {tasks}")
-    if cfg.compat not in COMPATS:
-        raise ValueError(f"unknown compat {cfg.compat!r}; choose one of {COMPATS}")
+    if cfg.compat not in CONVENTIONS:
+        raise ValueError(f"unknown compat {cfg.compat!r}; choose one of {CONVENTIONS}")
     for name in positive:
         v = getattr(cfg, name)
         if not isinstance(v, int) or v < 1:

@@ -15,12 +15,18 @@ opened, resumed or re-plotted on its own:
 The defaults are the README's main job: the adding task at ``T = 24``, cells leaky
 (``alpha = 0.2``), scalar, vector, GRU and LSTM, optimizers SGD, momentum and Adam, each tuned
 over 3 learning rates (log-uniform, :data:`LR_RANGES`), three seeds, 1000 steps of batch 64,
-sized to finish within six minutes of a 2-core CPU. Every grid cell (all its trials and seeds)
+sized for a 2-core CPU (its time: benchmarks/README.md). Every grid cell (all its trials and seeds)
 is one compiled program; the chosen trial's seeds are the run that is reported.
 
 Example:
-  >>> # from gatezoo.experiments.compare import CompareConfig, run_compare
-  >>> # run_compare(CompareConfig(cells=("gru",), optimizers=("adam",), steps=50), "runs/x")
+  >>> import json, tempfile
+  >>> from gatezoo.experiments.compare import CompareConfig, run_compare
+  >>> config = CompareConfig(cells=("gru",), optimizers=("adam",), seq_len=6, hidden=4,
+  ...                        steps=4, batch_size=4, seeds=1, trials=1, instruments=("gates",),
+  ...                        eval_every=2, steps_per_call=2)
+  >>> out = run_compare(config, tempfile.mkdtemp(), progress=False, log=lambda line: None)
+  >>> sorted(p.name for p in out.iterdir())
+  ['compare.json', 'gru-adam']
 """
 
 from __future__ import annotations

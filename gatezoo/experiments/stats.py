@@ -12,7 +12,6 @@ import numpy as np
 
 __all__ = [
     "ols_slope",
-    "loglog_slope",
     "iqr_inliers",
     "median_iqr",
     "mean_std",
@@ -44,15 +43,6 @@ def ols_slope(x: np.ndarray, y: np.ndarray) -> tuple[float, float, float]:
     resid = y - (slope * x + intercept)
     r2 = 1.0 - float(resid @ resid) / ss_tot if ss_tot > 0 else float("nan")
     return slope, intercept, r2
-
-
-def loglog_slope(x: np.ndarray, y: np.ndarray) -> float:
-    """Slope of ``log y`` on ``log x`` (OLS); NaN if any value is not positive."""
-    x = np.asarray(x, np.float64)
-    y = np.asarray(y, np.float64)
-    if np.any(x <= 0) or np.any(y <= 0):
-        return float("nan")
-    return ols_slope(np.log(x), np.log(y))[0]
 
 
 def iqr_inliers(values: np.ndarray, k: float = 1.5) -> np.ndarray:

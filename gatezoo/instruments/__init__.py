@@ -33,7 +33,7 @@ from gatezoo.instruments.registry import (
 from gatezoo.instruments.sensitivity import Sensitivity, lag_sensitivity, sensitivity_metrics
 from gatezoo.instruments.stats import power_fit, spectrum_stats
 from gatezoo.instruments.truncation import truncation_curve, window_factors
-from gatezoo.instruments.views import Measure, StepViews, fuse
+from gatezoo.instruments.views import Measure, StepViews
 
 __all__ = [
     "attach",
@@ -58,7 +58,6 @@ __all__ = [
     "make_instruments",
     "Measure",
     "StepViews",
-    "fuse",
     "first_order_gradients",
     "expansion_metrics",
     "lag_sensitivity",

@@ -22,7 +22,7 @@ import jax.numpy as jnp
 from gatezoo.instruments.stats import fast_median, lag_grid, power_fit, suffix_mean_products
 from gatezoo.instruments.views import Measure, StepViews
 
-__all__ = ["adjoint_profile", "window_products", "lags", "transport"]
+__all__ = ["adjoint_profile", "window_products", "lags", "gate_transport"]
 
 
 def adjoint_profile(norms: jax.Array) -> jax.Array:
@@ -64,7 +64,7 @@ def lags(fns, *, every: int = 1) -> Measure:
     return Measure("lags", lambda p: (), measure, every=every, needs_adjoints=True)
 
 
-def transport(fns, *, every: int = 1) -> Measure:
+def gate_transport(fns, *, every: int = 1) -> Measure:
     """The ``transport`` instrument (gated cells): gate-product predictors vs the adjoint profile.
 
     Metrics ``transport/{candidate,retention}_s`` and ``..._r2`` (fitted power and R^2), and

@@ -56,7 +56,7 @@ def lag_products(
     d = fns.state_size
     dtype = xs_t.dtype
     stop = jnp.full((n,), n_lags) if stop is None else stop
-    jac = jax.vmap(lambda h, x: steps.state_jacobians(fns, cell_params, h, x, compat))
+    jac = jax.vmap(lambda h, x: steps.split_jacobians(fns, cell_params, h, x, compat))
 
     def body(prod, ell):
         i = ends - ell  # 0-indexed step of J_{t-ell+1}

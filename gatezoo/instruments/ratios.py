@@ -29,7 +29,7 @@ def jacobian_norms(fns, cell_params, prev, xs_t, t, b, compat: str = "exact"):
     """``(||A||_2, ||B||_2)`` at the pairs ``(t, b)`` (0-indexed steps), each ``(n,)``."""
     h = jax.tree_util.tree_map(lambda c: c[t, b], prev)
     x = xs_t[t, b]
-    a, bm = jax.vmap(lambda h_, x_: steps.state_jacobians(fns, cell_params, h_, x_, compat))(h, x)
+    a, bm = jax.vmap(lambda h_, x_: steps.split_jacobians(fns, cell_params, h_, x_, compat))(h, x)
     return spectral_norm(a), spectral_norm(bm)
 
 

@@ -25,7 +25,7 @@ from gatezoo.instruments.analogies import analogies, effective_lr
 from gatezoo.instruments.anisotropy import anisotropy
 from gatezoo.instruments.expansion import expansion
 from gatezoo.instruments.gates import gates
-from gatezoo.instruments.lags import lags, transport
+from gatezoo.instruments.lags import gate_transport, lags
 from gatezoo.instruments.optimizer import optimizer
 from gatezoo.instruments.protocol import Instrument, ModelFns
 from gatezoo.instruments.ratios import ratios
@@ -63,7 +63,7 @@ INSTRUMENTS: dict[str, InstrumentEntry] = {
                         "time constants 1/alpha", needs_gates=True),
         InstrumentEntry("lags", lags, "error-signal norm ||dL/dh_{T-l}|| by lag l from the "
                         "training backward pass"),
-        InstrumentEntry("transport", transport, "gate-product predictors prod(alpha), "
+        InstrumentEntry("transport", gate_transport, "gate-product predictors prod(alpha), "
                         "prod(1-alpha) vs the error signal by lag: power s and R^2",
                         needs_gates=True),
         InstrumentEntry("optimizer", optimizer, "lr in force, momentum factor 1/(1-beta), "

@@ -143,8 +143,8 @@ def sensitivity(
 
     ``num_ends`` end times spread evenly over ``2..T`` (``None``: all, the S1 measurement) and
     ``max_lag`` (default ``T - 1``) bound the cost, ``O(num_ends * probe_batch * max_lag)``
-    Jacobians, products and SVDs; the default 16 end times keep a probe at T = 80 to a few
-    seconds on a CPU. :func:`lag_sensitivity` with ``ends=None`` gives every pair.
+    Jacobians, products and SVDs; the default 16 end times bound a probe's cost independently of
+    ``T``. :func:`lag_sensitivity` with ``ends=None`` gives every pair.
     """
     steps.check_compat(compat)
 

@@ -68,11 +68,10 @@ def _sortable_keys(x: jax.Array) -> jax.Array:
 def order_statistic(x: jax.Array, k: jax.Array) -> jax.Array:
     """The ``k``-th smallest entry (1-based) along the last axis, exactly and without sorting.
 
-    XLA:CPU sorts slowly (a 4k-entry sort costs ~0.5 ms, a row median of ``(80, 64)`` ~0.3 ms,
-    as much as a third of a small train step), so per-step statistics bisect instead: on the
-    floats' order-preserving integer keys, one fused count of ``key <= mid`` per bit (32 rounds
-    in float32, 64 in float64), which ends on the exact key of the ``k``-th entry. ``k``
-    broadcasts against ``x.shape[:-1]``.
+    XLA:CPU sorts slowly (a large share of a small train step; figures in benchmarks/README.md),
+    so per-step statistics bisect instead: on the floats' order-preserving integer keys, one
+    fused count of ``key <= mid`` per bit (32 rounds in float32, 64 in float64), which ends on
+    the exact key of the ``k``-th entry. ``k`` broadcasts against ``x.shape[:-1]``.
     """
     keys = _sortable_keys(x)
     lo, hi = jnp.min(keys, axis=-1), jnp.max(keys, axis=-1)
@@ -214,8 +213,8 @@ def suffix_mean_products(f: jax.Array) -> jax.Array:
     Products of gate factors in ``[0, 1]`` need no logs: ``exp(sum log f)`` costs two
     transcendental evaluations per entry and underflows to 0 exactly where the product does (a
     factor of exactly 0 gives 0 either way). One sequential ``lax.scan`` that multiplies and
-    reduces in the same step was measured 4-7x faster on CPU than a parallel associative scan of
-    the products followed by the mean (no ``(T, ..., n)`` intermediate is written).
+    reduces in the same step writes no ``(T, ..., n)`` intermediate, unlike a parallel associative
+    scan of the products followed by the mean (faster on CPU: benchmarks/README.md).
     """
 
     def step(c, x):

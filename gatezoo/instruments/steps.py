@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 
 from gatezoo.instruments.protocol import ModelFns
+from gatezoo.models.jacobians import CONVENTIONS
 from gatezoo.models.protocol import flatten_carry, unflatten_carry
 
 __all__ = [
@@ -25,16 +26,14 @@ __all__ = [
     "plain_step",
     "transpose_a",
     "transpose_b",
-    "state_jacobians",
+    "split_jacobians",
     "flat_states",
 ]
 
-COMPAT = ("exact", "paper-code")
-
 
 def check_compat(compat: str) -> str:
-    if compat not in COMPAT:
-        raise ValueError(f"compat must be one of {COMPAT}, got {compat!r}")
+    if compat not in CONVENTIONS:
+        raise ValueError(f"compat must be one of {CONVENTIONS}, got {compat!r}")
     return compat
 
 
@@ -149,10 +148,12 @@ def transpose_b(fns: ModelFns, cell_params: Any, h: Any, x: jax.Array) -> Callab
     return lambda v: jax.tree_util.tree_map(jnp.subtract, vjp1(v)[0], a_t(v))
 
 
-def state_jacobians(
+def split_jacobians(
     fns: ModelFns, cell_params: Any, h: Any, x: jax.Array, compat: str = "exact"
 ) -> tuple[jax.Array, jax.Array]:
-    """``(A, B)`` of one step for ONE example, each ``(state_size, state_size)``.
+    """``(A, B)`` of one step for ONE example, each ``(state_size, state_size)``, by forward-mode
+    autodiff of the model's pure step (any cell; the closed forms of the built-in cells are
+    :func:`gatezoo.models.jacobians.state_jacobians`).
 
     ``J = A + B`` is the exact ``dh_t/dh_{t-1}``. Under ``compat="paper-code"`` ``B`` is built
     from the post-update state as in the authors' code, ``B_code = (I - Gamma_t) B`` (THEORY.md

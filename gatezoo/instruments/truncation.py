@@ -45,7 +45,7 @@ def window_factors(
     T = xs_t.shape[0]
     idx = jnp.arange(T - window, T)
     h = jax.tree_util.tree_map(lambda c: c[idx, example], prev)
-    return jax.vmap(lambda h_, x_: steps.state_jacobians(fns, cell_params, h_, x_, compat))(
+    return jax.vmap(lambda h_, x_: steps.split_jacobians(fns, cell_params, h_, x_, compat))(
         h, xs_t[idx, example]
     )
 

@@ -1,16 +1,16 @@
-"""Shared per-step views and the machinery that lets several instruments share them.
+"""Per-step views of one measurement, and the :class:`Measure` an instrument is written as.
 
-Several instruments read the same derived arrays (the gate trace ``alpha`` over all steps, the
-shifted states, the flattened adjoints). :class:`StepViews` computes each one lazily, once per
-trace; :func:`fuse` turns a group of :class:`Measure` with the same schedule into ONE
-:class:`~gatezoo.instruments.protocol.Instrument` whose ``update`` builds one view for all of
-them, so the trainer's ``lax.cond`` wraps the group once and nothing is computed twice.
+An instrument reads derived arrays (the gate trace ``alpha`` over all steps, the shifted states,
+the flattened adjoints); :class:`StepViews` computes each one lazily, once per trace of the
+instrument's update. Every registered instrument is one :class:`Measure` turned into one
+:class:`~gatezoo.instruments.protocol.Instrument` (:meth:`Measure.instrument`) with its own
+schedule, so each runs under its own ``lax.cond``.
 """
 
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import jax
@@ -19,7 +19,7 @@ import jax.numpy as jnp
 from gatezoo.instruments import steps
 from gatezoo.instruments.protocol import Instrument, StepContext
 
-__all__ = ["StepViews", "Measure", "fuse"]
+__all__ = ["StepViews", "Measure"]
 
 
 class StepViews:
@@ -75,7 +75,7 @@ class StepViews:
 
 
 class Measure(NamedTuple):
-    """One instrument before fusion: ``measure(ctx, state, views) -> (metrics, state)``.
+    """One instrument as a measurement: ``measure(ctx, state, views) -> (metrics, state)``.
 
     Metric names are already prefixed ``"<name>/..."``.
     """
@@ -101,42 +101,3 @@ class Measure(NamedTuple):
             name=self.name, init=self.init, update=update, every=self.every, tier=self.tier,
             needs_gates=self.needs_gates, needs_adjoints=self.needs_adjoints,
         )
-
-
-def fuse(measures: Sequence[Measure], name: str | None = None) -> Instrument:
-    """One :class:`Instrument` running ``measures`` (same ``every``) on one shared view.
-
-    For callers that run instruments themselves: the metrics keep their full
-    ``"<measure>/<quantity>"`` names (a trainer that prefixes the instrument's name would write
-    ``"<name>/<measure>/<quantity>"``). Its name defaults to the measures' names joined by ``+``,
-    its state is the tuple of their states.
-    """
-    measures = tuple(measures)
-    if not measures:
-        raise ValueError("fuse needs at least one measure")
-    every = {m.every for m in measures}
-    if len(every) != 1:
-        raise ValueError(f"fused measures must share one schedule, got every={sorted(every)}")
-
-    def init(params):
-        return tuple(m.init(params) for m in measures)
-
-    def update(ctx, state):
-        views = StepViews(ctx)
-        metrics, new = {}, []
-        for m, s in zip(measures, state, strict=False):
-            out, s = m.measure(ctx, s, views)
-            metrics.update(out)
-            new.append(s)
-        return metrics, tuple(new)
-
-    tiers = {m.tier for m in measures}
-    return Instrument(
-        name=name or "+".join(m.name for m in measures),
-        init=init,
-        update=update,
-        every=every.pop(),
-        tier="probe" if "probe" in tiers else "step",
-        needs_gates=any(m.needs_gates for m in measures),
-        needs_adjoints=any(m.needs_adjoints for m in measures),
-    )

@@ -100,8 +100,8 @@ class RecurrentCell(nnx.Module):
     # -- fused kernels ------------------------------------------------------------------------
     # A scan calls ``_fuse`` once, outside the loop, and then ``_project``/``_recur`` with the
     # result at every step. The concatenated kernels are then loop constants, so the backward
-    # pass accumulates one gradient per fused kernel inside the loop and splits it once after;
-    # concatenating inside the step body instead costs about 2x in the LSTM's train step on CPU.
+    # pass accumulates one gradient per fused kernel inside the loop and splits it once after
+    # (concatenating inside the step body is slower; figures in benchmarks/README.md).
     def _fuse(self) -> dict[str, Any]:
         """The input kernel ``[U_1 | U_2 | ...]`` and bias ``[b_1 | ...]`` (None without bias)."""
         kernels = [getattr(self, u)[...] for u, _ in self._input_blocks]

@@ -523,7 +523,9 @@ def _truncation_error(As: Array, Bs: Array, eps_grid: Array, order: str, norm: s
 
 
 def loglog_slope(eps: Array, E: Array) -> Array:
-    """Ordinary-least-squares slope of ``log E`` on ``log ε``."""
-    lx, ly = jnp.log(jnp.asarray(eps)), jnp.log(jnp.asarray(E))
+    """Ordinary-least-squares slope of ``log E`` on ``log ε``; NaN if a value is not positive."""
+    eps, E = jnp.asarray(eps), jnp.asarray(E)
+    lx, ly = jnp.log(eps), jnp.log(E)
     dx = lx - lx.mean()
-    return jnp.sum(dx * (ly - ly.mean())) / jnp.sum(dx * dx)
+    slope = jnp.sum(dx * (ly - ly.mean())) / jnp.sum(dx * dx)
+    return jnp.where(jnp.all(eps > 0) & jnp.all(E > 0), slope, jnp.nan)

@@ -7,15 +7,17 @@ import json
 from pathlib import Path
 from typing import Any
 
-__all__ = ["TrainConfig", "RunResult", "parse_seeds", "COMPAT"]
+from gatezoo.models.jacobians import CONVENTIONS
+from gatezoo.training.sharding import SHARD_AXES
 
-COMPAT = ("exact", "paper-code")
+__all__ = ["TrainConfig", "RunResult", "parse_seeds"]
+
 DTYPES = ("float32", "float64", "bfloat16")
 
 # Fields a resumed run may change: they alter how far and how often, never what a step computes.
 RESUMABLE_CHANGES = (
     "steps", "eval_every", "eval_batches", "checkpoint_every", "keep_checkpoints",
-    "steps_per_call", "devices",
+    "steps_per_call", "devices", "shard",
 )
 
 
@@ -36,8 +38,10 @@ class TrainConfig:
     Loop: ``steps`` updates, ``batch_size``, ``seeds`` (vmapped side by side), ``dtype``
     (``float64`` switches on ``jax_enable_x64``), ``steps_per_call`` (K compiled steps per host
     round-trip), ``eval_every``/``eval_batches`` (held-out batches of ``batch_size``),
-    ``checkpoint_every``/``keep_checkpoints``, ``devices`` (``None``: all devices when the batch
-    divides over them, else one; an integer: exactly that many, the batch must divide),
+    ``checkpoint_every``/``keep_checkpoints``, ``devices`` (``None``: all devices when the split
+    axis divides over them, else one; an integer: exactly that many, the axis must divide),
+    ``shard`` (what the devices split: ``"batch"``, each batch, or ``"seeds"``, the slots, whose
+    number must then divide over the devices; :mod:`gatezoo.training.sharding`),
     ``seed_batch`` (``k``: groups of ``k`` seeds vmapped, the groups run one after another in
     the compiled step; ``None``: automatic, groups of 1 on CPU, where that is faster (see
     benchmarks/README.md), and all seeds in one vmap on GPU and TPU).
@@ -84,6 +88,7 @@ class TrainConfig:
     self_check: bool = False
     fixed_batch: bool = False
     devices: int | None = None
+    shard: str = "batch"
     seed_batch: int | None = None
     lr_trials: tuple[float, ...] = ()
 
@@ -116,6 +121,13 @@ class TrainConfig:
             positive("devices")
         if self.seed_batch is not None:
             positive("seed_batch")
+        if self.shard not in SHARD_AXES:
+            raise ValueError(
+                f"unknown shard {self.shard!r}; choose one of: {', '.join(SHARD_AXES)}"
+            )
+        if self.shard == "seeds" and self.seed_batch is not None:
+            raise ValueError("seed_batch does not apply with shard='seeds' (the slots are "
+                             "vmapped all at once and split over the devices); leave it unset")
         if self.lr_trials and self.schedule != "constant":
             raise ValueError(f"lr_trials need the constant schedule, got {self.schedule!r}")
         if not all(r > 0 and r == r for r in self.lr_trials):
@@ -137,8 +149,10 @@ class TrainConfig:
             )
         if self.dtype not in DTYPES:
             raise ValueError(f"unknown dtype {self.dtype!r}; choose one of: {', '.join(DTYPES)}")
-        if self.compat not in COMPAT:
-            raise ValueError(f"unknown compat {self.compat!r}; choose one of: {', '.join(COMPAT)}")
+        if self.compat not in CONVENTIONS:
+            raise ValueError(
+                f"unknown compat {self.compat!r}; choose one of: {', '.join(CONVENTIONS)}"
+            )
         if not isinstance(self.every, dict) or not all(
             isinstance(v, int) and v >= 1 for v in self.every.values()
         ):
@@ -251,7 +265,7 @@ class RunResult:
       history: the metric lines written to ``metrics.jsonl`` by this call (list of dicts).
       wall_time: seconds spent in ``train`` (compilation included).
       run_dir: the run folder (``None`` when the run was not written to disk).
-      state: the full final :class:`~gatezoo.training.state.TrainState`.
+      state: the full final :class:`~gatezoo.training.step.TrainState`.
       config: the config that ran.
       step_fns: the compiled functions of the run (``step_fns.chunk._cache_size()`` is 1: one
         trace per run).

@@ -39,11 +39,11 @@ from gatezoo.training.config import RESUMABLE_CHANGES, RunResult, TrainConfig
 from gatezoo.training.model_fns import build_model
 from gatezoo.training.optimizers import make_optimizer
 from gatezoo.training.sharding import (
-    batch_mesh,
     initialize_distributed,
     is_writer,
+    place_state,
     replicate,
-    resolve_devices,
+    run_mesh,
 )
 from gatezoo.training.sinks import JsonlSink, Progress, TensorBoardSink, clean_line, truncate_jsonl
 from gatezoo.training.step import FAST_COMPILE, data_keys, make_step_fns
@@ -196,8 +196,8 @@ def train(
         momentum=config.momentum, warmup=config.warmup, clip=config.clip,
     )
     task = load_task(config) if task is None else task
-    n_devices = resolve_devices(config.devices, config.batch_size)
-    mesh = batch_mesh(n_devices)
+    mesh = run_mesh(config.devices, config.shard, batch_size=config.batch_size,
+                    slots=len(config.slot_seeds()))
     attached = attach_run(config, task, instruments, model)
     params = init_params(config, task, model)
     step_fns = make_step_fns(
@@ -212,7 +212,8 @@ def train(
     if config.lr_trials:
         rates = [r for r in config.lr_trials for _ in config.seeds]
         state = state._replace(opt_state=set_slot_learning_rates(state.opt_state, rates))
-    state = replicate(state, mesh)
+    state = place_state(state, mesh)
+    keys = state.keys  # placed like the slots they key
 
     writer = path is not None and is_writer()
     ckpt = None

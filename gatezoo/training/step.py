@@ -29,7 +29,7 @@ import optax
 
 from gatezoo.instruments.attach import Attached
 from gatezoo.instruments.optimizer import learning_rate_in_force
-from gatezoo.training.sharding import constrain_batch
+from gatezoo.training.sharding import constrain_batch, gather_slots, shards_seeds
 
 __all__ = ["TrainState", "StepFns", "data_keys", "make_step_fns"]
 
@@ -109,7 +109,8 @@ def make_step_fns(
       batch_size: training batch per seed (also the evaluation batch).
       steps_per_call: K, the scan length per host round-trip.
       fixed_batch: reuse the step-0 batch at every step.
-      mesh: a ``("batch",)`` mesh to shard batches over, or None.
+      mesh: a ``("batch",)`` mesh to shard batches over, a ``("seeds",)`` mesh to shard the
+        slots over (:mod:`gatezoo.training.sharding`), or None.
       unroll: ``lax.scan`` unroll of the K-step loop.
       seed_batch: ``None`` picks 1 on CPU and all seeds on GPU/TPU; ``k`` vmaps groups of
         ``k`` seeds and runs the groups one after another inside the compiled step
@@ -157,8 +158,8 @@ def make_step_fns(
     vmapped = jax.vmap(one_step, in_axes=(0, 0, 0, 0, 0, None, None))
 
     def seeds_step(params, opt_state, keys, inst_states, probe, data, step):
-        group = seed_batch
-        if group is None and jax.default_backend() == "cpu":
+        group = None if shards_seeds(mesh) else seed_batch  # GSPMD splits one vmap over slots
+        if group is None and jax.default_backend() == "cpu" and not shards_seeds(mesh):
             # measured (benchmarks/README.md): on XLA:CPU, batched matmuls over a seed axis are
             # slower than running the seeds one after another inside the same program
             group = 1
@@ -191,7 +192,8 @@ def make_step_fns(
         def body(state, i):
             return jax.lax.cond(i < n_active, run_one, skip, state, probe, data)
 
-        return jax.lax.scan(body, state, jnp.arange(K), unroll=unroll)
+        state, out = jax.lax.scan(body, state, jnp.arange(K), unroll=unroll)
+        return state, gather_slots(out, mesh)
 
     def init(params, keys):
         opt_state = jax.vmap(optimizer.init)(params)
@@ -214,7 +216,7 @@ def make_step_fns(
         return {k: jnp.mean(v) for k, v in per_batch.items()}
 
     def evaluate(params, keys, data):
-        return jax.vmap(evaluate_one, in_axes=(0, 0, None))(params, keys, data)
+        return gather_slots(jax.vmap(evaluate_one, in_axes=(0, 0, None))(params, keys, data), mesh)
 
     def probe_one(key, data):
         return sample(data, jax.random.fold_in(key, _PROBE), probe_batch_size, "train")
