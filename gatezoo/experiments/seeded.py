@@ -124,7 +124,7 @@ def _checkpoint_batches(
     input noise of std ``input_jitter`` keyed by ``jitter_key(seed, step)``."""
 
     def batch(seed, step, data):
-        del data  # the reproductions' tasks are synthetic
+        del data  # task.sample reads the task's own arrays (the reproductions' hold none)
         xs, ys = task.sample(batch_key(seed, step), batch_size)
         if input_jitter:
             xs = xs + input_jitter * jax.random.normal(jitter_key(seed, step), xs.shape, xs.dtype)
@@ -135,7 +135,7 @@ def _checkpoint_batches(
 
 def _stretch(marks: Sequence[int]) -> int:
     """Steps per compiled call: the longest stretch (at most 100) that divides every gap between
-    checkpoints, so calls end on the checkpoints without a short remainder call."""
+    checkpoints, so that few calls end short (a short call runs the same compiled program)."""
     gaps = [b - a for a, b in zip([0, *marks], marks, strict=False) if b > a]
     return max(1, min(math.gcd(*gaps) if gaps else 1, 100))
 
