@@ -93,7 +93,7 @@ _TRAIN_FLAGS = [
      "batch size per seed (divided over devices); default 64"),
     ("--seeds", "seeds", str, "a count ('4' = seeds 0..3) or a list ('0,5,7'), run side by side "
      "with vmap; default 1"),
-    ("--dtype", "dtype", str, "float32, float64 (switches on jax_enable_x64) or bfloat16; "
+    ("--dtype", "dtype", str, "float32, float64 (jax_enable_x64 on for the run) or bfloat16; "
      "default float32"),
     ("--steps-per-call", "steps_per_call", int,
      "K, compiled steps per host round trip; default 50"),
@@ -235,7 +235,7 @@ def _add_train_parser(sub) -> None:
             "--seeds 4\n"
             "  gatezoo train --config run.json --out runs/mine\n"
             "  gatezoo train --out runs/mine --resume --steps 2000\n"
-            "  gatezoo train --dtype float64 ...   (enables jax_enable_x64 for the process)\n"
+            "  gatezoo train --dtype float64 ...   (the run inside jax.enable_x64)\n"
             "  gatezoo train --seeds 32 --seed-batch 1   (on CPUs: see benchmarks/README.md)\n"
             "several hosts: set JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES and JAX_PROCESS_ID\n"
             "(or GATEZOO_DISTRIBUTED=auto under SLURM/MPI/Cloud TPU) and run the same command\n"

@@ -1,6 +1,7 @@
 """The compiled train loop: learning on the adding task, the instrument hook, metric lines,
 divergence, one trace per run."""
 
+import dataclasses
 import functools
 import io
 import json
@@ -240,13 +241,25 @@ def test_one_trace_per_run(tiny_run):
     assert tiny_run.step_fns.evaluate._cache_size() == 1
 
 
-def test_float64_runs_in_double_precision():
-    prev = jax.config.read("jax_enable_x64")
-    try:
-        result = train(small(steps=2, dtype="float64"), progress=False)
-        assert all(leaf.dtype == jnp.float64 for leaf in jax.tree_util.tree_leaves(result.params))
-    finally:
-        jax.config.update("jax_enable_x64", prev)
+def test_float64_runs_in_double_precision_inside_a_scope(tmp_path):
+    before = jax.config.read("jax_enable_x64")
+    config = small(steps=2, dtype="float64", checkpoint_every=2, eval_every=2)
+    first = train(config, tmp_path / "run", progress=False)
+    assert jax.config.read("jax_enable_x64") == before  # x64 only while the run lasted
+    assert all(leaf.dtype == jnp.float64 for leaf in jax.tree_util.tree_leaves(first.params))
+    # a float64 checkpoint restores in float64: the resumed run ends where a straight one does
+    longer = dataclasses.replace(config, steps=4)
+    resumed = train(longer, tmp_path / "run", resume=True, progress=False)
+    straight = train(longer, progress=False)
+    assert jax.config.read("jax_enable_x64") == before
+    for a, b in zip(jax.tree_util.tree_leaves(resumed.params),
+                    jax.tree_util.tree_leaves(straight.params), strict=True):
+        assert a.dtype == jnp.float64
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    # a caller's own scope is left as it was too
+    with jax.enable_x64(True):
+        train(small(steps=1, eval_every=1), progress=False)
+        assert jax.config.read("jax_enable_x64")
 
 
 def test_bad_configs_are_one_line_value_errors():

@@ -42,7 +42,6 @@ from gatezoo.experiments.checks import check_experiment, clip_checkpoints
 from gatezoo.experiments.partial import resume_parts, write_parts
 from gatezoo.experiments.seeded import (
     SeededModels,
-    over_seeds,
     stream_key,
     train_with_checkpoints,
 )
@@ -50,6 +49,7 @@ from gatezoo.experiments.stats import mean_std, ols_slope
 from gatezoo.linalg import singular_values
 from gatezoo.models import cell_fn
 from gatezoo.models.jacobians import state_jacobians
+from gatezoo.training.seeds import over_seeds
 
 __all__ = [
     "S1Config", "S1_MODELS", "S1_TASKS", "sensitivity_probe", "release_power_norms",

@@ -43,7 +43,6 @@ from gatezoo.experiments.s1 import _every_hundred
 from gatezoo.experiments.seeded import (
     SeededModels,
     flat_size,
-    over_seeds,
     stream_key,
     train_with_checkpoints,
 )
@@ -52,6 +51,7 @@ from gatezoo.instruments.stats import spectrum_stats
 from gatezoo.linalg import singular_values, symmetric_eigenvalues
 from gatezoo.models import cell_fn
 from gatezoo.models.jacobians import state_jacobians
+from gatezoo.training.seeds import over_seeds
 
 __all__ = ["S2Config", "S2_PAIRS", "S2_TASKS", "run_s2"]
 

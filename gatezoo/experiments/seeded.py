@@ -1,9 +1,10 @@
-"""Seeds side by side: stacked models, and a compiled SGD/Adam loop that keeps checkpoints.
+"""Seeds side by side: stacked models, trained on gatezoo's one train step with checkpoints.
 
 The reproductions train the same small models for many seeds with a plain optimizer and look at
 the parameters at a few checkpoint iterations. Here every seed's parameters are stacked on a
-leading axis, the train step is ``jax.vmap``-ped over it, and the steps between checkpoints run
-as one ``lax.scan`` (one compiled call per stretch; stretches of equal length reuse the trace).
+leading axis and trained by the compiled step of ``gz.train``
+(:func:`gatezoo.training.make_step_fns`: the seeds side by side, K steps per ``lax.scan``, one
+compile per run) with the reproductions' own batch rules; the host stops at each checkpoint.
 
 Example:
   >>> from gatezoo.tasks import make_task
@@ -27,13 +28,15 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 from flax import nnx
 
+from gatezoo.instruments.attach import attach
 from gatezoo.models import InitSpec, SequenceModel, make_cell
+from gatezoo.training.optimizers import make_optimizer
+from gatezoo.training.step import BatchFn, make_step_fns
 
 __all__ = ["SeededModels", "CheckpointRun", "train_with_checkpoints", "flat_size",
-           "over_seeds", "stream_key", "STREAMS"]
+           "stream_key", "STREAMS"]
 
 # One independent stream per use of a seed: ``fold_in(key(seed), STREAMS[name])``. Streams of
 # different seeds and of different uses never coincide (unlike ``key(seed + offset)``).
@@ -93,22 +96,6 @@ class SeededModels:
         return self.model(params)(xs)
 
 
-def over_seeds(fn: Callable, xs: Any, seed_batch: int | None | str = "auto"):
-    """``fn`` applied to every seed's slice of ``xs`` (leading seed axis), inside one program.
-
-    ``seed_batch=None`` vmaps all seeds at once; an integer ``n`` runs them ``n`` at a time
-    (``lax.map`` with ``batch_size=n``). ``"auto"``: one at a time on a CPU, where the backward
-    pass's residuals of all seeds together fall out of the cache and one vmap over 20 seeds is
-    slower than the seeds in turn (benchmarks/README.md, training), and all at once on an
-    accelerator, whose batched matrix products want the width.
-    """
-    if seed_batch == "auto":
-        seed_batch = 1 if jax.default_backend() == "cpu" else None
-    if seed_batch is None:
-        return jax.vmap(fn)(xs)
-    return jax.lax.map(fn, xs, batch_size=int(seed_batch))
-
-
 def flat_size(params: Any) -> int:
     """Number of scalars of one seed's parameters (leaves carry a leading seed axis)."""
     return int(sum(math.prod(p.shape[1:]) for p in jax.tree_util.tree_leaves(params)))
@@ -129,12 +116,28 @@ class CheckpointRun:
     wall_time_s: float
 
 
-def _optimizer(name: str, learning_rate: float) -> optax.GradientTransformation:
-    if name == "sgd":
-        return optax.sgd(learning_rate)
-    if name == "adam":
-        return optax.adam(learning_rate)
-    raise ValueError(f"unknown optimizer {name!r} for a reproduction; choose 'sgd' or 'adam'")
+def _checkpoint_batches(
+    task: Any, batch_size: int, batch_key: Callable, input_jitter: float,
+    jitter_key: Callable | None,
+) -> BatchFn:
+    """The step builder's batch source: ``task.sample(batch_key(seed, step))``, plus Gaussian
+    input noise of std ``input_jitter`` keyed by ``jitter_key(seed, step)``."""
+
+    def batch(seed, step, data):
+        del data  # task.sample reads the task's own arrays (the reproductions' hold none)
+        xs, ys = task.sample(batch_key(seed, step), batch_size)
+        if input_jitter:
+            xs = xs + input_jitter * jax.random.normal(jitter_key(seed, step), xs.shape, xs.dtype)
+        return xs, ys
+
+    return batch
+
+
+def _stretch(marks: Sequence[int]) -> int:
+    """Steps per compiled call: the longest stretch (at most 100) that divides every gap between
+    checkpoints, so that few calls end short (a short call runs the same compiled program)."""
+    gaps = [b - a for a, b in zip([0, *marks], marks, strict=False) if b > a]
+    return max(1, min(math.gcd(*gaps) if gaps else 1, 100))
 
 
 def train_with_checkpoints(
@@ -149,68 +152,54 @@ def train_with_checkpoints(
     input_jitter: float = 0.0,
     jitter_key: Callable[[int, jax.Array], jax.Array] | None = None,
     progress: Callable[[int, int], None] | None = None,
-    seed_batch: int | None | str = "auto",
+    seed_batch: int | None = None,
 ) -> CheckpointRun:
     """Trains every seed and keeps the parameters after ``c`` updates for each ``c`` in
     ``checkpoints``.
 
+    The steps are those of ``gz.train`` (:func:`gatezoo.training.make_step_fns` on the model
+    attached with no instruments); only the batches and the stops differ.
+
     Args:
       models: the stacked models (updated in place: ``models.params`` ends as the final params).
       task: a :class:`gatezoo.tasks.Task`; its ``loss`` is minimised.
-      optimizer: ``"sgd"`` (plain, no momentum) or ``"adam"``.
+      optimizer: a name of :func:`gatezoo.make_optimizer` (the reproductions use ``"sgd"``,
+        plain without momentum, and ``"adam"``) at the constant rate ``learning_rate``.
       checkpoints: iterations at which to keep parameters; the run lasts ``max(checkpoints)``.
       batch_key: ``batch_key(seed, step) -> key`` of the training batch (a constant key gives the
         same batch every step: THEORY.md §6.4's quirk).
       input_jitter: std of Gaussian noise added to the inputs each step (keyed by ``jitter_key``).
-      seed_batch: seeds per ``jax.vmap`` inside the compiled step (see :func:`over_seeds`).
+      seed_batch: seeds per ``jax.vmap`` inside the compiled step
+        (:func:`gatezoo.training.seeds.over_seeds`; ``None``: by backend).
+
+    A non-finite step is applied like any other (a diverging seed ends with NaN parameters and
+    losses, as in a plain optimizer loop), not skipped.
     """
-    opt = _optimizer(optimizer, learning_rate)
-    params = models.params
-    opt_state = jax.vmap(opt.init)(params)
-    seeds = jnp.asarray(models.seeds)
-
-    def loss_fn(p, x, y):
-        return task.loss(models.predict(p, x), y)
-
-    def one_seed(p, s, seed, i):
-        x, y = task.sample(batch_key(seed, i), batch_size)
-        if input_jitter:
-            x = x + input_jitter * jax.random.normal(jitter_key(seed, i), x.shape, x.dtype)
-        loss, g = jax.value_and_grad(loss_fn)(p, x, y)
-        updates, s = opt.update(g, s, p)
-        return optax.apply_updates(p, updates), s, loss
-
-    def body(carry, i):
-        p, s = carry
-        p, s, loss = over_seeds(lambda a: one_seed(*a, i), (p, s, seeds), seed_batch)
-        return (p, s), loss
-
-    @jax.jit
-    def stretch(p, s, steps):
-        (p, s), losses = jax.lax.scan(body, (p, s), steps)
-        return p, s, losses
-
     marks = sorted(set(int(c) for c in checkpoints))
     if marks and marks[0] < 0:
         raise ValueError(f"checkpoints must be >= 0, got {marks[0]}")
-    total = marks[-1] if marks else 0
+    if input_jitter and jitter_key is None:
+        raise ValueError("input_jitter needs jitter_key(seed, step)")
     start = time.perf_counter()
+    first = models.model(jax.tree_util.tree_map(lambda p: p[0], models.params))
+    step_fns = make_step_fns(
+        attach(first, task), task, make_optimizer(optimizer, learning_rate),
+        batch_size=batch_size, steps_per_call=_stretch(marks), seed_batch=seed_batch,
+        batch=_checkpoint_batches(task, batch_size, batch_key, input_jitter, jitter_key),
+        skip_nonfinite=False,
+    )
+    state = step_fns.init(models.params, jnp.asarray(models.seeds))
+    data, total, done = getattr(task, "data", None), (marks[-1] if marks else 0), 0
     kept: dict[int, Any] = {}
-    losses = []
-    done = 0
-    # the longest stretch that divides every gap keeps the number of distinct traces small
-    gaps = [b - a for a, b in zip([0, *marks], marks, strict=False) if b > a]
-    chunk = math.gcd(*gaps) if gaps else 1
-    chunk = max(1, min(chunk, 100))
+    losses = [np.zeros((0, len(models.seeds)))]
     for mark in marks:
         while done < mark:
-            n = min(chunk, mark - done)
-            params, opt_state, l = stretch(params, opt_state, jnp.arange(done, done + n))
-            losses.append(np.asarray(l))
+            n = min(_stretch(marks), mark - done)
+            state, out = step_fns.chunk(state, None, data, jnp.int32(n))
+            losses.append(np.asarray(out["loss"])[:n])
             done += n
             if progress is not None:
                 progress(done, total)
-        kept[mark] = params
-    models.params = params
-    loss_arr = np.concatenate(losses, axis=0) if losses else np.zeros((0, len(models.seeds)))
-    return CheckpointRun(kept, loss_arr, time.perf_counter() - start)
+        kept[mark] = state.params
+    models.params = state.params
+    return CheckpointRun(kept, np.concatenate(losses, axis=0), time.perf_counter() - start)

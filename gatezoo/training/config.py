@@ -36,7 +36,7 @@ class TrainConfig:
     ``learning_rate``, ``schedule``, ``momentum``, ``clip``, ``warmup`` (see
     :mod:`gatezoo.training.optimizers`).
     Loop: ``steps`` updates, ``batch_size``, ``seeds`` (vmapped side by side), ``dtype``
-    (``float64`` switches on ``jax_enable_x64``), ``steps_per_call`` (K compiled steps per host
+    (``float64`` runs inside ``jax.enable_x64``), ``steps_per_call`` (K compiled steps per host
     round-trip), ``eval_every``/``eval_batches`` (held-out batches of ``batch_size``),
     ``checkpoint_every``/``keep_checkpoints``, ``devices`` (``None``: all devices when the split
     axis divides over them, else one; an integer: exactly that many, the axis must divide),

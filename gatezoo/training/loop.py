@@ -16,10 +16,15 @@ again.
 Divergence: a NaN or Inf in a loss or gradient raises :class:`TrainingDiverged` naming the first
 bad step and seed; the diverged state is never saved, so the newest checkpoint is the last good
 one. ``KeyboardInterrupt`` saves the state of the last completed round trip first.
+
+Precision: a ``float64`` run switches ``jax_enable_x64`` on for its own duration only
+(``jax.enable_x64``, a thread-local scope); afterwards the setting is what it was.
 """
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import json
 import time
 from collections.abc import Callable, Sequence
@@ -46,7 +51,7 @@ from gatezoo.training.sharding import (
     run_mesh,
 )
 from gatezoo.training.sinks import JsonlSink, Progress, TensorBoardSink, clean_line, truncate_jsonl
-from gatezoo.training.step import FAST_COMPILE, data_keys, make_step_fns
+from gatezoo.training.step import FAST_COMPILE, StepFns, TrainState, data_keys, make_step_fns
 from gatezoo.training.trials import set_slot_learning_rates
 
 __all__ = ["train", "TrainingDiverged", "load_task", "init_params", "attach_run"]
@@ -123,6 +128,190 @@ def _check_resume_config(stored: TrainConfig, config: TrainConfig, run_dir: Path
         )
 
 
+def _run_folder(config: TrainConfig, run_dir: str | Path | None, resume: bool) -> Path | None:
+    """The run folder, checked before anything is built: a resume keeps the stored config's
+    fixed fields, a fresh start does not overwrite checkpoints."""
+    path = Path(run_dir) if run_dir is not None else None
+    if path is None and resume:
+        raise ValueError("resume needs a run folder")
+    if path is not None:
+        stored = path / "config.json"
+        if resume and stored.exists():
+            _check_resume_config(TrainConfig.from_json(stored), config, path)
+        if not resume and (path / "checkpoints").is_dir() and any(
+            p.name.isdigit() for p in (path / "checkpoints").iterdir()
+        ):
+            raise ValueError(
+                f"run folder {str(path)!r} already holds checkpoints; resume it (--resume) or "
+                "choose another folder"
+            )
+    return path
+
+
+def _compiled_run(
+    config: TrainConfig, task: Any, optimizer: Any, instruments: Sequence[Instrument],
+    model: ModelBuilder | None,
+) -> tuple[StepFns, TrainState, jax.Array, Any]:
+    """The run's compiled functions, its step-0 state (on the devices), the slots' data keys
+    and the task's arrays (``task.data``, replicated)."""
+    mesh = run_mesh(config.devices, config.shard, batch_size=config.batch_size,
+                    slots=len(config.slot_seeds()))
+    attached = attach_run(config, task, instruments, model)
+    params = init_params(config, task, model)
+    step_fns = make_step_fns(
+        attached, task, optimizer, batch_size=config.batch_size,
+        steps_per_call=config.steps_per_call, eval_batches=config.eval_batches,
+        probe_batch_size=config.probe_batch_size, fixed_batch=config.fixed_batch, mesh=mesh,
+        seed_batch=config.seed_batch,
+    )
+    keys = jnp.stack([data_keys(s) for s in config.slot_seeds()])
+    data = replicate(getattr(task, "data", None), mesh)
+    state = step_fns.init(params, keys)
+    if config.lr_trials:
+        rates = [r for r in config.lr_trials for _ in config.seeds]
+        state = state._replace(opt_state=set_slot_learning_rates(state.opt_state, rates))
+    state = place_state(state, mesh)
+    return step_fns, state, state.keys, data  # the keys placed like the slots they key
+
+
+def _open_outputs(
+    config: TrainConfig, path: Path | None, resume: bool, state: TrainState
+) -> tuple[TrainState, Checkpoints | None, list]:
+    """Checkpoints and metric sinks of the run folder (none without one); with ``resume`` the
+    state of the newest checkpoint that restores. Only the writer process writes files."""
+    if path is None:
+        return state, None, []
+    path.mkdir(parents=True, exist_ok=True)
+    ckpt = Checkpoints(path / "checkpoints", keep=config.keep_checkpoints)
+    found = ckpt.restore_latest(like=state) if resume else None
+    if found is not None:
+        state = found[1]
+    sinks: list[Any] = []
+    if is_writer():
+        config.to_json(path / "config.json")
+        truncate_jsonl(path / "metrics.jsonl", int(state.step))
+        sinks.append(JsonlSink(path / "metrics.jsonl"))
+        if TensorBoardSink.available():
+            sinks.append(TensorBoardSink(path / "events"))
+    return state, ckpt, sinks
+
+
+@dataclasses.dataclass
+class _HostLoop:
+    """The host side of a run: round trips of compiled steps, their metric lines, evaluations,
+    checkpoints and the finiteness check."""
+
+    config: TrainConfig
+    step_fns: StepFns
+    state: TrainState
+    keys: jax.Array
+    data: Any
+    ckpt: Checkpoints | None
+    sinks: list
+    bar: Progress
+
+    def __post_init__(self) -> None:
+        fns = self.step_fns
+        self.probe = fns.probe(self.keys, self.data) if fns.probe is not None else None
+        self.tags = self.config.slot_tags()
+        self.history: list[dict] = []
+        self.final_eval: dict = {}
+        self.last_loss = np.full(len(self.tags), np.nan)
+        # with learning-rate trials a diverging slot is a finding, not an error: the compiled
+        # step keeps its last finite state and the loop records the first bad step (-1: never)
+        self.diverged = np.full(len(self.tags), -1)
+        self.rate = 0.0
+
+    def emit(self, lines: list[dict]) -> None:
+        lines = [clean_line(line) for line in lines]
+        self.history.extend(lines)
+        for sink in self.sinks:
+            sink.write(lines)
+
+    def evaluate(self, step: int) -> None:
+        out = jax.device_get(self.step_fns.evaluate(self.state.params, self.keys, self.data))
+        self.final_eval = {k: np.asarray(v) for k, v in out.items()}
+        self.emit([
+            {"step": step, **tag, "split": "eval",
+             **{k: float(v[i]) for k, v in self.final_eval.items()}}
+            for i, tag in enumerate(self.tags)
+        ])
+        self.bar.eval_loss = float(np.mean(self.final_eval["loss"]))
+
+    def save(self, step: int) -> None:
+        if self.ckpt is not None:
+            self.ckpt.save(step, self.state)
+
+    def run(self) -> None:
+        """Steps until ``config.steps``, evaluating and saving at their steps; on
+        ``KeyboardInterrupt`` the last completed round trip is saved first."""
+        config = self.config
+        step = int(self.state.step)
+        try:
+            while True:
+                if step % config.eval_every == 0 or step == config.steps:
+                    self.evaluate(step)
+                if step >= config.steps:
+                    break
+                n = min(
+                    config.steps_per_call,
+                    config.steps - step,
+                    config.eval_every - step % config.eval_every,
+                    config.checkpoint_every - step % config.checkpoint_every,
+                )
+                self.round_trip(step, n)
+                step += n
+                if step % config.checkpoint_every == 0 or step == config.steps:
+                    self.save(step)
+        except KeyboardInterrupt:
+            self.save(int(self.state.step))  # the last completed round trip: nothing is lost
+            raise
+        finally:
+            for sink in self.sinks:
+                sink.close()
+            if self.ckpt is not None:
+                self.ckpt.close()
+        self.bar.update(step, float(np.mean(self.last_loss)), self.rate, final=True)
+
+    def round_trip(self, step: int, n: int) -> None:
+        """Runs ``n`` compiled steps from ``step`` and writes their lines; raises
+        :class:`TrainingDiverged` (after writing the lines up to the bad step) instead of
+        keeping a non-finite state."""
+        t0 = time.perf_counter()
+        new_state, out = self.step_fns.chunk(self.state, self.probe, self.data, jnp.int32(n))
+        out = {k: np.asarray(v)[:n] for k, v in jax.device_get(out).items()}
+        self.rate = n / (time.perf_counter() - t0)
+        bad = self._first_bad(out.pop("finite"), step)
+        written = n if bad is None else bad[0] + 1
+        self.emit([
+            {"step": step + k, **tag, "split": "train",
+             **{name: out[name][k, i] for name in out}, "steps_per_sec": self.rate}
+            for k in range(written)
+            for i, tag in enumerate(self.tags)
+        ])
+        if bad is not None:
+            k, i = bad
+            kept = self.ckpt.latest_step() if self.ckpt is not None else None
+            where = f"; last good checkpoint: step {kept}" if kept is not None else ""
+            raise TrainingDiverged(
+                f"training diverged: non-finite loss or gradient at step {step + k} for "
+                f"seed {self.tags[i]['seed']} (loss {out['loss'][k, i]}){where}"
+            )
+        self.state = new_state
+        self.last_loss = out["loss"][n - 1]
+        self.bar.update(step + n, float(np.mean(self.last_loss)), self.rate)
+
+    def _first_bad(self, finite: np.ndarray, step: int) -> tuple[int, int] | None:
+        """``(k, slot)`` of the first non-finite step of a round trip that must stop the run;
+        with learning-rate trials none does (each slot's first bad step is recorded instead)."""
+        if self.config.lr_trials:
+            first = np.where((~finite).any(axis=0), np.argmax(~finite, axis=0) + step, -1)
+            self.diverged = np.where((self.diverged < 0) & (first >= 0), first, self.diverged)
+            return None
+        bad = np.argwhere(~finite)
+        return (int(bad[0][0]), int(bad[0][1])) if len(bad) else None
+
+
 def train(
     config: TrainConfig,
     run_dir: str | Path | None = None,
@@ -136,7 +325,8 @@ def train(
     """Trains ``config.seeds`` side by side and returns the final state and metrics.
 
     Args:
-      config: the run (see :class:`TrainConfig`).
+      config: the run (see :class:`TrainConfig`); ``dtype="float64"`` runs inside
+        ``jax.enable_x64(True)``, which ends when ``train`` returns.
       run_dir: the run folder (``config.json``, ``metrics.jsonl``, ``checkpoints/``,
         ``events/``); ``None`` keeps everything in memory (no files, no checkpoints).
       resume: continue from the newest checkpoint in ``run_dir`` (a fresh start if it has
@@ -171,162 +361,28 @@ def train(
     if not isinstance(config, TrainConfig):
         raise TypeError(f"config must be a TrainConfig, got {type(config).__name__}")
     config.validate()
-    if config.dtype == "float64":
-        # x64 must be on before any array of the run is built (documented in the CLI help).
-        jax.config.update("jax_enable_x64", True)
-    initialize_distributed()
-
-    path = Path(run_dir) if run_dir is not None else None
-    if path is None and resume:
-        raise ValueError("resume needs a run folder")
-    if path is not None:
-        stored = path / "config.json"
-        if resume and stored.exists():
-            _check_resume_config(TrainConfig.from_json(stored), config, path)
-        if not resume and (path / "checkpoints").is_dir() and any(
-            p.name.isdigit() for p in (path / "checkpoints").iterdir()
-        ):
-            raise ValueError(
-                f"run folder {str(path)!r} already holds checkpoints; resume it (--resume) or "
-                "choose another folder"
-            )
-
-    optimizer = make_optimizer(  # first: a bad name fails before anything is built
-        config.optimizer, config.learning_rate, schedule=config.schedule, steps=config.steps,
-        momentum=config.momentum, warmup=config.warmup, clip=config.clip,
-    )
-    task = load_task(config) if task is None else task
-    mesh = run_mesh(config.devices, config.shard, batch_size=config.batch_size,
-                    slots=len(config.slot_seeds()))
-    attached = attach_run(config, task, instruments, model)
-    params = init_params(config, task, model)
-    step_fns = make_step_fns(
-        attached, task, optimizer, batch_size=config.batch_size,
-        steps_per_call=config.steps_per_call, eval_batches=config.eval_batches,
-        probe_batch_size=config.probe_batch_size, fixed_batch=config.fixed_batch, mesh=mesh,
-        seed_batch=config.seed_batch,
-    )
-    keys = jnp.stack([data_keys(s) for s in config.slot_seeds()])
-    data = replicate(getattr(task, "data", None), mesh)
-    state = step_fns.init(params, keys)
-    if config.lr_trials:
-        rates = [r for r in config.lr_trials for _ in config.seeds]
-        state = state._replace(opt_state=set_slot_learning_rates(state.opt_state, rates))
-    state = place_state(state, mesh)
-    keys = state.keys  # placed like the slots they key
-
-    writer = path is not None and is_writer()
-    ckpt = None
-    sinks: list[Any] = []
-    if path is not None:
-        path.mkdir(parents=True, exist_ok=True)
-        ckpt = Checkpoints(path / "checkpoints", keep=config.keep_checkpoints)
-        found = ckpt.restore_latest(like=state) if resume else None
-        if found is not None:
-            state = found[1]
-        if writer:
-            config.to_json(path / "config.json")
-            truncate_jsonl(path / "metrics.jsonl", int(state.step))
-            sinks.append(JsonlSink(path / "metrics.jsonl"))
-            if TensorBoardSink.available():
-                sinks.append(TensorBoardSink(path / "events"))
-
-    probe = step_fns.probe(keys, data) if step_fns.probe is not None else None
-    bar = Progress(config.steps, enabled=progress)
-    history: list[dict] = []
-    final_eval: dict = {}
-    tags = config.slot_tags()
-    last_loss = np.full(len(tags), np.nan)
-    # with learning-rate trials a diverging slot is a finding, not an error: the compiled step
-    # keeps its last finite state and the loop records the first bad step (-1: never)
-    diverged = np.full(len(tags), -1)
-
-    def emit(lines: list[dict]) -> None:
-        lines = [clean_line(line) for line in lines]
-        history.extend(lines)
-        for sink in sinks:
-            sink.write(lines)
-
-    def evaluate(step: int) -> None:
-        nonlocal final_eval
-        out = jax.device_get(step_fns.evaluate(state.params, keys, data))
-        final_eval = {k: np.asarray(v) for k, v in out.items()}
-        emit([
-            {"step": step, **tag, "split": "eval",
-             **{k: float(v[i]) for k, v in final_eval.items()}}
-            for i, tag in enumerate(tags)
-        ])
-        bar.eval_loss = float(np.mean(final_eval["loss"]))
-
-    def save(step: int) -> None:
-        if ckpt is not None:
-            ckpt.save(step, state)
-
-    step = int(state.step)
-    evaluated = -1
-    rate = 0.0
-    try:
-        while True:
-            if step % config.eval_every == 0 or step == config.steps:
-                if evaluated != step:
-                    evaluate(step)
-                    evaluated = step
-            if step >= config.steps:
-                break
-            n = min(
-                config.steps_per_call,
-                config.steps - step,
-                config.eval_every - step % config.eval_every,
-                config.checkpoint_every - step % config.checkpoint_every,
-            )
-            t0 = time.perf_counter()
-            new_state, out = step_fns.chunk(state, probe, data, jnp.int32(n))
-            out = {k: np.asarray(v)[:n] for k, v in jax.device_get(out).items()}
-            rate = n / (time.perf_counter() - t0)
-            finite = out.pop("finite")
-            if config.lr_trials:
-                first = np.where((~finite).any(axis=0), np.argmax(~finite, axis=0) + step, -1)
-                diverged = np.where((diverged < 0) & (first >= 0), first, diverged)
-                finite = np.ones_like(finite)
-            bad = np.argwhere(~finite)
-            good_steps = int(bad[0][0]) if len(bad) else n
-            lines = [
-                {"step": step + k, **tag, "split": "train", **{
-                    name: out[name][k, i] for name in out
-                }, "steps_per_sec": rate}
-                for k in range(good_steps + (1 if len(bad) else 0))
-                for i, tag in enumerate(tags)
-            ]
-            emit(lines)
-            if len(bad):
-                k, i = int(bad[0][0]), int(bad[0][1])
-                kept = ckpt.latest_step() if ckpt is not None else None
-                where = f"; last good checkpoint: step {kept}" if kept is not None else ""
-                raise TrainingDiverged(
-                    f"training diverged: non-finite loss or gradient at step {step + k} for "
-                    f"seed {tags[i]['seed']} (loss {out['loss'][k, i]}){where}"
-                )
-            state = new_state
-            step += n
-            last_loss = out["loss"][n - 1]
-            bar.update(step, float(np.mean(last_loss)), rate)
-            if step % config.checkpoint_every == 0 or step == config.steps:
-                save(step)
-    except KeyboardInterrupt:
-        save(int(state.step))  # the last completed round trip: nothing done is lost
-        raise
-    finally:
-        for sink in sinks:
-            sink.close()
-        if ckpt is not None:
-            ckpt.close()
-    bar.update(step, float(np.mean(last_loss)), rate, final=True)
-    if writer:
-        _write_summary(path, config, final_eval, last_loss)
+    # x64 must be on before any array of the run is built; a scope, not a global flip
+    x64 = jax.enable_x64(True) if config.dtype == "float64" else contextlib.nullcontext()
+    with x64:
+        initialize_distributed()
+        path = _run_folder(config, run_dir, resume)
+        optimizer = make_optimizer(  # first: a bad name fails before anything is built
+            config.optimizer, config.learning_rate, schedule=config.schedule,
+            steps=config.steps, momentum=config.momentum, warmup=config.warmup, clip=config.clip,
+        )
+        task = load_task(config) if task is None else task
+        step_fns, state, keys, data = _compiled_run(config, task, optimizer, instruments, model)
+        state, ckpt, sinks = _open_outputs(config, path, resume, state)
+        loop = _HostLoop(config, step_fns, state, keys, data, ckpt, sinks,
+                         Progress(config.steps, enabled=progress))
+        loop.run()
+        if path is not None and is_writer():
+            _write_summary(path, config, loop.final_eval, loop.last_loss)
     return RunResult(
-        params=state.params, opt_state=state.opt_state, final_loss=np.asarray(last_loss),
-        final_eval=final_eval, history=history, wall_time=time.perf_counter() - t_start,
-        run_dir=path, state=state, config=config, step_fns=step_fns, diverged=diverged,
+        params=loop.state.params, opt_state=loop.state.opt_state,
+        final_loss=np.asarray(loop.last_loss), final_eval=loop.final_eval,
+        history=loop.history, wall_time=time.perf_counter() - t_start, run_dir=path,
+        state=loop.state, config=config, step_fns=step_fns, diverged=loop.diverged,
     )
 
 

@@ -29,13 +29,13 @@ __all__ = ["DTYPES", "build_model", "param_dtype"]
 
 
 def param_dtype(name: str) -> Any:
-    """The JAX dtype called ``name``; float64 needs ``jax_enable_x64`` (the trainer sets it)."""
+    """The JAX dtype called ``name``; float64 needs ``jax_enable_x64`` (the trainer's scope)."""
     if name not in DTYPES:
         raise ValueError(f"unknown dtype {name!r}; choose one of: {', '.join(DTYPES)}")
     if name == "float64" and not jax.config.read("jax_enable_x64"):
         raise ValueError(
-            "dtype float64 needs jax_enable_x64; call "
-            "jax.config.update('jax_enable_x64', True) first (gatezoo train does this)"
+            "dtype float64 needs jax_enable_x64; build it inside "
+            "`with jax.enable_x64(True):` (gatezoo train does this for a float64 run)"
         )
     return jnp.dtype(name)
 

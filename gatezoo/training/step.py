@@ -1,17 +1,19 @@
-"""The train state and the compiled train step: K steps per host round-trip, seeds vmapped.
+"""The train state and the compiled train step: K steps per host round-trip, seeds side by side.
 
-One update of one seed, at step ``i`` (the number of updates done so far):
+One update of one seed (slot), at step ``i`` (the number of updates done so far):
 
 .. math::
-    (x, y) = \\mathrm{sample}(\\mathrm{fold\\_in}(k_s, i)), \\quad
+    (x, y) = \\mathrm{batch}(k_s, i), \\quad
     L, G = \\mathrm{value\\_and\\_grad}(\\theta \\mapsto \\ell(f_\\theta(x), y)), \\quad
     \\theta \\leftarrow \\theta + \\mathrm{opt.update}(G).
 
-The data key is a function of ``(seed, step)`` only, never of how the run was cut into host
-calls, so a resumed run replays exactly the batches an uninterrupted one sees.
+By default ``batch(k_s, i) = sample(fold_in(fold_in(k_s, 0), i))``: the data key is a function
+of ``(seed, step)`` only, never of how the run was cut into host calls, so a resumed run
+replays exactly the batches an uninterrupted one sees. A caller with other batch rules (the
+reproductions' constant key, input jitter) passes its own ``batch``.
 
-``make_chunk`` compiles ``lax.scan`` over K such steps. The step index is shared by all seeds and
-is *not* vmapped, so ``lax.cond(i % every == 0, ...)`` of the instruments and the
+``make_step_fns`` compiles ``lax.scan`` over K such steps. The step index is shared by all seeds
+and is *not* vmapped, so ``lax.cond(i % every == 0, ...)`` of the instruments and the
 ``i < n_active`` guard (the last round-trip may be shorter than K without a second compile) stay
 real conditionals instead of both-branch selects. Per step the scan returns, stacked ``(K, S)``:
 ``loss``, ``lr``, ``grad_norm``, the instrument metrics (NaN where not tracked), and a
@@ -29,9 +31,10 @@ import optax
 
 from gatezoo.instruments.attach import Attached
 from gatezoo.instruments.optimizer import learning_rate_in_force
+from gatezoo.training.seeds import over_seeds
 from gatezoo.training.sharding import constrain_batch, gather_slots, shards_seeds
 
-__all__ = ["TrainState", "StepFns", "data_keys", "make_step_fns"]
+__all__ = ["TrainState", "StepFns", "BatchFn", "data_keys", "make_step_fns"]
 
 # XLA options for programs that run once or rarely (init, evaluation, probe batch): skipping
 # LLVM's backend optimisations cuts their compile time several-fold on CPU; the hot K-step
@@ -41,6 +44,12 @@ FAST_COMPILE = {"xla_backend_optimization_level": 0}
 # fold_in tags deriving the independent key streams of one seed from its root key.
 _TRAIN, _PROBE, _EVAL = 0, 1, 2
 
+BatchFn = Callable[[Any, jax.Array, Any], tuple[jax.Array, jax.Array]]
+"""``batch(key, step, data) -> (xs, ys)``: one slot's training batch of update ``step``, from the
+slot's entry of :attr:`TrainState.keys` and the task's arrays ``data`` (``task.data``, a jit
+argument; None for synthetic tasks). Traced inside the compiled step: ``step`` is an int32
+scalar, ``key`` one slot's slice."""
+
 
 class TrainState(NamedTuple):
     """Everything that changes during training; leaves (except ``step``) are stacked over seeds.
@@ -49,14 +58,16 @@ class TrainState(NamedTuple):
       step: updates done so far (int32 scalar, shared by the seeds).
       params: model parameters, leaves ``(S, ...)``.
       opt_state: optimizer state, leaves ``(S, ...)``.
-      keys: per-seed root keys ``(S, 2)`` uint32 (constant; batches use ``fold_in(key, step)``).
+      keys: what each slot's batches are drawn from, leading axis ``S`` (constant): the root
+        keys ``(S, 2)`` uint32 of :func:`data_keys` for the default batches, or whatever a
+        caller's own ``batch`` function reads (e.g. the seeds themselves).
       instruments: one state per attached instrument, leaves ``(S, ...)``.
     """
 
     step: jax.Array
     params: Any
     opt_state: Any
-    keys: jax.Array
+    keys: Any
     instruments: tuple
 
 
@@ -84,69 +95,48 @@ class StepFns(NamedTuple):
     probe: Callable[..., Any] | None
 
 
-def make_step_fns(
-    attached: Attached,
-    task: Any,
-    optimizer: optax.GradientTransformation,
-    *,
-    batch_size: int,
-    steps_per_call: int,
-    eval_batches: int = 4,
-    probe_batch_size: int = 16,
-    fixed_batch: bool = False,
-    mesh: Any = None,
-    unroll: int = 1,
-    seed_batch: int | None = None,
-    wrap: Callable[[Callable], Callable] = lambda f: f,
-) -> StepFns:
-    """Builds the jitted init / K-step chunk / evaluation of a run.
+def _sample(task: Any, data: Any, key: jax.Array, batch_size: int, split: str):
+    if hasattr(task, "sample_from"):  # dataset arrays as a jit argument, not a constant
+        return task.sample_from(data, key, batch_size, split)
+    return task.sample(key, batch_size, split=split)
 
-    Args:
-      attached: the model's loss and instruments (:func:`gatezoo.attach`); each step is one
-        call of ``attached.update``, the entry point a user's own loop calls too.
-      task: the task (``sample``, ``loss``, ``metrics``).
-      optimizer: an optax transformation.
-      batch_size: training batch per seed (also the evaluation batch).
-      steps_per_call: K, the scan length per host round-trip.
-      fixed_batch: reuse the step-0 batch at every step.
-      mesh: a ``("batch",)`` mesh to shard batches over, a ``("seeds",)`` mesh to shard the
-        slots over (:mod:`gatezoo.training.sharding`), or None.
-      unroll: ``lax.scan`` unroll of the K-step loop.
-      seed_batch: ``None`` picks 1 on CPU and all seeds on GPU/TPU; ``k`` vmaps groups of
-        ``k`` seeds and runs the groups one after another inside the compiled step
-        (``lax.map``), which keeps each group's backward-pass residuals in cache on CPUs
-        (see benchmarks/README.md). The seed axis is generic: any per-slot state (e.g. a
-        per-slot learning rate in an injected optimizer state) rides on it.
-      wrap: applied to the pure chunk and evaluation functions before ``jax.jit`` (tests pass
-        ``functools.partial(chex.assert_max_traces, n=1)`` to prove one trace per run).
-    """
-    K = int(steps_per_call)
-    forward = attached.net.forward
 
-    def sample(data, key, batch, split):
-        if hasattr(task, "sample_from"):  # dataset arrays as a jit argument, not a constant
-            return task.sample_from(data, key, batch, split)
-        return task.sample(key, batch, split=split)
+def _task_batches(task: Any, batch_size: int, fixed_batch: bool) -> BatchFn:
+    """The default batches: the task's sample keyed by ``(slot key, step)`` (step 0's batch at
+    every step with ``fixed_batch``)."""
+
+    def batch(key, step, data):
+        data_key = jax.random.fold_in(jax.random.fold_in(key, _TRAIN), 0 if fixed_batch else step)
+        return _sample(task, data, data_key, batch_size, "train")
+
+    return batch
+
+
+def _slot_step(
+    attached: Attached, optimizer: optax.GradientTransformation, batch: BatchFn, mesh: Any,
+    skip_nonfinite: bool,
+) -> Callable:
+    """One update of one slot: ``(params, opt_state, key, inst_states, probe, data, step) ->
+    (params, opt_state, inst_states, metrics, finite)``."""
 
     def one_step(params, opt_state, key, inst_states, probe, data, step):
-        data_key = jax.random.fold_in(key, _TRAIN)
-        data_key = jax.random.fold_in(data_key, 0 if fixed_batch else step)
-        xs, ys = constrain_batch(sample(data, data_key, batch_size, "train"), mesh)
+        xs, ys = constrain_batch(batch(key, step, data), mesh)
         out = attached.update(
             params, inst_states, xs, ys, step=step, optimizer=optimizer, opt_state=opt_state,
             probe=probe,
         )
-        new_params = optax.apply_updates(params, out.updates)
+        new_params, new_opt_state = optax.apply_updates(params, out.updates), out.opt_state
         finite = jnp.isfinite(out.loss) & jnp.all(
             jnp.stack([jnp.all(jnp.isfinite(g)) for g in jax.tree_util.tree_leaves(out.grads)])
         )
+        if skip_nonfinite:
+            # a non-finite step leaves the slot as it was: a diverging learning-rate trial must
+            # not spread NaN into instruments (a run without trials stops at that step anyway)
+            new_params, new_opt_state = jax.tree_util.tree_map(
+                lambda new, old: jnp.where(finite, new, old), (new_params, new_opt_state),
+                (params, opt_state),
+            )
         lr = learning_rate_in_force(out.opt_state)
-        # a non-finite step leaves the slot as it was: a diverging learning-rate trial must not
-        # spread NaN into instruments (a run without trials stops at that step anyway)
-        new_params, new_opt_state = jax.tree_util.tree_map(
-            lambda new, old: jnp.where(finite, new, old), (new_params, out.opt_state),
-            (params, opt_state),
-        )
         metrics = {
             "loss": out.loss,
             "lr": jnp.asarray(jnp.nan, out.loss.dtype) if lr is None else lr,
@@ -155,29 +145,13 @@ def make_step_fns(
         }
         return new_params, new_opt_state, out.state, metrics, finite
 
-    vmapped = jax.vmap(one_step, in_axes=(0, 0, 0, 0, 0, None, None))
+    return one_step
 
-    def seeds_step(params, opt_state, keys, inst_states, probe, data, step):
-        group = None if shards_seeds(mesh) else seed_batch  # GSPMD splits one vmap over slots
-        if group is None and jax.default_backend() == "cpu" and not shards_seeds(mesh):
-            # measured (benchmarks/README.md): on XLA:CPU, batched matmuls over a seed axis are
-            # slower than running the seeds one after another inside the same program
-            group = 1
-        if group is None:
-            return vmapped(params, opt_state, keys, inst_states, probe, data, step)
-        # groups of seed_batch seeds vmapped, the groups one after another in the program
-        return jax.lax.map(
-            lambda a: one_step(*a, data, step), (params, opt_state, keys, inst_states, probe),
-            batch_size=group,
-        )
 
-    def run_one(state: TrainState, probe, data):
-        params, opt_state, inst_states, metrics, finite = seeds_step(
-            state.params, state.opt_state, state.keys, state.instruments, probe, data,
-            state.step,
-        )
-        new = TrainState(state.step + 1, params, opt_state, state.keys, inst_states)
-        return new, dict(metrics, finite=finite)
+def _scan_chunk(run_one: Callable, steps_per_call: int, unroll: int, mesh: Any) -> Callable:
+    """``chunk(state, probe, data, n_active)``: ``lax.scan`` of ``run_one`` over K steps, the
+    steps from ``n_active`` on skipped (outputs NaN, ``finite`` True, state unchanged); the
+    outputs are gathered onto every device when the slots are split over a mesh."""
 
     def chunk(state: TrainState, probe, data, n_active):
         out_shape = jax.eval_shape(run_one, state, probe, data)[1]
@@ -192,20 +166,25 @@ def make_step_fns(
         def body(state, i):
             return jax.lax.cond(i < n_active, run_one, skip, state, probe, data)
 
-        state, out = jax.lax.scan(body, state, jnp.arange(K), unroll=unroll)
+        state, out = jax.lax.scan(body, state, jnp.arange(int(steps_per_call)), unroll=unroll)
         return state, gather_slots(out, mesh)
 
-    def init(params, keys):
-        opt_state = jax.vmap(optimizer.init)(params)
-        inst_states = jax.vmap(attached.init)(params)
-        return TrainState(jnp.zeros((), jnp.int32), params, opt_state, keys, inst_states)
+    return chunk
+
+
+def _evaluation(
+    attached: Attached, task: Any, batch_size: int, eval_batches: int, mesh: Any
+) -> Callable:
+    """``evaluate(params, keys, data) -> {metric: (S,)}``: the task's loss and metrics, mean over
+    ``eval_batches`` held-out batches per slot (keyed by the slot's evaluation stream)."""
+    forward = attached.net.forward
 
     def evaluate_one(params, key, data):
         eval_key = jax.random.fold_in(key, _EVAL)
 
         def one_batch(j):
             xs, ys = constrain_batch(
-                sample(data, jax.random.fold_in(eval_key, j), batch_size, "test"), mesh
+                _sample(task, data, jax.random.fold_in(eval_key, j), batch_size, "test"), mesh
             )
             pred = forward(params, xs)
             out = {"loss": task.loss(pred, ys)}
@@ -218,13 +197,78 @@ def make_step_fns(
     def evaluate(params, keys, data):
         return gather_slots(jax.vmap(evaluate_one, in_axes=(0, 0, None))(params, keys, data), mesh)
 
+    return evaluate
+
+
+def make_step_fns(
+    attached: Attached,
+    task: Any,
+    optimizer: optax.GradientTransformation,
+    *,
+    batch_size: int,
+    steps_per_call: int,
+    eval_batches: int = 4,
+    probe_batch_size: int = 16,
+    fixed_batch: bool = False,
+    mesh: Any = None,
+    unroll: int = 1,
+    seed_batch: int | None = None,
+    batch: BatchFn | None = None,
+    skip_nonfinite: bool = True,
+    wrap: Callable[[Callable], Callable] = lambda f: f,
+) -> StepFns:
+    """Builds the jitted init / K-step chunk / evaluation of a run.
+
+    Args:
+      attached: the model's loss and instruments (:func:`gatezoo.attach`); each step is one
+        call of ``attached.update``, the entry point a user's own loop calls too.
+      task: the task (``sample``, ``loss``, ``metrics``).
+      optimizer: an optax transformation.
+      batch_size: training batch per seed (also the evaluation batch).
+      steps_per_call: K, the scan length per host round-trip.
+      fixed_batch: reuse the step-0 batch at every step (default batches only).
+      mesh: a ``("batch",)`` mesh to shard batches over, a ``("seeds",)`` mesh to shard the
+        slots over (:mod:`gatezoo.training.sharding`; the slots then run as one ``jax.vmap``,
+        which GSPMD splits), or None.
+      unroll: ``lax.scan`` unroll of the K-step loop.
+      seed_batch: seeds per ``jax.vmap`` inside the compiled step
+        (:func:`gatezoo.training.seeds.over_seeds`; ``None``: 1 on CPU, all on GPU/TPU). The
+        seed axis is generic: any per-slot state (e.g. a per-slot learning rate in an injected
+        optimizer state) rides on it.
+      batch: where each step's training batch comes from (:data:`BatchFn`); ``None`` draws
+        ``batch_size`` task samples keyed by the slot's root key and the step.
+      skip_nonfinite: a step with a non-finite loss or gradient leaves its slot's parameters
+        and optimizer state as they were (``finite`` is False in the outputs either way);
+        ``False`` applies it, as a plain optimizer loop does.
+      wrap: applied to the pure chunk and evaluation functions before ``jax.jit`` (tests pass
+        ``functools.partial(chex.assert_max_traces, n=1)`` to prove one trace per run).
+    """
+    batch = _task_batches(task, batch_size, fixed_batch) if batch is None else batch
+    one_step = _slot_step(attached, optimizer, batch, mesh, skip_nonfinite)
+    split_slots = shards_seeds(mesh)
+
+    def run_one(state: TrainState, probe, data):
+        per_slot = (state.params, state.opt_state, state.keys, state.instruments, probe)
+        step = lambda a: one_step(*a, data, state.step)  # noqa: E731
+        params, opt_state, inst_states, metrics, finite = (
+            jax.vmap(step)(per_slot) if split_slots else over_seeds(step, per_slot, seed_batch)
+        )
+        new = TrainState(state.step + 1, params, opt_state, state.keys, inst_states)
+        return new, dict(metrics, finite=finite)
+
+    def init(params, keys):
+        opt_state = jax.vmap(optimizer.init)(params)
+        inst_states = jax.vmap(attached.init)(params)
+        return TrainState(jnp.zeros((), jnp.int32), params, opt_state, keys, inst_states)
+
     def probe_one(key, data):
-        return sample(data, jax.random.fold_in(key, _PROBE), probe_batch_size, "train")
+        return _sample(task, data, jax.random.fold_in(key, _PROBE), probe_batch_size, "train")
 
     return StepFns(
         init=jax.jit(init, compiler_options=FAST_COMPILE),
-        chunk=jax.jit(wrap(chunk)),
-        evaluate=jax.jit(wrap(evaluate), compiler_options=FAST_COMPILE),
+        chunk=jax.jit(wrap(_scan_chunk(run_one, steps_per_call, unroll, mesh))),
+        evaluate=jax.jit(wrap(_evaluation(attached, task, batch_size, eval_batches, mesh)),
+                         compiler_options=FAST_COMPILE),
         probe=jax.jit(jax.vmap(probe_one, in_axes=(0, None)), compiler_options=FAST_COMPILE)
         if attached.instruments else None,
     )
