@@ -33,7 +33,7 @@ def random_carry(cell, batch=(), seed=0):
 
 def perturb_biases(cell, seed=0):
     """Nonzero biases, so that every bias path of the split is exercised."""
-    key = jax.random.key(seed + 100)
+    key = jax.random.fold_in(jax.random.key(seed), 100)
     for path, var in nnx.iter_graph(cell):
         if isinstance(var, nnx.Param) and path[-1] == "bias":
             key, sub = jax.random.split(key)
@@ -72,7 +72,7 @@ def test_split_sums_to_the_flax_jacobian(name, x64):
         adapter = gz.make_cell(name, D_IN, D_H, rngs=nnx.Rngs(seed), param_dtype=jnp.float64)
         perturb_biases(adapter, seed)
         carry = random_carry(adapter, seed=seed)
-        x = jax.random.normal(jax.random.key(seed + 3), (D_IN,), jnp.float64)
+        x = jax.random.normal(jax.random.fold_in(jax.random.key(seed), 3), (D_IN,), jnp.float64)
         fn = gz.cell_fn(adapter)
         A, B = gz.autodiff_split(fn.step, fn.params, carry, x)
         flax_cell = adapter.cell

@@ -26,7 +26,8 @@ def make_model(name, d_in=3, hidden=5, out=1, readout="last", dtype=jnp.float32,
                init=None, **opts):
     cell = gz.make_cell(name, d_in, hidden, rngs=nnx.Rngs(seed), param_dtype=dtype,
                         init=init, **opts)
-    return gz.SequenceModel(cell, out, readout=readout, rngs=nnx.Rngs(seed + 1))
+    return gz.SequenceModel(cell, out, readout=readout,
+                            rngs=nnx.Rngs(jax.random.fold_in(jax.random.key(seed), 1)))
 
 
 def make_context(fns, params, xs, ys, optimizer=None, opt_state=None, probe=None, step=0):

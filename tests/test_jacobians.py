@@ -39,7 +39,7 @@ def random_cell(name, seed, use_bias=True):
 
 
 def random_example(cell, seed):
-    k1, k2 = jax.random.split(jax.random.key(seed + 7))
+    k1, k2 = jax.random.split(jax.random.fold_in(jax.random.key(seed), 7))
     like = cell.initialize_carry((D_IN,))
     leaves, treedef = jax.tree_util.tree_flatten(like)
     keys = jax.random.split(k1, len(leaves))
@@ -206,7 +206,7 @@ def test_paper_code_convention(name, x64):
 def trajectory_factors(cell, seed, T=10):
     """Closed-form (As, Bs) and jacrev Js along a random trajectory, earliest step first."""
     carry, _ = random_example(cell, seed)
-    xs = jax.random.normal(jax.random.key(seed + 50), (T, D_IN), jnp.float64)
+    xs = jax.random.normal(jax.random.fold_in(jax.random.key(seed), 50), (T, D_IN), jnp.float64)
 
     @jax.jit  # one compiled program instead of many small eager ones
     def factors(carry, xs):

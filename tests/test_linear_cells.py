@@ -26,7 +26,8 @@ OPTS = {"s6": {"d_state": 3}}
 def _model(name, *, d_in=3, hidden=4, readout="all", dtype=jnp.float64, seed=0, **opts):
     cell = gz.make_cell(name, d_in, hidden, rngs=nnx.Rngs(seed), param_dtype=dtype,
                         **{**OPTS.get(name, {}), **opts})
-    return gz.SequenceModel(cell, 2, readout=readout, rngs=nnx.Rngs(seed + 1))
+    return gz.SequenceModel(cell, 2, readout=readout,
+                            rngs=nnx.Rngs(jax.random.fold_in(jax.random.key(seed), 1)))
 
 
 def _task(T, readout="all"):

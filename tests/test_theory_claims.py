@@ -24,7 +24,7 @@ def make(name, seed=0, **opts):
 
 
 def example(cell, seed=0):
-    keys = jax.random.split(jax.random.key(seed + 11), 3)
+    keys = jax.random.split(jax.random.fold_in(jax.random.key(seed), 11), 3)
     h = 0.7 * jax.random.normal(keys[0], (D_H,), jnp.float64)
     x = jax.random.normal(keys[1], (D_IN,), jnp.float64)
     if isinstance(cell, gz.LSTM):
