@@ -97,3 +97,47 @@ def test_metrics_per_group_and_totals(x64):
                                np.sum(g * g0) / np.linalg.norm(g) / np.linalg.norm(g0), rtol=1e-12)
     np.testing.assert_allclose(out["expansion/remainder@cell.W_z"],
                                np.linalg.norm(g - g0 - g1) / np.linalg.norm(g), rtol=1e-10)
+
+
+@pytest.mark.parametrize(
+    "name,readout,opts",
+    [("scalar", "all", {}), ("vector", "last", {}), ("gru", "all", {}), ("lstm", "all", {}),
+     ("gru", "last", {"use_bias": False})],
+)
+def test_closed_form_streams_equal_generic_and_definition(name, readout, opts, x64):
+    """The cell's closed-form first-order streams (the default for built-in cells) give the
+    same G0, G1 as the generic per-step linearisation and as forward-over-reverse."""
+    model = make_model(name, readout=readout, dtype=jnp.float64, seed=7, **opts)
+    fns, params = model_fns(model)
+    assert fns.first_order_streams is not None
+    generic = fns._replace(first_order_streams=None)
+    xs, ys = data(2, 3, 7, 3, dtype=jnp.float64, readout=readout)
+    ctx = make_context(fns, params, xs, ys)
+
+    def run(f):
+        return jax.jit(lambda p, x, c, a, g: first_order_gradients(f, p, x, c, a, g))(
+            params, xs, ctx.carries, ctx.adjoints, ctx.grads)
+
+    fast, slow = run(fns), run(generic)
+    g0, g1 = jax.jit(lambda p: _definition(fns, p, xs, ys))(params)
+    scale = max(float(jnp.max(jnp.abs(x))) for x in jax.tree_util.tree_leaves(ctx.grads))
+    assert _max_err(fast.g0, slow.g0) <= 1e-12 * scale
+    assert _max_err(fast.g1, slow.g1) <= 1e-12 * scale
+    assert _max_err(fast.g0, g0) <= 1e-12 * scale
+    assert _max_err(fast.g1, g1) <= 1e-12 * scale
+    assert max(float(jnp.max(jnp.abs(x))) for x in jax.tree_util.tree_leaves(g1)) > 1e-6
+
+
+def test_subclass_of_a_builtin_cell_takes_the_generic_path():
+    """A user's subclass may change the step, so only the exact built-in classes get the
+    closed-form streams."""
+    from flax import nnx
+
+    import gatezoo as gz
+
+    class MyGRU(gz.GRU):
+        pass
+
+    model = gz.SequenceModel(MyGRU(3, 4, rngs=nnx.Rngs(0)), 1, rngs=nnx.Rngs(1))
+    fns, _ = model_fns(model)
+    assert fns.first_order_streams is None

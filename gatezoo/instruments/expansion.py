@@ -112,8 +112,13 @@ def first_order_gradients(
         new = tm(jnp.add, a_t, b_t)
         return (pick(new, 0), pick(new, 1)), (e, lam1)
 
-    first = tm(lambda c: jnp.zeros_like(c[0]), carries)
-    _, (e_all, lam1_all) = jax.lax.scan(body, (first, first), (xs_t, prev, adjoints), reverse=True)
+    if fns.first_order_streams is not None:  # the cell's closed-form recursion
+        e_all, lam1_all = fns.first_order_streams(cp, xs_t, prev, adjoints)
+    else:
+        first = tm(lambda c: jnp.zeros_like(c[0]), carries)
+        _, (e_all, lam1_all) = jax.lax.scan(
+            body, (first, first), (xs_t, prev, adjoints), reverse=True
+        )
 
     merge = lambda tree: tm(lambda a: a.reshape((-1,) + a.shape[2:]), tree)  # noqa: E731
     h_all = merge(prev)

@@ -50,6 +50,11 @@ class ModelFns(NamedTuple):
         and ``G1`` are exact for every parameter of a stacked model.
       path: the layer's dotted path in the model (``""`` for a SequenceModel); metrics of a
         model with several layers are named ``"<instrument>/<path>/<quantity>"``.
+      first_order_streams: optional closed-form reverse recursion of the first-order adjoint
+        streams, ``(cell_params, xs_t, prev, adjoints) -> (e_all, lambda1_all)`` (see
+        :mod:`gatezoo.instruments.first_order_cells`); ``None``: the generic per-step
+        linearisation of ``split_step``. Same numbers either way; it only changes the speed of
+        :func:`gatezoo.instruments.first_order_gradients`.
     """
 
     loss: Callable[..., Any]
@@ -62,6 +67,7 @@ class ModelFns(NamedTuple):
     split_step: Callable[..., Any] | None = None
     inputs: Callable[..., Any] | None = None
     path: str = ""
+    first_order_streams: Callable[..., Any] | None = None
 
 
 class StepContext(NamedTuple):
