@@ -51,8 +51,9 @@ class ModelFns(NamedTuple):
       path: the layer's dotted path in the model (``""`` for a SequenceModel); metrics of a
         model with several layers are named ``"<instrument>/<path>/<quantity>"``.
       first_order_streams: optional closed-form reverse recursion of the first-order adjoint
-        streams, ``(cell_params, xs_t, prev, adjoints) -> (e_all, lambda1_all)`` (see
-        :mod:`gatezoo.instruments.first_order_cells`); ``None``: the generic per-step
+        streams, ``(cell_params, xs_t, prev, adjoints) -> (e_all, lambda1_all, immediate)``
+        with ``immediate(v) -> (cell-parameter cotangent, xs_t cotangent)`` of the steps
+        (see :mod:`gatezoo.instruments.first_order_cells`); ``None``: the generic per-step
         linearisation of ``split_step``. Same numbers either way; it only changes the speed of
         :func:`gatezoo.instruments.first_order_gradients`.
     """
