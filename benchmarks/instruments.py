@@ -7,6 +7,9 @@ cell, it times a compiled ``lax.scan`` of ``K`` train steps (SGD, MSE on the las
 * ``economy``: the ``economy`` preset every step (adjoints from the same backward pass);
 * ``expansion``: the first-order correction ``G0, G1`` every step;
 * ``econ+exp``: both;
+* with ``--generic``, ``expansion`` once more through the generic per-step linearisation of
+  ``split_step`` (``ModelFns.first_order_streams`` removed): what a user's cell gets, and the
+  built-in cells' cost before their closed-form streams;
 * the probe instruments (``sensitivity`` with its default 16 end times, and ``max_lag=64`` at
   T = 1000; ``anisotropy``; ``truncation``) once each on a probe batch of 16, in seconds per
   probe (compilation excluded).
@@ -15,11 +18,14 @@ Usage::
 
     python benchmarks/instruments.py                 # all sizes, vector + gru cells
     python benchmarks/instruments.py --sizes 64x80 --cells vector --steps 20
+    python benchmarks/instruments.py --cells vector,scalar,gru,lstm --sizes 64x80 --no-probes \
+        --generic
 
 Each ratio is printed in wall time and in process CPU time (the steadier one on a shared machine:
 XLA:CPU runs these steps on one thread).
 
-Goals (issue 4): economy <= 1.3x and expansion <= 2x every step. For comparison, Cockpit's
+Goals: economy <= 1.3x (issue 4) and expansion <= 2.6x in CPU time for every gated cell at
+64 x 80 (issue 9; its FLOP floor is counted in benchmarks/README.md). For comparison, Cockpit's
 cheapest preset costs 1.5x tracked every step and its full preset 21x.
 """
 
