@@ -209,14 +209,17 @@ def lstm_streams(cp: Any, xs_t: jax.Array, prev: Any, adjoints: Any):
         return jnp.concatenate([dc * kg[0], dc * kg[1], vh * kg[2]], axis=-1)
 
     lam_c, lam_h = adjoints
-    b_lam = (jnp.zeros_like(lam_c), gate_cot(lam_c + lam_h * k_out, lam_h, k_gates) @ wifo_t)
+    # B has no c-rows: broadcast zeros there instead of (T, batch, n) arrays of them
+    none = jnp.zeros((), lam_c.dtype)
+    b_lam = (jnp.zeros((lam_c.shape[0], 1, 1), lam_c.dtype),
+             gate_cot(lam_c + lam_h * k_out, lam_h, k_gates) @ wifo_t)
 
     def step(coef, e, lam1):
         ko, kc, f_, kg = coef
         vc, vh = jnp.stack([e[0], lam1[0]]), jnp.stack([e[1], lam1[1]])
         dc = vc + vh * ko
         a_c, a_h = dc * f_, (dc * kc) @ w_t
-        b_e = (jnp.zeros_like(e[0]), gate_cot(dc[0], e[1], kg) @ wifo_t)
+        b_e = (none, gate_cot(dc[0], e[1], kg) @ wifo_t)
         return (a_c[0], a_h[0]), (a_c[1], a_h[1]), b_e
 
     def pullback(v):
