@@ -7,6 +7,9 @@ cell, it times a compiled ``lax.scan`` of ``K`` train steps (SGD, MSE on the las
 * ``economy``: the ``economy`` preset every step (adjoints from the same backward pass);
 * ``expansion``: the first-order correction ``G0, G1`` every step;
 * ``econ+exp``: both;
+* with ``--generic``, ``expansion`` once more through the generic per-step linearisation of
+  ``split_step`` (``ModelFns.first_order_streams`` removed): what a user's cell gets, and the
+  built-in cells' cost before their closed-form streams;
 * the probe instruments (``sensitivity`` with its default 16 end times, and ``max_lag=64`` at
   T = 1000; ``anisotropy``; ``truncation``) once each on a probe batch of 16, in seconds per
   probe (compilation excluded).
@@ -15,11 +18,14 @@ Usage::
 
     python benchmarks/instruments.py                 # all sizes, vector + gru cells
     python benchmarks/instruments.py --sizes 64x80 --cells vector --steps 20
+    python benchmarks/instruments.py --cells vector,scalar,gru,lstm --sizes 64x80 --no-probes \
+        --generic
 
 Each ratio is printed in wall time and in process CPU time (the steadier one on a shared machine:
 XLA:CPU runs these steps on one thread).
 
-Goals (issue 4): economy <= 1.3x and expansion <= 2x every step. For comparison, Cockpit's
+Goals: economy <= 1.3x (issue 4) and expansion <= 2.6x in CPU time for every gated cell at
+64 x 80 (issue 9; its FLOP floor is counted in benchmarks/README.md). For comparison, Cockpit's
 cheapest preset costs 1.5x tracked every step and its full preset 21x.
 """
 
@@ -124,6 +130,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=10, help="train steps per timed call")
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--no-probes", action="store_true")
+    parser.add_argument("--generic", action="store_true",
+                        help="also time expansion through the generic per-step path (CPU time)")
     args = parser.parse_args()
     print(f"# {platform.node()} {platform.processor() or platform.machine()} "
           f"cores={os.cpu_count()} jax={jax.__version__} backend={jax.default_backend()} "
@@ -131,6 +139,8 @@ def main() -> None:
     print("ratios to the uninstrumented step of the same run: wall time, then process CPU time")
     header = (f"{'cell':7} {'size':9} {'base ms':>8} {'economy':>8} {'expansion':>9} "
               f"{'econ+exp':>8} {'cpu econ':>8} {'cpu exp':>8} {'cpu e+e':>8}")
+    if args.generic:
+        header += f" {'cpu generic':>11}"
     if not args.no_probes:
         header += f" {'sens s':>8} {'aniso s':>8} {'trunc s':>8}"
     print(header)
@@ -150,12 +160,18 @@ def main() -> None:
                                  ("econ+exp", ["economy", "expansion"])):
                 insts = make_instruments(names, fns) if names else []
                 runs[label] = make_run(fns, params, insts, opt, args.steps)
+            if args.generic:  # the same instrument without the cell's closed-form streams
+                gen = fns._replace(first_order_streams=None)
+                runs["generic"] = make_run(gen, params, make_instruments(["expansion"], gen), opt,
+                                           args.steps)
             times, cpu = interleaved(runs, (params, s0, xs, ys, probe), args.repeats)
             base, cbase = times["base"], cpu["base"]
             line = (f"{cell_name:7} {size:9} {1e3 * base / args.steps:8.2f} "
                     f"{times['economy'] / base:7.2f}x {times['expansion'] / base:8.2f}x "
                     f"{times['econ+exp'] / base:7.2f}x {cpu['economy'] / cbase:7.2f}x "
                     f"{cpu['expansion'] / cbase:7.2f}x {cpu['econ+exp'] / cbase:7.2f}x")
+            if args.generic:
+                line += f" {cpu['generic'] / cbase:10.2f}x"
             if not args.no_probes:
                 for name in ("sensitivity", "anisotropy", "truncation"):
                     kw = {"max_lag": 64} if (name == "sensitivity" and T > 200) else {}

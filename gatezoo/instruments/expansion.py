@@ -73,7 +73,10 @@ def first_order_gradients(
     step applied to every stored ``(h_{t-1}, x_t)`` pair as one big batch, for the stacked
     cotangents ``(e, lambda1)`` (and ``lambda`` with ``self_check``): large matrix products
     instead of ``T`` small ones. (Precomputing the linearisation of all steps outside the loop
-    and scanning over the stored VJP residuals was measured slower on CPU.)
+    and scanning over the stored VJP residuals was measured slower on CPU.) With
+    ``fns.first_order_streams`` (gatezoo's gated cells) both phases use the cell's closed-form
+    recursion and one batched evaluation of its activations instead
+    (:mod:`gatezoo.instruments.first_order_cells`); the numbers are the same.
 
     Args:
       fns: the model functions (the cell must follow the gate protocol for a non-zero ``G1``).
@@ -100,19 +103,54 @@ def first_order_gradients(
     tm = jax.tree_util.tree_map
     xs_t = steps.time_major(xs if fns.inputs is None else fns.inputs(params, xs))
     prev = steps.previous_states(carries)
+    if fns.first_order_streams is not None:
+        p_t = _closed_form(fns, params, xs, xs_t, prev, adjoints, self_check)
+    else:
+        p_t = _generic(fns, params, xs, xs_t, prev, adjoints, self_check)
+    pick = lambda tree, i: tm(lambda z: z[i], tree)  # noqa: E731
+    g0 = tm(jnp.subtract, grads, pick(p_t, 0))
+    return FirstOrder(g0, pick(p_t, 1), pick(p_t, 2) if self_check else None)
+
+
+def _stack(*trees: Any) -> Any:
+    return jax.tree_util.tree_map(lambda *a: jnp.stack(a), *trees)
+
+
+def _closed_form(fns: ModelFns, params, xs, xs_t, prev, adjoints, self_check: bool) -> Any:
+    """Parameter cotangents of ``(e, lambda1[, lambda])`` from the cell's closed-form streams
+    (:attr:`ModelFns.first_order_streams`): the cell's own cotangents are placed in the full
+    parameter tree by the transpose of ``cell_params``; a layer fed by other layers adds the
+    cotangent of its inputs pulled back through ``fns.inputs``."""
+    e_all, lam1_all, immediate = fns.first_order_streams(
+        fns.cell_params(params), xs_t, prev, adjoints
+    )
+    # one cotangent at a time: two-dimensional products, faster on CPU than a vmapped batch
+    d_cell, d_xs = _stack(*[immediate(v) for v in [e_all, lam1_all] + ([adjoints] * self_check)])
+    _, to_params = jax.vjp(fns.cell_params, params)
+    p_t = jax.vmap(lambda c: to_params(c)[0])(d_cell)
+    if fns.inputs is not None:
+        _, through_inputs = jax.vjp(lambda p: steps.time_major(fns.inputs(p, xs)), params)
+        d_in = jax.vmap(lambda c: through_inputs(c)[0])(d_xs)
+        p_t = jax.tree_util.tree_map(jnp.add, p_t, d_in)
+    return p_t
+
+
+def _generic(fns: ModelFns, params, xs, xs_t, prev, adjoints, self_check: bool) -> Any:
+    """Parameter cotangents of ``(e, lambda1[, lambda])`` through one ``jax.vjp`` of the step per
+    time step (the streams) and one over all steps at once (the parameter cotangents)."""
+    tm = jax.tree_util.tree_map
     cp = fns.cell_params(params)
-    stack = lambda *trees: tm(lambda *a: jnp.stack(a), *trees)  # noqa: E731
     pick = lambda tree, i: tm(lambda z: z[i], tree)  # noqa: E731
 
     def body(carry, inp):
         e, lam1 = carry
         x, h, lam = inp
-        a_t = jax.vmap(steps.transpose_a(fns, cp, h, x))(stack(e, lam1))
-        b_t = jax.vmap(steps.transpose_b(fns, cp, h, x))(stack(lam, tm(jnp.subtract, lam, e)))
+        a_t = jax.vmap(steps.transpose_a(fns, cp, h, x))(_stack(e, lam1))
+        b_t = jax.vmap(steps.transpose_b(fns, cp, h, x))(_stack(lam, tm(jnp.subtract, lam, e)))
         new = tm(jnp.add, a_t, b_t)
         return (pick(new, 0), pick(new, 1)), (e, lam1)
 
-    first = tm(lambda c: jnp.zeros_like(c[0]), carries)
+    first = tm(lambda c: jnp.zeros_like(c[0]), adjoints)
     _, (e_all, lam1_all) = jax.lax.scan(body, (first, first), (xs_t, prev, adjoints), reverse=True)
 
     merge = lambda tree: tm(lambda a: a.reshape((-1,) + a.shape[2:]), tree)  # noqa: E731
@@ -126,9 +164,8 @@ def first_order_gradients(
 
     _, vjp_p = jax.vjp(immediate, params)
     cots = [merge(e_all), merge(lam1_all)] + ([merge(adjoints)] if self_check else [])
-    (p_t,) = jax.vmap(vjp_p)(stack(*cots))
-    g0 = tm(jnp.subtract, grads, pick(p_t, 0))
-    return FirstOrder(g0, pick(p_t, 1), pick(p_t, 2) if self_check else None)
+    (p_t,) = jax.vmap(vjp_p)(_stack(*cots))
+    return p_t
 
 
 def _key_name(key: Any) -> str | None:

@@ -33,6 +33,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from gatezoo.instruments.first_order_cells import first_order_streams
 from gatezoo.instruments.protocol import ModelFns
 from gatezoo.models.protocol import cell_fn, check_gate_protocol, zero_carry
 from gatezoo.models.recurrent import LayerTap, Recurrent, layer_name, recurrent_layers, tapping
@@ -94,6 +95,7 @@ def _layer_fns(path: tuple, layer: Recurrent, tapped: Callable[..., Any]) -> Mod
         hidden=int(leaves[-1].shape[-1]), state_size=sum(int(c.shape[-1]) for c in leaves),
         split_step=fn.split_step, inputs=None if not path else inputs, path=name,
         gates_read_state=fn.gates_read_state,
+        first_order_streams=first_order_streams(cell) if fn.gated else None,
     )
 
 

@@ -53,6 +53,12 @@ class ModelFns(NamedTuple):
       gates_read_state: False when the cell declares that no gate reads the state
         (:func:`gatezoo.models.protocol.gates_read_state`): ``B = 0`` within the layer, so
         ``G1 = 0`` and ``G0 = G(1)`` exactly, and ``expansion`` computes nothing more.
+      first_order_streams: optional closed-form reverse recursion of the first-order adjoint
+        streams, ``(cell_params, xs_t, prev, adjoints) -> (e_all, lambda1_all, immediate)``
+        with ``immediate(v) -> (cell-parameter cotangent, xs_t cotangent)`` of the steps
+        (see :mod:`gatezoo.instruments.first_order_cells`); ``None``: the generic per-step
+        linearisation of ``split_step``. Same numbers either way; it only changes the speed of
+        :func:`gatezoo.instruments.first_order_gradients`.
     """
 
     loss: Callable[..., Any]
@@ -66,6 +72,7 @@ class ModelFns(NamedTuple):
     inputs: Callable[..., Any] | None = None
     path: str = ""
     gates_read_state: bool = True
+    first_order_streams: Callable[..., Any] | None = None
 
 
 class StepContext(NamedTuple):
