@@ -73,7 +73,7 @@ def first_order_gradients(
     step applied to every stored ``(h_{t-1}, x_t)`` pair as one big batch, for the stacked
     cotangents ``(e, lambda1)`` (and ``lambda`` with ``self_check``): large matrix products
     instead of ``T`` small ones. (Precomputing the linearisation of all steps outside the loop
-    and scanning over the stored VJP residuals was measured slower on CPU.) With
+    and scanning over the stored VJP residuals is slower on CPU.) With
     ``fns.first_order_streams`` (gatezoo's gated cells) both phases use the cell's closed-form
     recursion and one batched evaluation of its activations instead
     (:mod:`gatezoo.instruments.first_order_cells`); the numbers are the same.

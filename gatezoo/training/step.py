@@ -37,8 +37,8 @@ from gatezoo.training.sharding import constrain_batch, gather_slots, shards_seed
 __all__ = ["TrainState", "StepFns", "BatchFn", "data_keys", "make_step_fns"]
 
 # XLA options for programs that run once or rarely (init, evaluation, probe batch): skipping
-# LLVM's backend optimisations cuts their compile time several-fold on CPU; the hot K-step
-# chunk keeps the default level.
+# LLVM's backend optimisations cuts their compile time (benchmarks/README.md, training); the
+# hot K-step chunk keeps the default level.
 FAST_COMPILE = {"xla_backend_optimization_level": 0}
 
 # fold_in tags deriving the independent key streams of one seed from its root key.
