@@ -52,6 +52,16 @@ def _panels(n: int, nrows: int = 1, width: float = 4.6, height: float = 3.6):
     return fig, axes
 
 
+def _label_cell_panel(ax, cell: str, xlabel: str, ylabel: str, base: float | None,
+                      legend: dict[str, Any]) -> None:
+    """Title and axis labels of one cell's panel, with the task's trivial baseline dashed."""
+    if base is not None:
+        legend["trivial baseline"] = ax.axhline(base, color="k", ls="--", lw=1)
+    ax.set_title(cell)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+
+
 def _shared_legend(fig, handles_labels: dict[str, Any], ncol: int = 6) -> None:
     """One legend for the whole figure, below the panels."""
     if not handles_labels:
@@ -97,11 +107,7 @@ def loss_figure(cr, base: float | None) -> ReportFigure:
                     ax.semilogy(es, el, "o", color=col, ms=4)
                 data[name] = {"step": steps.tolist(), "loss_mean": loss.tolist(),
                               "eval_step": es.tolist(), "eval_loss_mean": el.tolist()}
-            if base is not None:
-                legend["trivial baseline"] = ax.axhline(base, color="k", ls="--", lw=1)
-            ax.set_title(cell)
-            ax.set_xlabel("step")
-            ax.set_ylabel("loss")
+            _label_cell_panel(ax, cell, "step", "loss", base, legend)
         _shared_legend(fig, legend)
         png = _finish(fig)
     return ReportFigure(
@@ -148,11 +154,7 @@ def tuning_figure(cr, base: float | None) -> ReportFigure | None:
                     ax.plot(rates[k], shown[k], "*", color=col, ms=16, mec="k")
                 data[name] = {"rates": rates.tolist(), "eval_loss_mean": loss.tolist(),
                               "diverged": div.tolist(), "chosen": t.get("chosen")}
-            if base is not None:
-                legend["trivial baseline"] = ax.axhline(base, color="k", ls="--", lw=1)
-            ax.set_title(cell)
-            ax.set_xlabel("learning rate")
-            ax.set_ylabel("held-out loss (end)")
+            _label_cell_panel(ax, cell, "learning rate", "held-out loss (end)", base, legend)
         _shared_legend(fig, legend)
         png = _finish(fig)
     return ReportFigure(
