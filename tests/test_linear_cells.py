@@ -304,3 +304,19 @@ def test_closed_form_state_jacobians_match_autodiff(name, x64):
     assert float(jnp.max(jnp.abs(A - A_ad))) <= 1e-14 and float(jnp.max(jnp.abs(B_ad))) == 0.0
     assert float(jnp.max(jnp.abs(A - J))) <= 1e-14 and float(jnp.max(jnp.abs(B))) == 0.0
     assert float(jnp.max(jnp.abs(A - jnp.diag(jnp.diag(A))))) == 0.0
+
+
+def test_auto_scan_is_sequential_on_a_cpu_and_the_cells_default_to_it():
+    a, b = jnp.full((8, 2), 0.5), jnp.ones((8, 2))
+
+    def primitives(method):
+        jaxpr = jax.make_jaxpr(lambda: gz.linear_recurrence(a, b, jnp.zeros(2), method))()
+        return {str(eqn.primitive) for eqn in jaxpr.jaxpr.eqns}
+
+    assert jax.default_backend() == "cpu"
+    assert "scan" in primitives("auto") and "scan" in primitives("sequential")
+    assert "scan" not in primitives("associative")
+    np.testing.assert_allclose(gz.linear_recurrence(a, b, jnp.zeros(2), "auto"),
+                               gz.linear_recurrence(a, b, jnp.zeros(2), "associative"))
+    for name in CELLS:
+        assert gz.make_cell(name, 3, 4, rngs=nnx.Rngs(0), **OPTS.get(name, {})).scan == "auto"

@@ -280,3 +280,37 @@ def test_time_to_target_is_the_first_held_out_hit_at_the_compiled_step_rate(tmp_
     m = read_metrics(run)
     assert time_to_target(m, 0.45, trials=4) == (10, pytest.approx(10 * 0.01 / 4))
     assert time_to_target(m, 0.05, trials=1) == (None, None)
+
+
+def test_findings_state_the_zeroth_order_share_and_the_retention_fit_per_cell(tmp_path):
+    """An input-gated cell (G1 = 0 exactly) is said to act at zeroth order only; every cell's
+    lag profile is stated against prod(1 - alpha), the candidate predictor beside it where it
+    fits better."""
+    fits = {"mingru": (0.9, 0.95, 0.5, 0.4), "gru": (0.8, 0.6, 1.1, 0.7)}  # ret s, r2, cand s, r2
+    grid = [{"name": f"{c}-adam", "cell": c, "optimizer": "adam", "schedule": "constant"}
+            for c in fits]
+    (tmp_path / "compare.json").write_text(json.dumps({
+        "experiment": "compare", "config": {"task": "adding", "seq_len": 20}, "grid": grid,
+        "status": {g["name"]: "done" for g in grid}}))
+    for cell, (rs, rr, cs, cr) in fits.items():
+        d = tmp_path / f"{cell}-adam"
+        d.mkdir()
+        (d / "config.json").write_text(json.dumps({"cell": cell, "optimizer": "adam",
+                                                   "task": "adding", "seq_len": 20}))
+        (d / "result.json").write_text(json.dumps({"wall_time_s": 1.0}))
+        with open(d / "metrics.jsonl", "w") as fh:
+            for step in (0, 10):
+                fh.write(json.dumps({
+                    "step": step, "seed": 0, "split": "train", "loss": 0.3,
+                    "expansion/g1_over_g0": 0.0 if cell == "mingru" else 0.1 + 0.01 * step,
+                    "transport/retention_s": rs, "transport/retention_r2": rr,
+                    "transport/candidate_s": cs, "transport/candidate_r2": cr}) + "\n")
+    texts = [f["text"] for f in report_figures(tmp_path)[4]["findings"]]
+    (zero,) = [t for t in texts if t.startswith("||G1||/||G0||")]
+    assert "gru 0.15 (0.1 to 0.2)" in zero
+    assert "mingru: exactly 0" in zero and "zeroth order" in zero and ". gru:" not in zero
+    (mg,) = [t for t in texts if t.startswith("mingru:")]
+    assert "adam prod(1-alpha) power 0.90, R^2 0.95." in mg and "prod(alpha)" not in mg
+    (g,) = [t for t in texts if t.startswith("gru:")]
+    assert "prod(1-alpha) power 0.80, R^2 0.60 (prod(alpha) fits better: power 1.10, R^2 " \
+           "0.70)" in g
