@@ -139,12 +139,15 @@ def test_expansion_gives_g1_zero_and_g0_equal_to_the_gradient(name, x64):
     assert float(metrics["remainder"]) <= 1e-13
     assert abs(float(metrics["cos"]) - 1.0) <= 1e-13
     assert _max_diff(ctx.grads, g1) <= 1e-12 * scale
-    # the cell declares B = 0, so the instrument reads the gradient alone (no adjoints); the
-    # full first-order recursion, run anyway, agrees with the declaration
+    # the cell declares B = 0, so G0/G1 come from the gradient alone (no adjoints read); the
+    # full first-order recursion, forced to run, agrees with the declaration
     assert not fns.gates_read_state and not inst.needs_adjoints
-    fo = first_order_gradients(fns, params, xs, ctx.carries, ctx.adjoints, ctx.grads)
-    assert _max_abs(fo.g1) <= 1e-14 * scale
-    assert _max_diff(fo.g0, g1) <= 1e-12 * scale
+    short = first_order_gradients(fns, params, xs, ctx.carries, None, ctx.grads)
+    assert _max_abs(short.g1) == 0.0 and _max_diff(short.g0, ctx.grads) == 0.0
+    full = first_order_gradients(fns._replace(gates_read_state=True), params, xs, ctx.carries,
+                                 ctx.adjoints, ctx.grads)
+    assert _max_abs(full.g1) <= 1e-14 * scale
+    assert _max_diff(full.g0, g1) <= 1e-12 * scale
 
 
 class LeakyGateReadingState(nnx.Module):

@@ -47,8 +47,13 @@ def test_each_layer_has_g1_zero_and_its_own_metrics(setup):
         assert 0.0 < float(out.metrics[f"gates/{layer}/alpha_mean"]) < 1.0
     first = att.first_order(params, xs, ys)
     assert set(first) == {"rnn1", "rnn2"}
+    # the layers declare that no gate reads the state; the full recursion, forced to run
+    # through each layer's streams, must agree with that declaration
+    forced = att.net._replace(layers={n: f._replace(gates_read_state=True)
+                                      for n, f in att.net.layers.items()})
+    full = gz.attach_fns(forced).first_order(params, xs, ys)
     grads = jax.grad(lambda p: _loss(nnx.merge(nnx.graphdef(model), p), xs, ys))(params)
-    for fo in first.values():
+    for fo in [*first.values(), *full.values()]:
         assert max(float(jnp.max(jnp.abs(g))) for g in jax.tree_util.tree_leaves(fo.g1)) < 1e-14
         # G(1) = G0 for every parameter (both layers and the head): B = 0 in every layer
         for a, b in zip(jax.tree_util.tree_leaves(fo.g0), jax.tree_util.tree_leaves(grads),

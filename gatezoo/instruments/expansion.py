@@ -79,7 +79,9 @@ def first_order_gradients(
     (:mod:`gatezoo.instruments.first_order_cells`); the numbers are the same.
 
     Args:
-      fns: the model functions (the cell must follow the gate protocol for a non-zero ``G1``).
+      fns: the model functions (the cell must follow the gate protocol for a non-zero ``G1``;
+        with ``fns.gates_read_state`` False, ``B = 0`` and the result is ``(G(1), 0)`` at once,
+        ``adjoints`` unread, unless ``self_check``).
       params: full model parameters; ``grads`` their exact gradient ``G(1)``.
       xs: inputs ``(batch, T, in)``; ``carries``/``adjoints``: leaves ``(T, batch, ...)``, the
         forward states and ``dL/dh_t`` of the same pass as ``grads``.
@@ -101,6 +103,10 @@ def first_order_gradients(
       True
     """
     tm = jax.tree_util.tree_map
+    if not fns.gates_read_state and not self_check:
+        # B = 0 within the layer (no gate reads the state): e = lambda1 = 0 in the recursion,
+        # so G0 = G(1) and G1 = 0 exactly, without reading the adjoints
+        return FirstOrder(grads, tm(jnp.zeros_like, grads), None)
     xs_t = steps.time_major(xs if fns.inputs is None else fns.inputs(params, xs))
     prev = steps.previous_states(carries)
     if fns.first_order_streams is not None:
@@ -236,20 +242,10 @@ def expansion(fns: ModelFns, *, every: int = 1, self_check: bool = False) -> Mea
     adjoints and the step function agree (one more parameter cotangent).
 
     For a layer whose gates read no state (``fns.gates_read_state`` False: minGRU, minLSTM,
-    RG-LRU, S6) ``B = 0``, so ``G1 = 0`` and ``G0 = G(1)`` exactly: the metrics come from the
-    gradient alone, with no reverse scan and no adjoints (unless ``self_check`` asks for the
+    RG-LRU, S6) :func:`first_order_gradients` returns ``G0 = G(1)``, ``G1 = 0`` from the
+    gradient alone, so the instrument needs no adjoints (unless ``self_check`` asks for the
     full recursion).
     """
-
-    if not fns.gates_read_state and not self_check:
-        # B = 0 within the layer: e = lambda1 = 0 in the recursion above, so G0 = G(1) and
-        # G1 = 0 exactly; the adjoints are not even needed
-        def measure_input_gated(ctx: StepContext, state, views: StepViews):
-            g1 = jax.tree_util.tree_map(jnp.zeros_like, ctx.grads)
-            return expansion_metrics(ctx.fns, ctx.params, ctx.grads, ctx.grads, g1), state
-
-        return Measure("expansion", lambda p: (), measure_input_gated, every=every,
-                       needs_gates=True)
 
     def measure(ctx: StepContext, state, views: StepViews):
         fo = first_order_gradients(
@@ -264,5 +260,6 @@ def expansion(fns: ModelFns, *, every: int = 1, self_check: bool = False) -> Mea
         return out, state
 
     return Measure(
-        "expansion", lambda p: (), measure, every=every, needs_gates=True, needs_adjoints=True
+        "expansion", lambda p: (), measure, every=every, needs_gates=True,
+        needs_adjoints=fns.gates_read_state or self_check,
     )
