@@ -312,6 +312,7 @@ def run_s1_model(
         per_ckpt.append([lag_profile(S[i], P[i], config.trim) for i in range(len(seeds))])
     out = _summarise_model(per_ckpt, ckpts, seeds, run)
     out["wall_time_s"] = time.perf_counter() - t0
+    out["train_time_s"] = run.wall_time_s
     log(f"s1 {task.name}/{name}: {config.steps} steps x {len(seeds)} seeds, "
         f"{out['wall_time_s']:.1f} s (training {run.wall_time_s:.1f} s)")
     return out

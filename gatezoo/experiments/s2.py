@@ -247,6 +247,7 @@ def run_s2_model(
         gc_rows.append({k: np.asarray(v) for k, v in gc.items()})
     out = _summarise(prop_rows, gc_rows, config, seeds, run, n_params, cell, opt, lr)
     out["wall_time_s"] = time.perf_counter() - t0
+    out["train_time_s"] = run.wall_time_s
     log(f"s2 {task.name}/{name}: {config.steps} steps x {len(seeds)} seeds, "
         f"{out['wall_time_s']:.1f} s (training {run.wall_time_s:.1f} s)")
     return out
