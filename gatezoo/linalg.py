@@ -49,14 +49,20 @@ def _host_batched(fn: Callable[[np.ndarray], np.ndarray], m: np.ndarray, width: 
         return out.reshape(m.shape[:-2] + (width,))
 
 
-def _on_host(fn: Callable[[np.ndarray], np.ndarray], m: jax.Array, width: int) -> jax.Array:
+def _on_host(
+    fn: Callable[[np.ndarray], np.ndarray], m: jax.Array, width: int, kind: str
+) -> jax.Array:
+    """``fn`` on the host; ``kind`` labels the callback for :mod:`gatezoo.flops`."""
     dtype = m.dtype
     out_shape = m.shape[:-2] + (width,)
     if dtype.itemsize != 8:
         shape = jax.ShapeDtypeStruct(out_shape, dtype)
-        return jax.pure_callback(
-            lambda a: _host_batched(fn, np.asarray(a, dtype), width), shape, m,
-            vmap_method="expand_dims")
+
+        def host32(a):
+            return _host_batched(fn, np.asarray(a, dtype), width)
+
+        host32.decomposition = kind
+        return jax.pure_callback(host32, shape, m, vmap_method="expand_dims")
     # 64-bit values cross as uint32 pairs: jax.enable_x64 is thread-local and the callback runs
     # on an XLA thread, where a float64 result would otherwise be cast to float32
     shape = jax.ShapeDtypeStruct(out_shape + (2,), jnp.uint32)
@@ -66,6 +72,7 @@ def _on_host(fn: Callable[[np.ndarray], np.ndarray], m: jax.Array, width: int) -
         return _host_batched(fn, a, width).astype(dtype).view(np.uint32).reshape(
             a.shape[:-2] + (width, 2))
 
+    host.decomposition, host.bit_pairs = kind, True
     bits = jax.lax.bitcast_convert_type(m, jnp.uint32)  # (..., n, k, 2)
     out = jax.pure_callback(host, shape, bits, vmap_method="expand_dims")
     return jax.lax.bitcast_convert_type(out, dtype)
@@ -80,7 +87,8 @@ def singular_values(m: jax.Array) -> jax.Array:
     m = jnp.asarray(m)
     if jax.default_backend() != "cpu":
         return jnp.linalg.svd(m, compute_uv=False)
-    return _on_host(lambda a: np.linalg.svd(a, compute_uv=False), m, min(m.shape[-2:]))
+    return _on_host(lambda a: np.linalg.svd(a, compute_uv=False), m, min(m.shape[-2:]),
+                    "singular_values")
 
 
 def symmetric_eigenvalues(m: jax.Array) -> jax.Array:
@@ -94,4 +102,4 @@ def symmetric_eigenvalues(m: jax.Array) -> jax.Array:
         raise ValueError(f"symmetric_eigenvalues needs square matrices, got shape {m.shape}")
     if jax.default_backend() != "cpu":
         return jnp.linalg.eigvalsh(m)
-    return _on_host(np.linalg.eigvalsh, m, m.shape[-1])
+    return _on_host(np.linalg.eigvalsh, m, m.shape[-1], "symmetric_eigenvalues")

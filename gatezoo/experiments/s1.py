@@ -46,6 +46,7 @@ from gatezoo.experiments.seeded import (
     train_with_checkpoints,
 )
 from gatezoo.experiments.stats import mean_std, ols_slope
+from gatezoo.flops import count_flops
 from gatezoo.linalg import singular_values
 from gatezoo.models import cell_fn
 from gatezoo.models.jacobians import state_jacobians
@@ -307,12 +308,15 @@ def run_s1_model(
     for i, c in enumerate(ckpts):
         log(f"s1 {task.name}/{name}: probe {i + 1}/{len(ckpts)} (iteration {c})")
         keys = jnp.stack([jax.random.fold_in(stream_key(s, "power"), c) for s in seeds])
+        if i == 0:  # every checkpoint's probe has the same shapes
+            probe_flops = count_flops(probe, run.checkpoints[c], probe_xs, keys).scaled(len(ckpts))
         S, P = probe(run.checkpoints[c], probe_xs, keys)
         S, P = np.asarray(S, np.float64), np.asarray(P, np.float64)
         per_ckpt.append([lag_profile(S[i], P[i], config.trim) for i in range(len(seeds))])
     out = _summarise_model(per_ckpt, ckpts, seeds, run)
     out["wall_time_s"] = time.perf_counter() - t0
     out["train_time_s"] = run.wall_time_s
+    out["flops"] = {"train": run.flops.as_dict(), "probe": probe_flops.as_dict()}
     log(f"s1 {task.name}/{name}: {config.steps} steps x {len(seeds)} seeds, "
         f"{out['wall_time_s']:.1f} s (training {run.wall_time_s:.1f} s)")
     return out

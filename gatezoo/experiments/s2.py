@@ -47,6 +47,7 @@ from gatezoo.experiments.seeded import (
     train_with_checkpoints,
 )
 from gatezoo.experiments.stats import as_array, median_iqr, to_list
+from gatezoo.flops import count_flops
 from gatezoo.instruments.stats import spectrum_stats
 from gatezoo.linalg import singular_values, symmetric_eigenvalues
 from gatezoo.models import cell_fn
@@ -242,12 +243,16 @@ def run_s2_model(
             jax.vmap(lambda r, s=s: jax.random.fold_in(jax.random.fold_in(jax.random.fold_in(
                 stream_key(s, "gradcov"), model_index), c), r))(rows)
             for s in seeds])
+        if i == 0:  # every checkpoint's probe has the same shapes
+            probe_flops = count_flops(probe_j, params_at[c], prep.probe_xs, tkeys,
+                                      gkeys).scaled(len(config.checkpoints))
         prop, gc = probe_j(params_at[c], prep.probe_xs, tkeys, gkeys)
         prop_rows.append({k: np.asarray(v) for k, v in prop.items()})
         gc_rows.append({k: np.asarray(v) for k, v in gc.items()})
     out = _summarise(prop_rows, gc_rows, config, seeds, run, n_params, cell, opt, lr)
     out["wall_time_s"] = time.perf_counter() - t0
     out["train_time_s"] = run.wall_time_s
+    out["flops"] = {"train": run.flops.as_dict(), "probe": probe_flops.as_dict()}
     log(f"s2 {task.name}/{name}: {config.steps} steps x {len(seeds)} seeds, "
         f"{out['wall_time_s']:.1f} s (training {run.wall_time_s:.1f} s)")
     return out

@@ -30,6 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from gatezoo.flops import FlopCount, count_flops
 from gatezoo.instruments.attach import attach
 from gatezoo.models import InitSpec, SequenceModel, make_cell
 from gatezoo.training.optimizers import make_optimizer
@@ -109,11 +110,14 @@ class CheckpointRun:
       checkpoints: ``{iteration: params}``; ``iteration`` counts the updates applied.
       losses: ``(steps, seeds)`` training loss of each step's batch, before its update.
       wall_time_s: seconds spent training (compilation included).
+      flops: the operations of all the training steps (:func:`gatezoo.flops.count_flops` of
+        the compiled K-step chunk, per step, times the steps taken).
     """
 
     checkpoints: dict[int, Any]
     losses: np.ndarray
     wall_time_s: float
+    flops: FlopCount = FlopCount()
 
 
 def _checkpoint_batches(
@@ -180,21 +184,22 @@ def train_with_checkpoints(
         raise ValueError(f"checkpoints must be >= 0, got {marks[0]}")
     if input_jitter and jitter_key is None:
         raise ValueError("input_jitter needs jitter_key(seed, step)")
-    start = time.perf_counter()
+    start, k = time.perf_counter(), _stretch(marks)
     first = models.model(jax.tree_util.tree_map(lambda p: p[0], models.params))
     step_fns = make_step_fns(
         attach(first, task), task, make_optimizer(optimizer, learning_rate),
-        batch_size=batch_size, steps_per_call=_stretch(marks), seed_batch=seed_batch,
+        batch_size=batch_size, steps_per_call=k, seed_batch=seed_batch,
         batch=_checkpoint_batches(task, batch_size, batch_key, input_jitter, jitter_key),
         skip_nonfinite=False,
     )
     state = step_fns.init(models.params, jnp.asarray(models.seeds))
     data, total, done = getattr(task, "data", None), (marks[-1] if marks else 0), 0
+    per_step = count_flops(step_fns.chunk, state, None, data, jnp.int32(k)).scaled(1 / k)
     kept: dict[int, Any] = {}
     losses = [np.zeros((0, len(models.seeds)))]
     for mark in marks:
         while done < mark:
-            n = min(_stretch(marks), mark - done)
+            n = min(k, mark - done)
             state, out = step_fns.chunk(state, None, data, jnp.int32(n))
             losses.append(np.asarray(out["loss"])[:n])
             done += n
@@ -202,4 +207,5 @@ def train_with_checkpoints(
                 progress(done, total)
         kept[mark] = state.params
     models.params = state.params
-    return CheckpointRun(kept, np.concatenate(losses, axis=0), time.perf_counter() - start)
+    return CheckpointRun(kept, np.concatenate(losses, axis=0), time.perf_counter() - start,
+                         per_step.scaled(total))
