@@ -390,20 +390,15 @@ def _experiment_config(cls, args, overrides: dict[str, str], used: set, **fixed)
 
 
 def _run_parts(which: str, args, out: str, log) -> None:
-    from gatezoo.experiments.appendix import AppendixConfig, run_appendix
+    from gatezoo.experiments.appendix import AppendixConfig
     from gatezoo.experiments.s1 import S1Config, run_s1
     from gatezoo.experiments.s2 import S2Config, run_s2
 
     overrides, used = _reproduce_overrides(args.set), set()
-    if which in ("appendix", "all"):
-        cfg = _experiment_config(AppendixConfig, args, overrides, used)
-        summary = run_appendix(cfg, out)
-        for gate, g in summary["gates"].items():
-            a = g["aggregate"]
-            log(f"appendix {gate}: small-eps slope {a['slope_mean']:.4f} +/- "
-                f"{a['slope_std']:.4f} ({a['n_kept']} seeds kept), median r_j "
-                f"{a['r_median_of_medians']:.3g}, {g['wall_time_s']:.1f} s")
     parts = []
+    if which in ("appendix", "all"):
+        parts.append((_appendix_part(log), _experiment_config(AppendixConfig, args, overrides,
+                                                               used)))
     if which in ("s1", "all"):
         cfg = _experiment_config(S1Config, args, overrides, used)
         steps = args.steps if args.steps is not None else (800 if which == "all" else 600)
@@ -412,11 +407,27 @@ def _run_parts(which: str, args, out: str, log) -> None:
         cfg = _experiment_config(S2Config, args, overrides, used)
         steps = args.steps if args.steps is not None else (1200 if which == "all" else 800)
         parts.append((run_s2, cfg.with_steps(steps)))
+    # every setting is checked before the first part runs
     unknown = sorted(set(overrides) - used)
     if unknown:
         raise UsageError(f"--set: no field {', '.join(unknown)} in the {which} settings")
     for run, cfg in parts:
         run(cfg, out, log=log)
+
+
+def _appendix_part(log):
+    """``run_appendix`` with one progress line per gate."""
+    from gatezoo.experiments.appendix import run_appendix
+
+    def run(cfg, out, log=log):
+        summary = run_appendix(cfg, out)
+        for gate, g in summary["gates"].items():
+            a = g["aggregate"]
+            log(f"appendix {gate}: small-eps slope {a['slope_mean']:.4f} +/- "
+                f"{a['slope_std']:.4f} ({a['n_kept']} seeds kept), median r_j "
+                f"{a['r_median_of_medians']:.3g}, {g['wall_time_s']:.1f} s")
+
+    return run
 
 
 def _cmd_reproduce(args: argparse.Namespace) -> int:

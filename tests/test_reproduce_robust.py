@@ -173,3 +173,11 @@ def test_sigterm_is_not_lost_inside_a_gc_callback():
     assert not cli._swallows_exceptions(_sys._getframe())
     with pytest.raises(cli.Terminated):
         cli._raise_terminated(signal.SIGTERM, _sys._getframe())
+
+
+def test_a_bad_setting_stops_all_before_the_appendix_runs(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["reproduce", "all", "--seeds", "1", "--set", "probe_batchh=8",
+                 "--out", str(out)]) == 2
+    assert "no field probe_batchh" in capsys.readouterr().err
+    assert not (out / "appendix.json").exists()

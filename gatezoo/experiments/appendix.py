@@ -43,6 +43,7 @@ from flax import nnx
 
 from gatezoo.experiments.seeded import stream_key
 from gatezoo.experiments.stats import iqr_inliers, mean_std, median_iqr, to_list
+from gatezoo.flops import FlopCount, count_flops
 from gatezoo.linalg import singular_values
 from gatezoo.models import InitSpec, cell_fn, make_cell
 from gatezoo.models.jacobians import (
@@ -170,8 +171,9 @@ def appendix_per_seed(a: jax.Array, b: jax.Array, eps_grid: jax.Array, order: st
     }
 
 
-def _gate_stats(gate: str, config: AppendixConfig) -> dict[str, np.ndarray]:
-    """Per-seed statistics of one gate type, all seeds in one vmapped, jitted call."""
+def _gate_stats(gate: str, config: AppendixConfig) -> tuple[dict[str, np.ndarray], FlopCount]:
+    """Per-seed statistics of one gate type, all seeds in one vmapped, jitted call, and that
+    call's operation count."""
     seeds = list(range(config.seeds))
     cells = [_make(gate, s, config) for s in seeds]
     graphdef, _, rest = nnx.split(cells[0], nnx.Param, ...)
@@ -189,8 +191,8 @@ def _gate_stats(gate: str, config: AppendixConfig) -> dict[str, np.ndarray]:
         a, b = gate_factors(nnx.merge(graphdef, p, rest), xs, config.compat)
         return appendix_per_seed(a, b, eps_grid, order)
 
-    out = jax.jit(jax.vmap(one))(params, keys)
-    return {k: np.asarray(v) for k, v in out.items()}
+    fn = jax.jit(jax.vmap(one))
+    return {k: np.asarray(v) for k, v in fn(params, keys).items()}, count_flops(fn, params, keys)
 
 
 def summarise_gate(stats: dict[str, np.ndarray], config: AppendixConfig) -> dict[str, Any]:
@@ -273,8 +275,10 @@ def run_appendix(
     gates = {}
     for gate in config.gates:
         t0 = time.perf_counter()
-        gates[gate] = summarise_gate(_gate_stats(gate, config), config)
+        stats, flops = _gate_stats(gate, config)
+        gates[gate] = summarise_gate(stats, config)
         gates[gate]["wall_time_s"] = time.perf_counter() - t0
+        gates[gate]["flops"] = flops.as_dict()
     summary = {
         "experiment": "appendix",
         "config": dataclasses.asdict(config),
