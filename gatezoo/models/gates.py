@@ -48,15 +48,8 @@ class _GatedLeaky(RecurrentCell):
 
     def recur(self, carry: jax.Array, xp: jax.Array, gate_carry: jax.Array):
         xp_c, xp_g = self._split(xp)
-        if gate_carry is carry:
-            # nobody measures: one fused recurrent matmul for candidate and gate
-            rec = carry @ jnp.concatenate([self.W[...], self.W_g[...]], axis=1)
-            pre_c, pre_g = rec[..., : self.hidden_features], rec[..., self.hidden_features :]
-            phi = jnp.tanh(xp_c + pre_c)
-            alpha = jax.nn.sigmoid(xp_g + pre_g)
-        else:
-            phi = jnp.tanh(xp_c + carry @ self.W[...])
-            alpha = self._gate(xp_g, gate_carry)
+        phi = jnp.tanh(xp_c + carry @ self.W[...])
+        alpha = self._gate(xp_g, gate_carry)
         h = carry + alpha * (phi - carry)
         return h, h
 
