@@ -44,10 +44,10 @@ __all__ = ["FlopCount", "count_flops", "count_jaxpr_flops"]
 _FREE = frozenset({
     "broadcast_in_dim", "reshape", "squeeze", "expand_dims", "transpose", "slice",
     "dynamic_slice", "dynamic_update_slice", "concatenate", "pad", "gather", "scatter", "rev",
-    "convert_element_type", "bitcast_convert_type", "iota", "copy", "copy_p", "select_n",
+    "convert_element_type", "bitcast_convert_type", "iota", "copy", "select_n",
     "random_bits", "random_seed", "random_wrap", "random_unwrap", "random_fold_in",
     "random_split", "threefry2x32", "stop_gradient", "sharding_constraint", "device_put",
-    "pure_callback", "optimization_barrier", "split", "argsort", "sort",
+    "optimization_barrier", "split", "sort",
 })
 
 
@@ -110,7 +110,7 @@ def _equation(eqn: Any) -> FlopCount:
         return body._replace(unknown_loops=body.unknown_loops + 1)
     if name == "cond":
         return max((count_jaxpr_flops(b) for b in params["branches"]), key=lambda c: c.total)
-    if name in ("svd", "eigh") or name == "pure_callback":
+    if name in ("svd", "eigh", "pure_callback"):
         return _decomposition(eqn)
     subs = [v for v in params.values() if hasattr(v, "eqns") or hasattr(v, "jaxpr")]
     if subs:

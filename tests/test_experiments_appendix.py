@@ -50,6 +50,9 @@ def test_outputs_and_statistics_written(summaries):
     summary, d = summaries["exact"]
     doc = json.loads((d / "appendix.json").read_text())
     for gate in ("scalar", "vector"):
+        # the appendix runs in float64: its products and SVDs are counted as such
+        flops = doc["gates"][gate]["flops"]
+        assert flops["matmul64"] > 0 and flops["matmul32"] == 0 and flops["decomposition"] > 0
         agg = doc["gates"][gate]["aggregate"]
         for key in ("E_median", "E_q25", "E_q75", "C2_median", "C2_q25", "C2_q75", "slope_mean",
                     "slope_std", "slope_median", "E1_over_F1_median",
