@@ -29,6 +29,11 @@ Usage::
     python benchmarks/cells.py --quick         # a smoke run in well under a minute
     python benchmarks/cells.py --lengths 100 --rounds 21 --cells lstm
     python benchmarks/cells.py --scans-only    # only the scan table, T = 1024 and 4096
+    XLA_FLAGS=--xla_force_host_platform_device_count=2 python benchmarks/cells.py --devices 2
+
+``--devices N`` splits the JAX steps' batch over N devices as ``gatezoo train`` does
+(``gatezoo.training.sharding``): on a CPU, N host devices, each running its half of the
+recurrence on its own core, which XLA:CPU otherwise runs on one.
 """
 
 from __future__ import annotations
@@ -48,8 +53,10 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import nnx
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 import gatezoo as gz
+from gatezoo.training.sharding import batch_mesh, replicate
 
 try:  # torch is an optional comparison, never a gatezoo dependency
     import torch
@@ -92,11 +99,16 @@ def scan_model(cell: str, d: int, h: int, scan: str, d_state: int) -> nnx.Module
     return gz.SequenceModel(built, 1, rngs=nnx.Rngs(1))
 
 
-def jax_runner(model: nnx.Module, xs: np.ndarray, ys: np.ndarray, lr: float) -> Callable:
-    """``run(n)``: n jitted train steps on fixed data, blocking on the last."""
+def jax_runner(
+    model: nnx.Module, xs: np.ndarray, ys: np.ndarray, lr: float, mesh: Mesh | None = None
+) -> Callable:
+    """``run(n)``: n jitted train steps on fixed data, blocking on the last; with a ``mesh``
+    (gatezoo's batch mesh) the batch is split over its devices, the state replicated, as
+    ``gatezoo train`` does on several devices."""
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
     tx = optax.adam(lr)
-    opt_state = tx.init(params)
+    opt_state = replicate(tx.init(params), mesh)
+    params = replicate(params, mesh)
 
     def loss_fn(p, x, y):
         pred = nnx.merge(graphdef, p, rest)(x)
@@ -108,13 +120,21 @@ def jax_runner(model: nnx.Module, xs: np.ndarray, ys: np.ndarray, lr: float) -> 
         updates, s = tx.update(grads, s, p)
         return optax.apply_updates(p, updates), s, loss
 
-    x, y = jnp.asarray(xs), jnp.asarray(ys)
+    if mesh is None:
+        x, y = jnp.asarray(xs), jnp.asarray(ys)
+    else:
+        split = NamedSharding(mesh, PartitionSpec("batch"))
+        x, y = jax.device_put(xs, split), jax.device_put(ys, split)
     state = [params, opt_state]
 
     def run(n: int) -> float:
         loss = None
         for _ in range(n):
             state[0], state[1], loss = step(state[0], state[1], x, y)
+            if mesh is not None:
+                # One step in flight, as in gatezoo's trainer: with several steps queued, the
+                # gradient all-reduces of XLA:CPU's host devices can deadlock (README.md).
+                jax.block_until_ready(loss)
         return float(jax.block_until_ready(loss))
 
     return run
@@ -192,7 +212,7 @@ def cpu_name() -> str:
     return platform.processor() or "unknown"
 
 
-def scan_table(args: argparse.Namespace, lr: float) -> None:
+def scan_table(args: argparse.Namespace, lr: float, mesh: Mesh | None) -> None:
     """The associative scan against the sequential one and Flax's GRU, one row per (cell, T)."""
     print(f"# scans: batch {args.batch}, in {args.features}, hidden {args.scan_hidden}, "
           f"s6 d_state {args.d_state}; time per train step (fwd+bwd+Adam)")
@@ -204,10 +224,10 @@ def scan_table(args: argparse.Namespace, lr: float) -> None:
     for T in args.scan_lengths:
         xs = rng.standard_normal((args.batch, T, d)).astype(np.float32)
         ys = rng.standard_normal((args.batch, 1)).astype(np.float32)
-        flax_gru = jax_runner(flax_model("gru", d, h), xs, ys, lr)
+        flax_gru = jax_runner(flax_model("gru", d, h), xs, ys, lr, mesh)
         for cell in args.scan_cells:
             runners = {
-                scan: jax_runner(scan_model(cell, d, h, scan, args.d_state), xs, ys, lr)
+                scan: jax_runner(scan_model(cell, d, h, scan, args.d_state), xs, ys, lr, mesh)
                 for scan in gz.SCANS
             }
             runners["flax-gru"] = flax_gru
@@ -231,6 +251,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--block", type=float, default=0.3, help="seconds per timed block")
     parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads")
     parser.add_argument("--no-torch", action="store_true", help="skip PyTorch even if installed")
+    parser.add_argument("--devices", type=int, default=1,
+                        help="split the JAX steps' batch over this many devices (on a CPU: "
+                             "XLA_FLAGS=--xla_force_host_platform_device_count=N); default 1")
     parser.add_argument("--quick", action="store_true",
                         help="T = 20 and 100 (scans: 64 and 256, hidden 16), 3 short rounds")
     parser.add_argument("--scan-cells", nargs="+", choices=sorted(gz.CELLS),
@@ -243,7 +266,8 @@ def main(argv: list[str] | None = None) -> None:
     table.add_argument("--scans-only", action="store_true", help="only the scan table")
     table.add_argument("--no-scans", action="store_true", help="skip the scan table")
     args = parser.parse_args(argv)
-    for name in ("batch", "features", "hidden", "rounds", "threads", "scan_hidden", "d_state"):
+    for name in ("batch", "features", "hidden", "rounds", "threads", "scan_hidden", "d_state",
+                 "devices"):
         if getattr(args, name) < 1:
             flag = name.replace("_", "-")
             raise SystemExit(f"--{flag} must be >= 1, got {getattr(args, name)}")
@@ -253,6 +277,13 @@ def main(argv: list[str] | None = None) -> None:
     no_scan = [c for c in args.scan_cells if "scan" not in gz.CELLS[c].options]
     if no_scan:
         raise SystemExit(f"--scan-cells takes cells with a scan option; not {', '.join(no_scan)}")
+    if args.devices > jax.device_count():
+        raise SystemExit(
+            f"--devices {args.devices}: only {jax.device_count()} JAX device(s); on a CPU start "
+            f"with XLA_FLAGS=--xla_force_host_platform_device_count={args.devices}")
+    if args.batch % args.devices:
+        raise SystemExit(f"--batch {args.batch} does not divide over --devices {args.devices}")
+    mesh = batch_mesh(args.devices)
     if args.quick:
         args.lengths, args.rounds, args.block = [20, 100], 3, 0.05
         args.scan_lengths, args.scan_hidden = [64, 256], 16
@@ -264,7 +295,8 @@ def main(argv: list[str] | None = None) -> None:
     versions = f"jax {jax.__version__}, flax {flax.__version__}, optax {optax.__version__}"
     versions += f", torch {torch.__version__} ({args.threads} threads)" if use_torch else ""
     print(f"# {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC, {cpu_name()}, "
-          f"{os.cpu_count()} CPUs, {jax.devices()[0].platform}")
+          f"{os.cpu_count()} CPUs, {jax.devices()[0].platform}, JAX batch split over "
+          f"{args.devices} device(s)")
     print(f"# {versions}")
     print(f"# batch {args.batch}, in {args.features}, hidden {args.hidden}, "
           f"rounds {args.rounds}, block {args.block}s; time per train step (fwd+bwd+Adam)")
@@ -280,8 +312,8 @@ def main(argv: list[str] | None = None) -> None:
             for cell in args.cells:
                 d, h = args.features, args.hidden
                 runners = {
-                    "gatezoo": jax_runner(gatezoo_model(cell, d, h), xs, ys, lr),
-                    "flax": jax_runner(flax_model(cell, d, h), xs, ys, lr),
+                    "gatezoo": jax_runner(gatezoo_model(cell, d, h), xs, ys, lr, mesh),
+                    "flax": jax_runner(flax_model(cell, d, h), xs, ys, lr, mesh),
                 }
                 if use_torch:
                     runners["torch"] = torch_runner(cell, args.hidden, xs, ys, lr)
@@ -293,7 +325,7 @@ def main(argv: list[str] | None = None) -> None:
                     cols.append(f"{med['gatezoo'] / med['torch']:.2f}" if use_torch else "-")
                 print("| " + " | ".join(cols) + " |", flush=True)
     if not args.no_scans:
-        scan_table(args, lr)
+        scan_table(args, lr, mesh)
     print(f"# load average after: {load_average()}")
 
 

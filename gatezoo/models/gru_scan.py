@@ -41,6 +41,8 @@ import jax
 import jax.numpy as jnp
 from jax.custom_derivatives import SymbolicZero, custom_vjp_primal_tree_values
 
+from gatezoo.models.time_batch_product import time_batch_product
+
 __all__ = ["gru_sequence"]
 
 
@@ -103,13 +105,12 @@ def _bwd(res, dhs):
     dh0, (da, doffsets) = jax.lax.scan(
         body, jnp.zeros_like(h0), (jnp.arange(T), dhs, acts), reverse=True
     )
-    h_prev = jnp.concatenate([h0[None], hs[:-1]], axis=0).reshape(-1, n)
-    flat = da.reshape(-1, 3 * n)
-    r = acts[..., n : 2 * n].reshape(-1, n)
-    dU = xs.reshape(-1, xs.shape[-1]).T @ flat
-    dW_zr = h_prev.T @ flat[:, : 2 * n]
-    dW = (r * h_prev).T @ flat[:, 2 * n :]
-    db = None if b is None else flat.sum(axis=0)
+    h_prev = jnp.concatenate([h0[None], hs[:-1]], axis=0)
+    r = acts[..., n : 2 * n]
+    dU = time_batch_product(xs, da)
+    dW_zr = time_batch_product(h_prev, da[..., : 2 * n])
+    dW = time_batch_product(r * h_prev, da[..., 2 * n :])
+    db = None if b is None else da.sum(axis=(0, 1))
     dxs = (da @ U.T).astype(xs.dtype)
     return dU, dW_zr, dW, db, dxs, dh0, doffsets
 

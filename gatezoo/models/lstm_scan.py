@@ -47,6 +47,8 @@ import jax
 import jax.numpy as jnp
 from jax.custom_derivatives import SymbolicZero, custom_vjp_primal_tree_values
 
+from gatezoo.models.time_batch_product import time_batch_product
+
 __all__ = ["lstm_sequence"]
 
 
@@ -127,12 +129,11 @@ def _bwd(res, cotangents):
     (dc0, dh0), (da, doffsets) = jax.lax.scan(
         body, (zero, zero), (jnp.arange(T), dhs, dcs, acts), reverse=True
     )
-    flat = da.reshape(-1, da.shape[-1])
-    dU = xs.reshape(-1, xs.shape[-1]).T @ flat
+    dU = time_batch_product(xs, da)
     dW = h0.T @ da[0]
     if T > 1:
-        dW = dW + hs[:-1].reshape(-1, n).T @ da[1:].reshape(-1, da.shape[-1])
-    db = None if b is None else flat.sum(axis=0)
+        dW = dW + time_batch_product(hs[:-1], da[1:])
+    db = None if b is None else da.sum(axis=(0, 1))
     dxs = (da @ U.T).astype(xs.dtype)
     return dU, dW, db, dxs, dc0, dh0, doffsets
 
