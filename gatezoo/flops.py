@@ -17,7 +17,8 @@ executed):
 
 ``scan`` bodies count ``length`` times, a ``cond`` its costliest branch, a ``while_loop`` body
 once (its trip count is not in the jaxpr; ``unknown_loops`` counts such loops so a reader knows
-the figure is a lower bound). Calls, ``jit``, ``remat``, ``custom_jvp`` and ``custom_vjp`` are
+the figure is a lower bound); a ``shard_map`` body, which sees one device's block, counts once
+per device of its mesh axes. Calls, ``jit``, ``remat``, ``custom_jvp`` and ``custom_vjp`` are
 followed into.
 
 Example:
@@ -47,7 +48,7 @@ _FREE = frozenset({
     "convert_element_type", "bitcast_convert_type", "iota", "copy", "select_n",
     "random_bits", "random_seed", "random_wrap", "random_unwrap", "random_fold_in",
     "random_split", "threefry2x32", "stop_gradient", "sharding_constraint", "device_put",
-    "optimization_barrier", "split", "sort",
+    "optimization_barrier", "split", "sort", "pvary", "all_gather", "all_to_all", "ppermute",
 })
 
 
@@ -112,6 +113,12 @@ def _equation(eqn: Any) -> FlopCount:
         return max((count_jaxpr_flops(b) for b in params["branches"]), key=lambda c: c.total)
     if name in ("svd", "eigh", "pure_callback"):
         return _decomposition(eqn)
+    if name == "shard_map":
+        # the body sees one device's block: it runs once on every device of its manual axes
+        mesh = params["mesh"]
+        axes = params.get("newly_manual_axes", params.get("manual_axes")) or mesh.axis_names
+        copies = math.prod(dict(mesh.shape)[a] for a in axes)
+        return count_jaxpr_flops(params["jaxpr"]).scaled(copies)
     subs = [v for v in params.values() if hasattr(v, "eqns") or hasattr(v, "jaxpr")]
     if subs:
         out = FlopCount()

@@ -27,6 +27,19 @@ def test_matmuls_with_batch_and_contracted_axes_match_xla():
     assert c.matmul64 == c.decomposition == c.elementwise == 0
 
 
+@pytest.mark.skipif(jax.device_count() < 2, reason="needs two devices (tests/conftest.py)")
+def test_a_shard_map_counts_its_body_on_every_device_like_the_whole_program():
+    from jax.sharding import Mesh, PartitionSpec
+
+    mesh = Mesh(np.asarray(jax.devices()[:2]), ("seeds",))
+    whole = lambda a, w: jnp.tanh(a @ w)  # noqa: E731
+    split = jax.shard_map(whole, mesh=mesh, in_specs=(PartitionSpec("seeds"), PartitionSpec()),
+                          out_specs=PartitionSpec("seeds"))
+    args = (jnp.ones((6, 5)), jnp.ones((5, 4)))
+    assert count_flops(split, *args) == count_flops(whole, *args)
+    assert count_flops(split, *args).matmul32 == 2 * 6 * 4 * 5
+
+
 def test_a_scan_counts_its_body_length_times_like_the_unrolled_loop():
     def step(w, h, x):
         return jnp.tanh(h @ w + x)

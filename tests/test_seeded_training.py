@@ -92,3 +92,24 @@ def test_a_diverging_seed_is_applied_not_skipped(x64):
     assert np.isfinite(run.losses[0]).all() and not np.isfinite(run.losses[1:]).any()
     leaves = jax.tree_util.tree_leaves(run.checkpoints[3])
     assert not all(np.isfinite(leaf).all() for leaf in leaves)
+
+
+@pytest.mark.skipif(jax.device_count() < 2, reason="needs two devices (tests/conftest.py)")
+def test_seeds_split_over_two_devices_equal_one_device(x64):
+    # each device trains its own seeds as one device trains them all: the same numbers
+    seeds, task = (1, 2, 3, 4), make_task("adding", seq_len=6)
+    runs = {}
+    for devices in (1, 2):
+        models = SeededModels.build("vector", task.input_dim, 4, seeds, dtype=jnp.float64)
+        runs[devices] = train_with_checkpoints(models, task, "adam", 1e-2, MARKS,
+                                               batch_size=BATCH, batch_key=_step_key,
+                                               devices=devices)
+    one, two = runs[1], runs[2]
+    assert (one.devices, two.devices) == (1, 2)
+    np.testing.assert_allclose(two.losses, one.losses, rtol=1e-13, atol=0)
+    for m in MARKS:
+        for got, ref in zip(jax.tree_util.tree_leaves(two.checkpoints[m]),
+                            jax.tree_util.tree_leaves(one.checkpoints[m]), strict=True):
+            assert len(got.sharding.device_set) == 1  # read back whole, on one device
+            np.testing.assert_allclose(got, ref, rtol=1e-13, atol=1e-15)
+    assert two.flops == one.flops  # the shard_map body counted once per device

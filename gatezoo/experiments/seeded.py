@@ -34,6 +34,7 @@ from gatezoo.flops import FlopCount, count_flops
 from gatezoo.instruments.attach import attach
 from gatezoo.models import InitSpec, SequenceModel, make_cell
 from gatezoo.training.optimizers import make_optimizer
+from gatezoo.training.sharding import place_state, run_mesh
 from gatezoo.training.step import BatchFn, make_step_fns
 
 __all__ = ["SeededModels", "CheckpointRun", "train_with_checkpoints", "flat_size",
@@ -112,12 +113,14 @@ class CheckpointRun:
       wall_time_s: seconds spent training (compilation included).
       flops: the operations of all the training steps (:func:`gatezoo.flops.count_flops` of
         the compiled K-step chunk, per step, times the steps taken).
+      devices: how many devices the seeds were split over.
     """
 
     checkpoints: dict[int, Any]
     losses: np.ndarray
     wall_time_s: float
     flops: FlopCount = FlopCount()
+    devices: int = 1
 
 
 def _checkpoint_batches(
@@ -157,6 +160,7 @@ def train_with_checkpoints(
     jitter_key: Callable[[int, jax.Array], jax.Array] | None = None,
     progress: Callable[[int, int], None] | None = None,
     seed_batch: int | None = None,
+    devices: int | None = None,
 ) -> CheckpointRun:
     """Trains every seed and keeps the parameters after ``c`` updates for each ``c`` in
     ``checkpoints``.
@@ -175,6 +179,10 @@ def train_with_checkpoints(
       input_jitter: std of Gaussian noise added to the inputs each step (keyed by ``jitter_key``).
       seed_batch: seeds per ``jax.vmap`` inside the compiled step
         (:func:`gatezoo.training.seeds.over_seeds`; ``None``: by backend).
+      devices: split the seeds over this many devices (``shard="seeds"`` of
+        :mod:`gatezoo.training.sharding`; on a CPU, host devices run on their own cores);
+        ``None``: all of this process's devices when the seeds divide over them, else one. The
+        kept parameters come back on one device.
 
     A non-finite step is applied like any other (a diverging seed ends with NaN parameters and
     losses, as in a plain optimizer loop), not skipped.
@@ -186,13 +194,18 @@ def train_with_checkpoints(
         raise ValueError("input_jitter needs jitter_key(seed, step)")
     start, k = time.perf_counter(), _stretch(marks)
     first = models.model(jax.tree_util.tree_map(lambda p: p[0], models.params))
+    # one process only: the kept parameters are read back whole on this host
+    mesh = None if jax.process_count() > 1 else run_mesh(
+        devices, "seeds", batch_size=batch_size, slots=len(models.seeds))
     step_fns = make_step_fns(
         attach(first, task), task, make_optimizer(optimizer, learning_rate),
-        batch_size=batch_size, steps_per_call=k, seed_batch=seed_batch,
+        batch_size=batch_size, steps_per_call=k, seed_batch=seed_batch, mesh=mesh,
         batch=_checkpoint_batches(task, batch_size, batch_key, input_jitter, jitter_key),
         skip_nonfinite=False,
     )
-    state = step_fns.init(models.params, jnp.asarray(models.seeds))
+    state = place_state(step_fns.init(models.params, jnp.asarray(models.seeds)), mesh)
+    whole = (lambda tree: tree) if mesh is None else (
+        lambda tree: jax.device_put(tree, jax.devices()[0]))
     data, total, done = getattr(task, "data", None), (marks[-1] if marks else 0), 0
     per_step = count_flops(step_fns.chunk, state, None, data, jnp.int32(k)).scaled(1 / k)
     kept: dict[int, Any] = {}
@@ -205,7 +218,7 @@ def train_with_checkpoints(
             done += n
             if progress is not None:
                 progress(done, total)
-        kept[mark] = state.params
-    models.params = state.params
+        kept[mark] = whole(state.params)
+    models.params = whole(state.params)
     return CheckpointRun(kept, np.concatenate(losses, axis=0), time.perf_counter() - start,
-                         per_step.scaled(total))
+                         per_step.scaled(total), 1 if mesh is None else mesh.size)

@@ -9,10 +9,11 @@ A run with ``n > 1`` devices splits one of two axes over a one-axis :class:`jax.
   ``batch_size / n``, so ``n`` must divide the batch.
 * ``"seeds"``: the slots (seeds, times the learning-rate trials) are split over the mesh axis
   ``"seeds"``: each device holds and trains ``slots / n`` of them, whole batches included, and
-  no gradient crosses devices (only the small per-step metrics are gathered for the host). The
-  slots are vmapped (one ``vmap`` over all of them, which GSPMD splits), so ``n`` must divide
-  the number of slots. It suits many seeds or trials of a small model; ``"batch"`` suits a large
-  batch.
+  no gradient crosses devices (only the small per-step metrics are gathered for the host).
+  Each device runs its slots as one device runs all of them (``jax.shard_map`` of
+  :func:`gatezoo.training.seeds.over_seeds`), so ``n`` must divide the number of slots. It
+  suits many seeds or trials of a small model, and on a CPU the host devices put every core to
+  work; ``"batch"`` suits a large batch.
 
 Example (one slot per device, whatever the device count):
   >>> import jax, jax.numpy as jnp

@@ -28,6 +28,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import optax
+from jax.sharding import PartitionSpec
 
 from gatezoo.instruments.attach import Attached
 from gatezoo.instruments.optimizer import learning_rate_in_force
@@ -228,8 +229,8 @@ def make_step_fns(
       steps_per_call: K, the scan length per host round-trip.
       fixed_batch: reuse the step-0 batch at every step (default batches only).
       mesh: a ``("batch",)`` mesh to shard batches over, a ``("seeds",)`` mesh to shard the
-        slots over (:mod:`gatezoo.training.sharding`; the slots then run as one ``jax.vmap``,
-        which GSPMD splits), or None.
+        slots over (:mod:`gatezoo.training.sharding`; each device runs its own slots through
+        ``over_seeds``), or None.
       unroll: ``lax.scan`` unroll of the K-step loop.
       seed_batch: seeds per ``jax.vmap`` inside the compiled step
         (:func:`gatezoo.training.seeds.over_seeds`; ``None``: 1 on CPU, all on GPU/TPU). The
@@ -245,14 +246,20 @@ def make_step_fns(
     """
     batch = _task_batches(task, batch_size, fixed_batch) if batch is None else batch
     one_step = _slot_step(attached, optimizer, batch, mesh, skip_nonfinite)
-    split_slots = shards_seeds(mesh)
+
+    def all_slots(per_slot, data, step_index):
+        return over_seeds(lambda a: one_step(*a, data, step_index), per_slot, seed_batch)
+
+    # Under a seed mesh every device runs its own slots as one device runs all of them (in
+    # turn on a CPU, one vmap on an accelerator); nothing crosses devices.
+    run_slots = jax.shard_map(
+        all_slots, mesh=mesh, in_specs=(PartitionSpec("seeds"), PartitionSpec(), PartitionSpec()),
+        out_specs=PartitionSpec("seeds"), check_vma=False,
+    ) if shards_seeds(mesh) else all_slots
 
     def run_one(state: TrainState, probe, data):
         per_slot = (state.params, state.opt_state, state.keys, state.instruments, probe)
-        step = lambda a: one_step(*a, data, state.step)  # noqa: E731
-        params, opt_state, inst_states, metrics, finite = (
-            jax.vmap(step)(per_slot) if split_slots else over_seeds(step, per_slot, seed_batch)
-        )
+        params, opt_state, inst_states, metrics, finite = run_slots(per_slot, data, state.step)
         new = TrainState(state.step + 1, params, opt_state, state.keys, inst_states)
         return new, dict(metrics, finite=finite)
 
