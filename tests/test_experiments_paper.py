@@ -165,6 +165,7 @@ def test_s1_end_to_end(tmp_path):
         assert m["flops"]["probe"]["matmul32"] > 0 and m["flops"]["probe"]["decomposition"] > 0
     train = {k: m["flops"]["train"]["matmul32"] for k, m in models.items()}
     assert train["vector"] > train["leaky"] > 0
+    assert all(m["devices"] == 2 for m in models.values())  # two seeds over conftest's two
 
 
 S2_PROP = {"ai", "ce", "erank", "pr"}
@@ -191,6 +192,7 @@ def test_s2_end_to_end(tmp_path, x64):
     for m in tv["models"].values():
         assert 0 < m["train_time_s"] <= m["wall_time_s"]
         assert m["flops"]["train"]["matmul32"] > 0
+        assert m["devices"] == 2  # two seeds, split over conftest's two devices
         # the probes' spectra are taken in float64
         assert m["flops"]["probe"]["matmul64"] > 0 and m["flops"]["probe"]["decomposition"] > 0
 

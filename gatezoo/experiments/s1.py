@@ -317,6 +317,7 @@ def run_s1_model(
     out["wall_time_s"] = time.perf_counter() - t0
     out["train_time_s"] = run.wall_time_s
     out["flops"] = {"train": run.flops.as_dict(), "probe": probe_flops.as_dict()}
+    out["devices"] = run.devices  # the seeds were split over this many in training
     log(f"s1 {task.name}/{name}: {config.steps} steps x {len(seeds)} seeds, "
         f"{out['wall_time_s']:.1f} s (training {run.wall_time_s:.1f} s)")
     return out
