@@ -168,24 +168,6 @@ def test_s1_end_to_end(tmp_path):
     assert all(m["devices"] == 2 for m in models.values())  # two seeds over conftest's two
 
 
-def test_s1_seeds_split_over_two_devices_give_each_seed_its_one_device_numbers(tmp_path):
-    # seeds 1, 2 over conftest's two devices (training and probes split); seeds 1, 2, 3 do not
-    # divide over them and run on one: every seed's numbers are its own either way
-    docs = {}
-    for n in (2, 3):
-        cfg = S1Config(seeds=n, steps=4, checkpoints=(0, 4), seq_len=8, hidden=5, batch_size=4,
-                       probe_batch=2, models=("scalar",))
-        run_s1(cfg, tmp_path / str(n), log=lambda m: None)
-        doc = json.loads((tmp_path / str(n) / "s1.json").read_text())
-        docs[n] = doc["tasks"]["adding"]["models"]["scalar"]
-    assert docs[2]["devices"] == 2 and docs[3]["devices"] == 1
-    for key in ("slope", "profile", "train_loss"):
-        split = np.array(docs[2]["per_seed"][key], dtype=float)
-        whole = np.array(docs[3]["per_seed"][key], dtype=float)
-        assert np.isfinite(split).all()
-        np.testing.assert_allclose(split, whole[:, :2], rtol=2e-5, atol=1e-6)
-
-
 S2_PROP = {"ai", "ce", "erank", "pr"}
 
 

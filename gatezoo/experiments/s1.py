@@ -37,7 +37,6 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from gatezoo.experiments.checks import check_experiment, clip_checkpoints
 from gatezoo.experiments.partial import resume_parts, write_parts
@@ -52,7 +51,6 @@ from gatezoo.linalg import singular_values
 from gatezoo.models import cell_fn
 from gatezoo.models.jacobians import state_jacobians
 from gatezoo.training.seeds import over_seeds
-from gatezoo.training.sharding import seed_mesh
 
 __all__ = [
     "S1Config", "S1_MODELS", "S1_TASKS", "sensitivity_probe", "release_power_norms",
@@ -275,9 +273,7 @@ def lag_profile(S: np.ndarray, P: np.ndarray, trim: float) -> dict[str, Any]:
     }
 
 
-def _probe_fn(models: SeededModels, config: S1Config, alpha_const, mesh: Mesh | None):
-    """The probe of every seed; with a seed ``mesh`` each device probes its own seeds (the
-    arguments must then be split over it: :func:`_split_seeds`)."""
+def _probe_fn(models: SeededModels, config: S1Config, alpha_const):
     def one(params, xs, key):
         cell = models.model(params).cell
         keys = jax.random.split(key, xs.shape[0])
@@ -287,20 +283,7 @@ def _probe_fn(models: SeededModels, config: S1Config, alpha_const, mesh: Mesh | 
         )(xs, keys)
 
     # over seeds (params, probe batches and keys all have a leading seed axis)
-    def all_seeds(params, xs, keys):
-        return over_seeds(lambda a: one(*a), (params, xs, keys))
-
-    if mesh is None:
-        return jax.jit(all_seeds)
-    return jax.jit(jax.shard_map(all_seeds, mesh=mesh, in_specs=PartitionSpec("seeds"),
-                                 out_specs=PartitionSpec("seeds"), check_vma=False))
-
-
-def _split_seeds(tree: Any, mesh: Mesh | None) -> Any:
-    """Every leaf (leading seed axis) split over a seed ``mesh``; unchanged without one."""
-    if mesh is None:
-        return tree
-    return jax.device_put(tree, NamedSharding(mesh, PartitionSpec("seeds")))
+    return jax.jit(lambda params, xs, keys: over_seeds(lambda a: one(*a), (params, xs, keys)))
 
 
 def run_s1_model(
@@ -319,18 +302,15 @@ def run_s1_model(
         batch_key=lambda s, i: jax.random.fold_in(stream_key(s, "train"), i),
         progress=_every_hundred(lambda d, n: log(f"s1 {task.name}/{name}: step {d}/{n}")),
     )
-    # the probe's seeds split over the devices the training used
-    mesh = seed_mesh(run.devices)
-    probe = _probe_fn(models, config, config.leaky_alpha if name == "leaky" else None, mesh)
+    probe = _probe_fn(models, config, config.leaky_alpha if name == "leaky" else None)
     per_ckpt = []
     ckpts = sorted(run.checkpoints)
     for i, c in enumerate(ckpts):
         log(f"s1 {task.name}/{name}: probe {i + 1}/{len(ckpts)} (iteration {c})")
         keys = jnp.stack([jax.random.fold_in(stream_key(s, "power"), c) for s in seeds])
-        args = _split_seeds((run.checkpoints[c], probe_xs, keys), mesh)
         if i == 0:  # every checkpoint's probe has the same shapes
-            probe_flops = count_flops(probe, *args).scaled(len(ckpts))
-        S, P = probe(*args)
+            probe_flops = count_flops(probe, run.checkpoints[c], probe_xs, keys).scaled(len(ckpts))
+        S, P = probe(run.checkpoints[c], probe_xs, keys)
         S, P = np.asarray(S, np.float64), np.asarray(P, np.float64)
         per_ckpt.append([lag_profile(S[i], P[i], config.trim) for i in range(len(seeds))])
     out = _summarise_model(per_ckpt, ckpts, seeds, run)
