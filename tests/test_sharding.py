@@ -100,3 +100,11 @@ def test_seed_sharding_rules():
     with pytest.raises(ValueError, match="seed_batch does not apply with shard='seeds'"):
         TrainConfig(shard="seeds", seed_batch=1)
     assert resolve_devices(None, 7, slots=4) == 2  # the slots divide; the batch need not
+
+
+def test_seeds_split_with_host_spectra_is_a_clear_error_not_a_hang():
+    # each CPU device's host SVD (gatezoo.linalg) would wait for the other's forever
+    config = {**CONFIG, "cell": "vector", "steps": 2, "steps_per_call": 2, "eval_every": 2,
+              "instruments": ("anisotropy",), "seeds": (0, 1)}
+    with pytest.raises(ValueError, match="cannot run instruments that take spectra"):
+        train(TrainConfig(**config, devices=2, shard="seeds"), progress=False)

@@ -49,6 +49,7 @@ from gatezoo.training.sharding import (
     place_state,
     replicate,
     run_mesh,
+    shards_seeds,
 )
 from gatezoo.training.sinks import JsonlSink, Progress, TensorBoardSink, clean_line, truncate_jsonl
 from gatezoo.training.step import FAST_COMPILE, StepFns, TrainState, data_keys, make_step_fns
@@ -171,7 +172,28 @@ def _compiled_run(
         rates = [r for r in config.lr_trials for _ in config.seeds]
         state = state._replace(opt_state=set_slot_learning_rates(state.opt_state, rates))
     state = place_state(state, mesh)
+    if shards_seeds(mesh) and jax.default_backend() == "cpu":
+        probe = None if step_fns.probe is None else step_fns.probe(state.keys, data)
+        if _calls_host(jax.make_jaxpr(step_fns.chunk)(state, probe, data, jnp.int32(1)).jaxpr):
+            # each device's host callback waits for the other: the run would stop forever
+            raise ValueError(
+                "shard='seeds' over several CPU devices cannot run instruments that take "
+                "spectra on the host (gatezoo.linalg); use shard='batch', one device, or "
+                "instruments without spectra")
     return step_fns, state, state.keys, data  # the keys placed like the slots they key
+
+
+def _calls_host(jaxpr: Any) -> bool:
+    """Whether a jaxpr, or one inside it, calls back into Python (``pure_callback``)."""
+    for eqn in jaxpr.eqns:
+        if eqn.primitive.name == "pure_callback":
+            return True
+        for value in eqn.params.values():
+            for sub in value if isinstance(value, (tuple, list)) else (value,):
+                inner = getattr(sub, "jaxpr", sub)
+                if hasattr(inner, "eqns") and _calls_host(inner):
+                    return True
+    return False
 
 
 def _open_outputs(
