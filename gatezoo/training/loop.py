@@ -173,7 +173,8 @@ def _compiled_run(
         state = state._replace(opt_state=set_slot_learning_rates(state.opt_state, rates))
     state = place_state(state, mesh)
     if shards_seeds(mesh) and jax.default_backend() == "cpu":
-        probe = None if step_fns.probe is None else step_fns.probe(state.keys, data)
+        # shapes only: nothing runs, the chunk is traced, not compiled
+        probe = None if step_fns.probe is None else jax.eval_shape(step_fns.probe, state.keys, data)
         if _calls_host(jax.make_jaxpr(step_fns.chunk)(state, probe, data, jnp.int32(1)).jaxpr):
             # each device's host callback waits for the other: the run would stop forever
             raise ValueError(
