@@ -60,6 +60,8 @@ class StepOutput(NamedTuple):
         optimizer state.
       metrics: ``{"<instrument>/<quantity>": array}``; NaN where not tracked this step.
       state: the instruments' new state.
+      model_state: the model's new state other than its parameters (RNG counters advanced,
+        batch statistics updated) when the step was given one, else ``None``.
     """
 
     loss: jax.Array
@@ -68,6 +70,7 @@ class StepOutput(NamedTuple):
     opt_state: Any
     metrics: dict
     state: tuple
+    model_state: Any = None
 
 
 class Attached(NamedTuple):
@@ -87,6 +90,7 @@ class Attached(NamedTuple):
     first_order: Callable[..., dict]
     net: NetworkFns
     instruments: tuple
+    nnx_update: Callable[..., StepOutput] | None = None
 
 
 def attach(
@@ -139,48 +143,96 @@ def attach_fns(
     adjoint_layers = sorted({i.layer for i in attached if i.needs_adjoints})
 
     def init(params):
-        return tuple(inst.init(params) for inst in attached)
+        return tuple(inst.init(nnx.state(params, nnx.Param) if isinstance(params, nnx.Module)
+                               else params) for inst in attached)
 
-    def update(params, state, xs, ys, *, step, optimizer, opt_state, probe=None):
+    def gradients(params, xs, ys, model_state):
+        live = net if model_state is None else net.bind(model_state)
         offsets = None
         if adjoint_layers:
-            zeros = zero_offsets(net, params, xs, ys)
+            zeros = zero_offsets(live, params, xs, ys)
             offsets = {name: zeros[name] for name in adjoint_layers}
-        (loss, records), (grads, adjoints) = jax.value_and_grad(
-            net.loss, argnums=(0, 3), has_aux=True
+        (loss, (records, new_state)), (grads, adjoints) = jax.value_and_grad(
+            live.stateful_loss, argnums=(0, 3), has_aux=True
         )(params, xs, ys, offsets)
-        updates, new_opt_state = optimizer.update(grads, opt_state, params)
+        return live, loss, records, new_state, grads, adjoints or {}
+
+    def measure(live, params, state, xs, ys, step, found, updates, opt_state, probe):
+        loss, records, grads, adjoints = found
         probe_xs, probe_ys = (xs, ys) if probe is None else probe
         step = jnp.asarray(step, jnp.int32)
         metrics, new_state = {}, []
         for inst, s in zip(attached, state, strict=True):
-            # one context per measured layer: its states, inputs and adjoints
+            # one context per measured layer: its states, inputs, initial carry and adjoints
             rec = records[inst.layer]
-            fns = net.layers[inst.layer]
+            fns = live.layers[inst.layer]
             ctx = StepContext(
                 step=step, params=params, grads=grads, loss=loss, xs=xs, ys=ys,
-                carries=rec["carries"], adjoints=(adjoints or {}).get(inst.layer),
-                updates=updates, opt_state=new_opt_state, probe_xs=probe_xs,
+                carries=rec["carries"], adjoints=adjoints.get(inst.layer),
+                updates=updates, opt_state=opt_state, probe_xs=probe_xs,
                 probe_ys=probe_ys, fns=fns, inputs=None if fns.inputs is None else rec["inputs"],
+                carry0=rec["carry0"], lengths=rec["lengths"],
             )
-            inst_metrics, s = tracked(inst, ctx, s, step)
+            inst_metrics, s = _measured(inst, ctx, s, step, updates is None)
             metrics.update({f"{inst.name}/{k}": v for k, v in inst_metrics.items()})
             new_state.append(s)
-        return StepOutput(loss, grads, updates, new_opt_state, metrics, tuple(new_state))
+        return metrics, tuple(new_state)
 
-    def first_order(params, xs, ys):
-        offsets = zero_offsets(net, params, xs, ys)
+    def update(params, state, xs, ys, *, step, optimizer=None, opt_state=None, probe=None,
+               model_state=None):
+        _check_optimizer(optimizer, opt_state)
+        live, loss, records, new_model_state, grads, adjoints = gradients(
+            params, xs, ys, model_state)
+        updates = new_opt_state = None
+        if optimizer is not None:
+            updates, new_opt_state = optimizer.update(grads, opt_state, params)
+        metrics, new_state = measure(live, params, state, xs, ys, step,
+                                     (loss, records, grads, adjoints), updates, new_opt_state,
+                                     probe)
+        return StepOutput(loss, grads, updates, new_opt_state, metrics, new_state,
+                          None if model_state is None else new_model_state)
+
+    def nnx_update(model, optimizer, state, xs, ys, *, step=None, probe=None):
+        if optimizer is not None and not isinstance(optimizer, nnx.Optimizer):
+            raise TypeError(
+                f"nnx_update takes an nnx.Optimizer (or None to measure only), got "
+                f"{type(optimizer).__name__}; for an optax transformation call att.update"
+            )
+        # arrays, not the model's Variables: the optimizer below updates those in place, and
+        # the instruments measure at the parameters the gradient was taken at
+        params = nnx.as_pure(nnx.state(model, nnx.Param))
+        model_state = nnx.as_pure(nnx.state(model, nnx.Not(nnx.Param)))
+        live, loss, records, new_model_state, grads, adjoints = gradients(
+            params, xs, ys, model_state)
+        updates = opt_state = None
+        if step is None:
+            step = 0 if optimizer is None else optimizer.step[...]
+        if optimizer is not None:
+            as_variables = jax.tree_util.tree_map(
+                lambda v, g: v.replace(g), nnx.state(model, nnx.Param), grads,
+                is_leaf=lambda x: isinstance(x, nnx.Variable))
+            updates = optimizer.update(model, as_variables)
+            opt_state = nnx.as_pure(optimizer.opt_state)
+        nnx.update(model, new_model_state)
+        metrics, new_state = measure(live, params, state, xs, ys, step,
+                                     (loss, records, grads, adjoints), updates, opt_state, probe)
+        return StepOutput(loss, grads, updates, opt_state, metrics, new_state, new_model_state)
+
+    def first_order(params, xs, ys, model_state=None):
+        live = net if model_state is None else net.bind(model_state)
+        offsets = zero_offsets(live, params, xs, ys)
         (_, records), (grads, adjoints) = jax.value_and_grad(
-            net.loss, argnums=(0, 3), has_aux=True
+            live.loss, argnums=(0, 3), has_aux=True
         )(params, xs, ys, offsets)
         out: dict[str, FirstOrder] = {}
-        for name, fns in net.layers.items():
+        for name, fns in live.layers.items():
             out[name] = first_order_gradients(
-                fns, params, xs, records[name]["carries"], adjoints[name], grads
+                fns, params, xs, records[name]["carries"], adjoints[name], grads,
+                carry0=records[name]["carry0"], ys=ys,
             )
         return out
 
-    return Attached(init, update, first_order, net, attached)
+    return Attached(init, update, first_order, net, attached, nnx_update)
 
 
 def _check_attached(net: NetworkFns, attached: list[Instrument]) -> None:
@@ -194,8 +246,48 @@ def _check_attached(net: NetworkFns, attached: list[Instrument]) -> None:
                 f"instrument {inst.name!r} measures layer {inst.layer!r}, which the model does "
                 f"not have (layers: {', '.join(map(repr, net.layers))})"
             )
+        fns = net.layers[inst.layer]
+        if fns.stateful and (inst.needs_gates or inst.needs_adjoints or inst.tier == "probe"):
+            raise ValueError(
+                f"instrument {inst.name!r} cannot measure layer {inst.layer or 'model'!r}: its "
+                f"cell holds state that changes at every step (an RNG stream, a counter), which "
+                "the instruments cannot replay step by step; apply dropout to the layer's "
+                "inputs or outputs instead of inside the cell"
+            )
         if inst.needs_gates and not net.layers[inst.layer].gated:
             raise ValueError(f"instrument {inst.name!r} needs a gated cell, but the cell is not")
+
+
+def _check_optimizer(optimizer: Any, opt_state: Any) -> None:
+    if optimizer is None:
+        return
+    if isinstance(optimizer, nnx.Optimizer):
+        raise TypeError(
+            "update takes an optax transformation and its state; for an nnx.Optimizer call "
+            "att.nnx_update(model, optimizer, state, xs, ys) inside your @nnx.jit step"
+        )
+    if not callable(getattr(optimizer, "update", None)):
+        hint = " (call the factory: optax.adam(1e-3), not optax.adam)" if callable(
+            optimizer) else ""
+        raise TypeError(
+            f"optimizer must be an optax.GradientTransformation{hint}, got "
+            f"{getattr(optimizer, '__name__', type(optimizer).__name__)}"
+        )
+    if opt_state is None:
+        raise TypeError("update got an optimizer without its opt_state (optimizer.init(params))")
+
+
+def _measured(inst: Instrument, ctx: StepContext, state: Any, step: jax.Array,
+              measure_only: bool):
+    if not measure_only:
+        return tracked(inst, ctx, state, step)
+    try:
+        return tracked(inst, ctx, state, step)
+    except (AttributeError, TypeError, KeyError) as err:
+        raise ValueError(
+            f"instrument {inst.name!r} reads the optimizer's updates or state; measure-only "
+            f"use (no optimizer) cannot run it ({type(err).__name__}: {err})"
+        ) from None
 
 
 def _as_float(tree: dict) -> dict:

@@ -63,6 +63,8 @@ def first_order_gradients(
     grads: Any,
     *,
     self_check: bool = False,
+    carry0: Any = None,
+    ys: Any = None,
 ) -> FirstOrder:
     """``(G0, G1[, G(1) cell part])`` shaped like ``params`` (see module docstring).
 
@@ -87,6 +89,11 @@ def first_order_gradients(
         forward states and ``dL/dh_t`` of the same pass as ``grads``.
       self_check: also rebuild the cell part of ``G(1)`` from the adjoints (``exact_cell``;
         otherwise ``None``), one more parameter cotangent.
+      carry0: the layer's initial carry ``h_0`` (``(batch, ...)``; ``None``: zero). When it
+        depends on the parameters (``fns.initial``: a learned carry, or one computed by other
+        layers) the residual and first-order adjoint of ``h_0``,
+        ``e_0 = A_1^T e_1 + B_1^T lambda_1`` and ``lambda1_0 = A_1^T lambda1_1 +
+        B_1^T (lambda_1 - e_1)``, are pulled back through it.
 
     Example (through :func:`gatezoo.attach`, which supplies ``carries``, ``adjoints`` and
     ``grads`` from one backward pass; ``""`` names the one layer of a ``SequenceModel``):
@@ -107,15 +114,25 @@ def first_order_gradients(
         # B = 0 within the layer (no gate reads the state): e = lambda1 = 0 in the recursion,
         # so G0 = G(1) and G1 = 0 exactly, without reading the adjoints
         return FirstOrder(grads, tm(jnp.zeros_like, grads), None)
+    if ys is not None:
+        fns = _with_targets(fns, ys)
     xs_t = steps.time_major(xs if fns.inputs is None else fns.inputs(params, xs))
-    prev = steps.previous_states(carries)
+    prev = steps.previous_states(carries, carry0)
     if fns.first_order_streams is not None:
-        p_t = _closed_form(fns, params, xs, xs_t, prev, adjoints, self_check)
+        p_t, first = _closed_form(fns, params, xs, xs_t, prev, adjoints, self_check)
     else:
-        p_t = _generic(fns, params, xs, xs_t, prev, adjoints, self_check)
+        p_t, first = _generic(fns, params, xs, xs_t, prev, adjoints, self_check)
+    if fns.initial is not None:
+        p_t = tm(jnp.add, p_t, _through_initial(fns, params, xs, xs_t, prev, adjoints, first,
+                                                self_check))
     pick = lambda tree, i: tm(lambda z: z[i], tree)  # noqa: E731
     g0 = tm(jnp.subtract, grads, pick(p_t, 0))
     return FirstOrder(g0, pick(p_t, 1), pick(p_t, 2) if self_check else None)
+
+
+def _with_targets(fns: ModelFns, ys: Any) -> ModelFns:
+    bind = lambda f: None if f is None else (lambda p, x: f(p, x, ys))  # noqa: E731
+    return fns._replace(inputs=bind(fns.inputs), initial=bind(fns.initial))
 
 
 def _stack(*trees: Any) -> Any:
@@ -130,6 +147,7 @@ def _closed_form(fns: ModelFns, params, xs, xs_t, prev, adjoints, self_check: bo
     e_all, lam1_all, immediate = fns.first_order_streams(
         fns.cell_params(params), xs_t, prev, adjoints
     )
+    first = _head(e_all), _head(lam1_all)
     # one cotangent at a time: two-dimensional products, faster on CPU than a vmapped batch
     d_cell, d_xs = _stack(*[immediate(v) for v in [e_all, lam1_all] + ([adjoints] * self_check)])
     _, to_params = jax.vjp(fns.cell_params, params)
@@ -138,7 +156,30 @@ def _closed_form(fns: ModelFns, params, xs, xs_t, prev, adjoints, self_check: bo
         _, through_inputs = jax.vjp(lambda p: steps.time_major(fns.inputs(p, xs)), params)
         d_in = jax.vmap(lambda c: through_inputs(c)[0])(d_xs)
         p_t = jax.tree_util.tree_map(jnp.add, p_t, d_in)
-    return p_t
+    return p_t, first
+
+
+def _head(tree: Any) -> Any:
+    return jax.tree_util.tree_map(lambda a: a[0], tree)
+
+
+def _through_initial(fns: ModelFns, params, xs, xs_t, prev, adjoints, first, self_check: bool):
+    """Parameter cotangents of ``(e_0, lambda1_0[, lambda_0])``, the streams at the initial
+    carry, pulled back through ``fns.initial`` (zero when ``h_0`` does not depend on the
+    parameters)."""
+    tm = jax.tree_util.tree_map
+    e1, l1 = first
+    lam = _head(adjoints)
+    cp = fns.cell_params(params)
+    h0, x0 = _head(prev), xs_t[0]
+    a_t = jax.vmap(steps.transpose_a(fns, cp, h0, x0))(_stack(e1, l1))
+    b_t = jax.vmap(steps.transpose_b(fns, cp, h0, x0))(_stack(lam, tm(jnp.subtract, lam, e1)))
+    streams = tm(jnp.add, a_t, b_t)  # (e_0, lambda1_0)
+    if self_check:  # lambda_0 = J_1^T lambda_1 = A_1^T lambda_1 + B_1^T lambda_1
+        lam0 = tm(jnp.add, steps.transpose_a(fns, cp, h0, x0)(lam), tm(lambda z: z[0], b_t))
+        streams = tm(lambda s2, z: jnp.concatenate([s2, z[None]]), streams, lam0)
+    _, pull = jax.vjp(lambda p: fns.initial(p, xs), params)
+    return jax.vmap(lambda c: pull(c)[0])(streams)
 
 
 def _generic(fns: ModelFns, params, xs, xs_t, prev, adjoints, self_check: bool) -> Any:
@@ -156,8 +197,8 @@ def _generic(fns: ModelFns, params, xs, xs_t, prev, adjoints, self_check: bool) 
         new = tm(jnp.add, a_t, b_t)
         return (pick(new, 0), pick(new, 1)), (e, lam1)
 
-    first = tm(lambda c: jnp.zeros_like(c[0]), adjoints)
-    _, (e_all, lam1_all) = jax.lax.scan(body, (first, first), (xs_t, prev, adjoints), reverse=True)
+    zero = tm(lambda c: jnp.zeros_like(c[0]), adjoints)
+    _, (e_all, lam1_all) = jax.lax.scan(body, (zero, zero), (xs_t, prev, adjoints), reverse=True)
 
     merge = lambda tree: tm(lambda a: a.reshape((-1,) + a.shape[2:]), tree)  # noqa: E731
     h_all = merge(prev)
@@ -171,7 +212,7 @@ def _generic(fns: ModelFns, params, xs, xs_t, prev, adjoints, self_check: bool) 
     _, vjp_p = jax.vjp(immediate, params)
     cots = [merge(e_all), merge(lam1_all)] + ([merge(adjoints)] if self_check else [])
     (p_t,) = jax.vmap(vjp_p)(_stack(*cots))
-    return p_t
+    return p_t, (_head(e_all), _head(lam1_all))
 
 
 def _key_name(key: Any) -> str | None:
@@ -250,7 +291,7 @@ def expansion(fns: ModelFns, *, every: int = 1, self_check: bool = False) -> Mea
     def measure(ctx: StepContext, state, views: StepViews):
         fo = first_order_gradients(
             ctx.fns, ctx.params, ctx.xs, ctx.carries, ctx.adjoints, ctx.grads,
-            self_check=self_check,
+            self_check=self_check, carry0=ctx.carry0, ys=ctx.ys,
         )
         out = expansion_metrics(ctx.fns, ctx.params, ctx.grads, fo.g0, fo.g1)
         if self_check:

@@ -46,20 +46,39 @@ class NetworkFns(NamedTuple):
 
     Attributes:
       loss: ``loss(params, xs, ys, offsets=None) -> (loss, records)``; ``offsets`` maps a layer
-        path to zeros shaped like its carries; ``records[path]`` is ``{"carries", "inputs"}``.
+        path to zeros shaped like its carries; ``records[path]`` is ``{"carries", "inputs",
+        "carry0", "lengths"}`` (processing order, see :class:`gatezoo.Recurrent`).
       layers: ``path -> ModelFns`` (``""`` is the model itself, e.g. a SequenceModel).
       forward: ``forward(params, xs) -> model output`` (the plain model, nothing tapped).
+      state: the model's state other than its parameters (RNG streams, batch statistics,
+        counters; an empty ``nnx.State`` for most models) that every function above runs with.
+      stateful_loss: ``stateful_loss(params, xs, ys, offsets=None) -> (loss, (records,
+        new_state))``: :attr:`loss` that also returns the state the model left (the RNG
+        counters advanced, the batch statistics updated), as an ``nnx.jit`` step would.
+      bind: ``bind(state) -> NetworkFns``: the same functions running with another state (the
+        state of this step; every measurement of the step then sees the dropout masks and
+        batch statistics of the training pass).
+      predict: ``predict(params, xs, ys) -> prediction`` of the model in evaluation mode
+        (``model.eval()``: dropout off, batch statistics read, not updated), through the
+        task's ``predict`` when the loss is a task (a padded batch passes its lengths).
     """
 
     loss: Callable[..., Any]
     layers: dict[str, ModelFns]
     forward: Callable[..., Any]
+    state: Any = None
+    stateful_loss: Callable[..., Any] | None = None
+    bind: Callable[[Any], Any] | None = None
+    predict: Callable[..., Any] | None = None
 
 
 def loss_function(loss: Any) -> Callable[..., jax.Array]:
-    """``loss_fn(model, xs, ys)`` from a task (``task.loss(model(xs), ys)``) or a callable."""
+    """``loss_fn(model, xs, ys)`` from a task (``task.loss(task.predict(model, xs, ys), ys)``:
+    a padded batch passes its lengths to the model) or a callable."""
     if callable(getattr(loss, "loss", None)):
         task = loss
+        if callable(getattr(task, "predict", None)):
+            return lambda model, xs, ys: task.loss(task.predict(model, xs, ys), ys)
         return lambda model, xs, ys: task.loss(model(xs), ys)
     if callable(loss):
         return loss
@@ -83,20 +102,75 @@ def _layer_fns(path: tuple, layer: Recurrent, tapped: Callable[..., Any]) -> Mod
     leaves = jax.tree_util.tree_leaves(carry)
 
     def loss(p, xs, ys, eps=None, offsets=None):
-        value, records = tapped(p, xs, ys, {name: (eps, offsets)})
+        value, records, _ = tapped(p, xs, ys, {name: (eps, offsets)})
         return value, records[name]["carries"]
 
-    def inputs(p, xs):
-        return tapped(p, xs, None, {name: (None, None)}, forward_only=True)[1][name]["inputs"]
+    def recorded(key):
+        def read(p, xs, ys=None):
+            # with targets the model runs as the loss calls it (a model whose call needs more
+            # than xs, e.g. lengths, is called by the user's loss only)
+            taps = {name: (None, None)}
+            return tapped(p, xs, ys, taps, forward_only=ys is None)[1][name][key]
+
+        return read
 
     return ModelFns(
         loss=loss, step=fn.step, time_scale=fn.time_scale,
         cell_params=lambda p: _subtree(p, (*path, "cell")), gated=fn.gated,
         hidden=int(leaves[-1].shape[-1]), state_size=sum(int(c.shape[-1]) for c in leaves),
-        split_step=fn.split_step, inputs=None if not path else inputs, path=name,
+        split_step=fn.split_step, inputs=None if not path else recorded("inputs"), path=name,
         gates_read_state=fn.gates_read_state,
         first_order_streams=first_order_streams(cell) if fn.gated else None,
+        initial=recorded("carry0"),
+        stateful=bool(jax.tree_util.tree_leaves(nnx.state(cell, nnx.Not(nnx.Param)))),
     )
+
+
+def _predictor(loss: Any) -> Callable[..., Any]:
+    if callable(getattr(loss, "predict", None)):
+        return loss.predict
+    return lambda model, xs, ys: model(xs)
+
+
+def _bound(graphdef: Any, state: Any, loss_fn: Callable, found: list,
+           eval_graph: tuple) -> NetworkFns:
+    """The network's functions with the non-parameter ``state`` fixed (see :class:`NetworkFns`)."""
+    names = [layer_name(p) for p, _ in found]
+    # plain arrays, not Variables: the functions run under other traces (grad, jvp, scan, cond)
+    # and merge fresh Variables from them there, which the model may then update
+    state = nnx.as_pure(state)
+
+    def tapped(p, xs, ys, taps: dict, forward_only: bool = False):
+        m = nnx.merge(graphdef, p, state)
+        live = {layer_name(path): layer for path, layer in recurrent_layers(m)}
+        records: dict[str, dict] = {}
+        active = {}
+        for name, (eps, off) in taps.items():
+            records[name] = {}
+            active[id(live[name])] = LayerTap(eps, off, records[name])
+        with tapping(active):
+            out = m(xs) if forward_only else loss_fn(m, xs, ys)
+        return out, records, nnx.as_pure(nnx.state(m, nnx.Not(nnx.Param)))
+
+    def stateful_loss(p, xs, ys, offsets=None):
+        offsets = offsets or {}
+        value, records, new_state = tapped(p, xs, ys, {n: (None, offsets.get(n)) for n in names})
+        return value, (records, new_state)
+
+    def net_loss(p, xs, ys, offsets=None):
+        value, (records, _) = stateful_loss(p, xs, ys, offsets)
+        return value, records
+
+    def forward(p, xs):
+        return nnx.merge(graphdef, p, state)(xs)
+
+    def predict(p, xs, ys):
+        eval_graphdef, predict_fn = eval_graph
+        return predict_fn(nnx.merge(eval_graphdef, p, state), xs, ys)
+
+    layers = {layer_name(path): _layer_fns(path, layer, tapped) for path, layer in found}
+    return NetworkFns(net_loss, layers, forward, state, stateful_loss,
+                      lambda other: _bound(graphdef, other, loss_fn, found, eval_graph), predict)
 
 
 def network_fns(
@@ -106,7 +180,8 @@ def network_fns(
 
     Args:
       model: an ``nnx.Module`` with at least one :class:`gatezoo.Recurrent` layer (concrete, or
-        abstract from ``nnx.eval_shape``).
+        abstract from ``nnx.eval_shape``); it may hold other state (``nnx.Dropout`` RNG
+        streams, ``nnx.BatchNorm`` statistics, counters): :attr:`NetworkFns.state`.
       loss: a task or ``loss_fn(model, xs, ys) -> scalar``.
       example: ``(xs, ys)`` of one batch (arrays or ``jax.ShapeDtypeStruct``): gives each
         layer's input width for the gate-protocol check; not needed when every gated cell
@@ -129,36 +204,15 @@ def network_fns(
             "layers with gz.Recurrent(cell) (a drop-in for nnx.RNN) so the instruments can "
             "measure them"
         )
-    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
-    by_name = {layer_name(p): layer for p, layer in found}
-
-    def tapped(p, xs, ys, taps: dict, forward_only: bool = False):
-        m = nnx.merge(graphdef, p, rest)
-        live = {layer_name(path): layer for path, layer in recurrent_layers(m)}
-        records: dict[str, dict] = {}
-        active = {}
-        for name, (eps, off) in taps.items():
-            records[name] = {}
-            active[id(live[name])] = LayerTap(eps, off, records[name])
-        with tapping(active):
-            out = m(xs) if forward_only else loss_fn(m, xs, ys)
-        return out, records
-
-    def net_loss(p, xs, ys, offsets=None):
-        offsets = offsets or {}
-        return tapped(p, xs, ys, {n: (None, offsets.get(n)) for n in by_name})
-
-    def forward(p, xs):
-        return nnx.merge(graphdef, p, rest)(xs)
-
-    layers = {name: _layer_fns(path, layer, tapped)
-              for (path, layer), name in zip(found, by_name, strict=True)}
-    net = NetworkFns(net_loss, layers, forward)
+    graphdef, params, state = nnx.split(model, nnx.Param, ...)
+    evaluating = nnx.clone(model)
+    evaluating.eval()  # Dropout off, BatchNorm on its running statistics: static attributes
+    net = _bound(graphdef, state, loss_fn, found, (nnx.graphdef(evaluating), _predictor(loss)))
     concrete = not any(
         isinstance(x, jax.ShapeDtypeStruct) for x in jax.tree_util.tree_leaves(params)
     )
     if concrete:
-        _check_cells(net, by_name, params, example)
+        _check_cells(net, {layer_name(p): layer for p, layer in found}, params, example)
     return net, params
 
 

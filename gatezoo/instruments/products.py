@@ -29,8 +29,9 @@ __all__ = ["lag_products", "probe_states"]
 def probe_states(fns: ModelFns, params: Any, xs: jax.Array, ys: jax.Array):
     """``(cell_params, prev, xs_t)`` of a forward pass on ``xs`` (time-major states)."""
     _, carries = fns.loss(params, xs, ys)
-    seq = xs if fns.inputs is None else fns.inputs(params, xs)
-    return fns.cell_params(params), steps.previous_states(carries), steps.time_major(seq)
+    seq = xs if fns.inputs is None else fns.inputs(params, xs, ys)
+    carry0 = None if fns.initial is None else fns.initial(params, xs, ys)
+    return fns.cell_params(params), steps.previous_states(carries, carry0), steps.time_major(seq)
 
 
 def lag_products(

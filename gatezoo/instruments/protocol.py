@@ -44,10 +44,10 @@ class ModelFns(NamedTuple):
         ``carry`` and ``gate_carry`` are ``A_t`` and ``B_t`` (THEORY.md §2.1) in one pass; without
         it the instruments take ``A = J(eps=0)`` and ``B = J(1) - J(0)`` from two passes of
         ``step`` (same numbers, about twice the cost).
-      inputs: ``inputs(params, xs) -> (batch, T, in)``, the sequence reaching this layer from
-        the model's inputs (through projections and the layers below), or ``None`` when the
-        layer reads ``xs`` itself. First-order gradients differentiate through it, so ``G0``
-        and ``G1`` are exact for every parameter of a stacked model.
+      inputs: ``inputs(params, xs, ys=None) -> (batch, T, in)``, the sequence reaching this
+        layer from the model's inputs (through projections and the layers below), or ``None``
+        when the layer reads ``xs`` itself. First-order gradients differentiate through it, so
+        ``G0`` and ``G1`` are exact for every parameter of a stacked model.
       path: the layer's dotted path in the model (``""`` for a SequenceModel); metrics of a
         model with several layers are named ``"<instrument>/<path>/<quantity>"``.
       gates_read_state: False when the cell declares that no gate reads the state
@@ -59,6 +59,13 @@ class ModelFns(NamedTuple):
         (see :mod:`gatezoo.instruments.first_order_cells`); ``None``: the generic per-step
         linearisation of ``split_step``. Same numbers either way; it only changes the speed of
         :func:`gatezoo.instruments.first_order_gradients`.
+      initial: ``initial(params, xs, ys=None) -> carry0`` (``(batch, ...)``), the initial carry this
+        layer receives, as a function of the parameters (a learned initial carry, or one
+        computed by other layers; a constant for the cell's own zero carry), or ``None``
+        (zero). First-order gradients pull their initial-state cotangents back through it.
+      stateful: the cell holds state other than parameters (an RNG stream of a dropout inside
+        the cell, a counter) that its steps may change: the instruments, which re-evaluate
+        single steps, cannot reproduce the step-by-step state, so they refuse such a layer.
     """
 
     loss: Callable[..., Any]
@@ -73,6 +80,8 @@ class ModelFns(NamedTuple):
     path: str = ""
     gates_read_state: bool = True
     first_order_streams: Callable[..., Any] | None = None
+    initial: Callable[..., Any] | None = None
+    stateful: bool = False
 
 
 class StepContext(NamedTuple):
@@ -93,6 +102,10 @@ class StepContext(NamedTuple):
       fns: the measured layer's :class:`ModelFns` (static).
       inputs: the measured layer's input sequence ``(batch, T, in)`` as recorded in the
         forward pass (``None``: the layer reads ``xs``).
+      carry0: the layer's initial carry ``(batch, ...)`` as recorded (``None``: the cell's
+        zero carry).
+      lengths: the valid steps of each sequence ``(batch,)`` in the layer's processing order
+        (``None``: every step is valid); steps ``t >= lengths`` are padding.
     """
 
     step: jax.Array
@@ -109,6 +122,8 @@ class StepContext(NamedTuple):
     probe_ys: jax.Array
     fns: ModelFns
     inputs: Any = None
+    carry0: Any = None
+    lengths: Any = None
 
 
 class Instrument(NamedTuple):

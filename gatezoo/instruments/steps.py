@@ -2,8 +2,9 @@
 
 Conventions (0-indexed arrays, 1-indexed maths as in THEORY.md): ``carries[i]`` is the state
 ``h_{i+1}`` produced by step ``i`` from ``prev[i] = h_i`` and ``xs_t[i] = x_{i+1}``; ``h_0`` is
-zero. The Jacobian of step ``i`` is ``J_{i+1} = A_{i+1} + B_{i+1}`` (THEORY.md §2.1): ``A`` is the
-gate-frozen part, ``B`` the part that flows through the gates' recurrent input.
+the layer's initial carry (zero unless the model gives another). The Jacobian of step ``i`` is
+``J_{i+1} = A_{i+1} + B_{i+1}`` (THEORY.md §2.1): ``A`` is the gate-frozen part, ``B`` the part
+that flows through the gates' recurrent input.
 """
 
 from __future__ import annotations
@@ -42,13 +43,17 @@ def time_major(xs: jax.Array) -> jax.Array:
     return jnp.swapaxes(xs, 0, 1)
 
 
-def previous_states(carries: Any) -> Any:
-    """``prev[i] = h_i``: the carries shifted one step later, with ``h_0 = 0`` (zero carry)."""
+def previous_states(carries: Any, carry0: Any = None) -> Any:
+    """``prev[i] = h_i``: the carries shifted one step later, ``h_0 = carry0`` (the layer's
+    recorded initial carry, ``(batch, ...)`` per leaf; ``None``: zero)."""
 
-    def shift(c):
-        return jnp.concatenate([jnp.zeros_like(c[:1]), c[:-1]], axis=0)
+    def shift(c, c0):
+        first = jnp.zeros_like(c[:1]) if c0 is None else c0[None].astype(c.dtype)
+        return jnp.concatenate([first, c[:-1]], axis=0)
 
-    return jax.tree_util.tree_map(shift, carries)
+    if carry0 is None:
+        return jax.tree_util.tree_map(lambda c: shift(c, None), carries)
+    return jax.tree_util.tree_map(shift, carries, carry0)
 
 
 def flat_states(carries: Any) -> jax.Array:

@@ -28,7 +28,8 @@ class StepViews:
     Attributes (all time-major):
       cell_params: ``fns.cell_params(ctx.params)``.
       xs_t: the measured layer's inputs ``(T, batch, in)``.
-      prev: the state before each step, leaves ``(T, batch, ...)`` (``h_0 = 0``).
+      prev: the state before each step, leaves ``(T, batch, ...)`` (``h_0``: the layer's
+        recorded initial carry).
       alpha: the gate trace ``(T, b, hidden)`` on the first ``b = min(batch, batch_cap)``
         examples (gated cells only): one batched gate evaluation, no scan. Statistics of the
         gate over 16 sequences of ``T`` steps are as good as over 64 and cost a quarter.
@@ -51,7 +52,7 @@ class StepViews:
 
     @functools.cached_property
     def prev(self) -> Any:
-        return steps.previous_states(self.ctx.carries)
+        return steps.previous_states(self.ctx.carries, self.ctx.carry0)
 
     @functools.cached_property
     def alpha(self) -> jax.Array:

@@ -56,7 +56,7 @@ class SequenceModel(Recurrent):
             raise ValueError(f"readout must be one of {READOUTS}, got {readout!r}")
         if not isinstance(out_features, int) or out_features < 1:
             raise ValueError(f"out_features must be a positive integer, got {out_features!r}")
-        super().__init__(cell, unroll=unroll)
+        super().__init__(cell, unroll=unroll, rngs=False)
         self.readout = readout
         hidden = _hidden_size(cell)
         spec = getattr(cell, "init", None)
@@ -71,9 +71,17 @@ class SequenceModel(Recurrent):
         out = ys @ self.W_o[...]
         return out if self.b_o is None else out + self.b_o[...]
 
-    def __call__(self, xs: jax.Array) -> jax.Array:
-        ys = super().__call__(xs)  # (batch, T, hidden); tapped when the instruments measure
-        return self.read(ys[:, -1]) if self.readout == "last" else self.read(ys)
+    def __call__(self, xs: jax.Array, *, seq_lengths: jax.Array | None = None) -> jax.Array:
+        """``xs (batch, T, in)``; with ``seq_lengths (batch,)`` the ``"last"`` readout reads
+        each sequence at its last valid step ``seq_lengths - 1``."""
+        # (batch, T, hidden); tapped when the instruments measure
+        ys = super().__call__(xs, seq_lengths=seq_lengths)
+        if self.readout == "all":
+            return self.read(ys)
+        if seq_lengths is None:
+            return self.read(ys[:, -1])
+        rows = jnp.arange(ys.shape[0])
+        return self.read(ys[rows, jnp.asarray(seq_lengths) - 1])
 
 
 def _hidden_size(cell: Any) -> int:

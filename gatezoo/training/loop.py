@@ -85,6 +85,21 @@ def _builder(config: TrainConfig, task: Any, model: ModelBuilder | None):
     return lambda seed: model(nnx.Rngs(jax.random.key(seed)))
 
 
+def init_model_state(config: TrainConfig, task: Any, model: ModelBuilder | None = None) -> Any:
+    """Every seed's model state other than its parameters (RNG streams of ``nnx.Dropout``,
+    ``nnx.BatchNorm`` statistics, counters), leaves stacked over the slots; ``None`` when the
+    model has none (every SequenceModel of the zoo)."""
+    build = _builder(config, task, model)
+
+    def one(seed):
+        return nnx.as_pure(nnx.state(build(seed), nnx.Not(nnx.Param)))
+
+    seeds = jnp.asarray(config.slot_seeds(), jnp.int32)
+    if not jax.tree_util.tree_leaves(jax.eval_shape(jax.vmap(one), seeds)):
+        return None
+    return jax.jit(jax.vmap(one), compiler_options=FAST_COMPILE)(seeds)
+
+
 def init_params(config: TrainConfig, task: Any, model: ModelBuilder | None = None) -> Any:
     """Every seed's parameters at once, leaves stacked over the slots
     (``config.slot_seeds()``: the seeds, once per learning-rate trial).
@@ -159,6 +174,7 @@ def _compiled_run(
                     slots=len(config.slot_seeds()))
     attached = attach_run(config, task, instruments, model)
     params = init_params(config, task, model)
+    model_state = init_model_state(config, task, model)
     step_fns = make_step_fns(
         attached, task, optimizer, batch_size=config.batch_size,
         steps_per_call=config.steps_per_call, eval_batches=config.eval_batches,
@@ -167,7 +183,7 @@ def _compiled_run(
     )
     keys = jnp.stack([data_keys(s) for s in config.slot_seeds()])
     data = replicate(getattr(task, "data", None), mesh)
-    state = step_fns.init(params, keys)
+    state = step_fns.init(params, keys, model_state)
     if config.lr_trials:
         rates = [r for r in config.lr_trials for _ in config.seeds]
         state = state._replace(opt_state=set_slot_learning_rates(state.opt_state, rates))
@@ -252,7 +268,8 @@ class _HostLoop:
             sink.write(lines)
 
     def evaluate(self, step: int) -> None:
-        out = jax.device_get(self.step_fns.evaluate(self.state.params, self.keys, self.data))
+        out = jax.device_get(self.step_fns.evaluate(self.state.params, self.keys, self.data,
+                                                           self.state.model_state))
         self.final_eval = {k: np.asarray(v) for k, v in out.items()}
         self.emit([
             {"step": step, **tag, "split": "eval",

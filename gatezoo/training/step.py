@@ -63,6 +63,9 @@ class TrainState(NamedTuple):
         keys ``(S, 2)`` uint32 of :func:`data_keys` for the default batches, or whatever a
         caller's own ``batch`` function reads (e.g. the seeds themselves).
       instruments: one state per attached instrument, leaves ``(S, ...)``.
+      model_state: the model's state other than its parameters (``nnx.Dropout`` RNG streams,
+        ``nnx.BatchNorm`` statistics, counters), leaves ``(S, ...)``, updated by every step as
+        in an ``nnx.jit`` loop; ``None`` for a model without any (the zoo's).
     """
 
     step: jax.Array
@@ -70,6 +73,7 @@ class TrainState(NamedTuple):
     opt_state: Any
     keys: Any
     instruments: tuple
+    model_state: Any = None
 
 
 def data_keys(seed: int) -> jax.Array:
@@ -81,12 +85,13 @@ class StepFns(NamedTuple):
     """Compiled functions of a run.
 
     Attributes:
-      init: ``init(params_stacked, keys) -> TrainState`` (step 0).
+      init: ``init(params_stacked, keys, model_state=None) -> TrainState`` (step 0).
       chunk: ``chunk(state, probe, data, n_active) -> (state, outputs)``, jitted; runs
         ``min(n_active, K)`` updates and returns per-step outputs stacked ``(K, S)``.
-      evaluate: ``evaluate(params, keys, data) -> {metric: (S,)}``, jitted; mean over the
-        held-out batches. (``data`` is ``task.data``, passed as an argument so dataset arrays are
-        not baked into the program as constants.)
+      evaluate: ``evaluate(params, keys, data, model_state=None) -> {metric: (S,)}``, jitted;
+        mean over the held-out batches, the model in evaluation mode (``model.eval()``).
+        (``data`` is ``task.data``, passed as an argument so dataset arrays are not baked into
+        the program as constants.)
       probe: ``probe(keys, data) -> (probe_xs, probe_ys)`` stacked over seeds, or None.
     """
 
@@ -117,25 +122,26 @@ def _slot_step(
     attached: Attached, optimizer: optax.GradientTransformation, batch: BatchFn, mesh: Any,
     skip_nonfinite: bool,
 ) -> Callable:
-    """One update of one slot: ``(params, opt_state, key, inst_states, probe, data, step) ->
-    (params, opt_state, inst_states, metrics, finite)``."""
+    """One update of one slot: ``(params, opt_state, key, inst_states, model_state, probe, data,
+    step) -> (params, opt_state, inst_states, model_state, metrics, finite)``."""
 
-    def one_step(params, opt_state, key, inst_states, probe, data, step):
+    def one_step(params, opt_state, key, inst_states, model_state, probe, data, step):
         xs, ys = constrain_batch(batch(key, step, data), mesh)
         out = attached.update(
             params, inst_states, xs, ys, step=step, optimizer=optimizer, opt_state=opt_state,
-            probe=probe,
+            probe=probe, model_state=model_state,
         )
         new_params, new_opt_state = optax.apply_updates(params, out.updates), out.opt_state
+        new_model_state = out.model_state
         finite = jnp.isfinite(out.loss) & jnp.all(
             jnp.stack([jnp.all(jnp.isfinite(g)) for g in jax.tree_util.tree_leaves(out.grads)])
         )
         if skip_nonfinite:
             # a non-finite step leaves the slot as it was: a diverging learning-rate trial must
             # not spread NaN into instruments (a run without trials stops at that step anyway)
-            new_params, new_opt_state = jax.tree_util.tree_map(
-                lambda new, old: jnp.where(finite, new, old), (new_params, new_opt_state),
-                (params, opt_state),
+            new_params, new_opt_state, new_model_state = jax.tree_util.tree_map(
+                lambda new, old: jnp.where(finite, new, old),
+                (new_params, new_opt_state, new_model_state), (params, opt_state, model_state),
             )
         lr = learning_rate_in_force(out.opt_state)
         metrics = {
@@ -144,7 +150,7 @@ def _slot_step(
             "grad_norm": optax.tree.norm(out.grads),
             **out.metrics,
         }
-        return new_params, new_opt_state, out.state, metrics, finite
+        return new_params, new_opt_state, out.state, new_model_state, metrics, finite
 
     return one_step
 
@@ -178,16 +184,17 @@ def _evaluation(
 ) -> Callable:
     """``evaluate(params, keys, data) -> {metric: (S,)}``: the task's loss and metrics, mean over
     ``eval_batches`` held-out batches per slot (keyed by the slot's evaluation stream)."""
-    forward = attached.net.forward
+    net = attached.net
 
-    def evaluate_one(params, key, data):
+    def evaluate_one(params, model_state, key, data):
+        predict = (net if model_state is None else net.bind(model_state)).predict
         eval_key = jax.random.fold_in(key, _EVAL)
 
         def one_batch(j):
             xs, ys = constrain_batch(
                 _sample(task, data, jax.random.fold_in(eval_key, j), batch_size, "test"), mesh
             )
-            pred = forward(params, xs)
+            pred = predict(params, xs, ys)
             out = {"loss": task.loss(pred, ys)}
             out.update(task.metrics(pred, ys))
             return {k: jnp.asarray(v, jnp.float32) for k, v in out.items()}
@@ -195,8 +202,9 @@ def _evaluation(
         per_batch = jax.lax.map(one_batch, jnp.arange(eval_batches))
         return {k: jnp.mean(v) for k, v in per_batch.items()}
 
-    def evaluate(params, keys, data):
-        return gather_slots(jax.vmap(evaluate_one, in_axes=(0, 0, None))(params, keys, data), mesh)
+    def evaluate(params, keys, data, model_state=None):
+        return gather_slots(
+            jax.vmap(evaluate_one, in_axes=(0, 0, 0, None))(params, model_state, keys, data), mesh)
 
     return evaluate
 
@@ -258,15 +266,18 @@ def make_step_fns(
     ) if shards_seeds(mesh) else all_slots
 
     def run_one(state: TrainState, probe, data):
-        per_slot = (state.params, state.opt_state, state.keys, state.instruments, probe)
-        params, opt_state, inst_states, metrics, finite = run_slots(per_slot, data, state.step)
-        new = TrainState(state.step + 1, params, opt_state, state.keys, inst_states)
+        per_slot = (state.params, state.opt_state, state.keys, state.instruments,
+                    state.model_state, probe)
+        params, opt_state, inst_states, model_state, metrics, finite = run_slots(
+            per_slot, data, state.step)
+        new = TrainState(state.step + 1, params, opt_state, state.keys, inst_states, model_state)
         return new, dict(metrics, finite=finite)
 
-    def init(params, keys):
+    def init(params, keys, model_state=None):
         opt_state = jax.vmap(optimizer.init)(params)
         inst_states = jax.vmap(attached.init)(params)
-        return TrainState(jnp.zeros((), jnp.int32), params, opt_state, keys, inst_states)
+        return TrainState(jnp.zeros((), jnp.int32), params, opt_state, keys, inst_states,
+                          model_state)
 
     def probe_one(key, data):
         return _sample(task, data, jax.random.fold_in(key, _PROBE), probe_batch_size, "train")

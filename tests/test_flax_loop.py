@@ -1,0 +1,233 @@
+"""Instruments on real Flax models and loops: a bidirectional, padded model with dropout and a
+learned initial carry measured exactly (per-layer G0 and G1 against brute force in float64), an
+``nnx.Optimizer`` + ``nnx.jit`` loop with Dropout and BatchNorm against ``gz.train``, and the
+paths that must never be silently wrong (initial carries, subclassed cells, cells with state).
+Every model and cell here is written in this file, as a user would write it."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from flax import nnx
+
+import gatezoo as gz
+from gatezoo.training.step import data_keys
+
+D_IN, D_H = 3, 4
+ADDING_IN = gz.make_task("adding", 6).input_dim
+
+
+class MGU(nnx.Module):
+    """Minimal gated unit; the gate reads ``gate_h``, everything else reads ``h``."""
+
+    def __init__(self, d_in, d_h, *, rngs, param_dtype=jnp.float32):
+        init = nnx.initializers.normal(0.6)
+        self.in_features, self.hidden_features = d_in, d_h
+        self.W_f = nnx.Param(init(rngs.params(), (d_h, d_h), param_dtype))
+        self.U_f = nnx.Param(init(rngs.params(), (d_in, d_h), param_dtype))
+        self.b_f = nnx.Param(0.3 * jnp.ones((d_h,), param_dtype))
+        self.W = nnx.Param(init(rngs.params(), (d_h, d_h), param_dtype))
+        self.U = nnx.Param(init(rngs.params(), (d_in, d_h), param_dtype))
+
+    num_feature_axes = 1
+
+    def initialize_carry(self, input_shape, rngs=None):
+        return jnp.zeros(input_shape[:-1] + (self.hidden_features,), self.W[...].dtype)
+
+    def __call__(self, h, x):
+        return self.split_call(h, x, h)
+
+    def split_call(self, h, x, gate_h):
+        f = self.time_scale(gate_h, x)
+        c = jnp.tanh((f * h) @ self.W[...] + x @ self.U[...])
+        new = (1 - f) * h + f * c
+        return new, new
+
+    def time_scale(self, h, x):
+        return jax.nn.sigmoid(h @ self.W_f[...] + x @ self.U_f[...] + self.b_f[...])
+
+
+class BiEncoder(nnx.Module):
+    """Dropout on the inputs, a bidirectional MGU layer over padded sequences whose forward
+    direction starts from a learned carry, a head on both directions' last valid carries."""
+
+    def __init__(self, *, rngs, dtype=jnp.float64):
+        self.drop = nnx.Dropout(0.3, rngs=rngs)
+        self.bi = nnx.Bidirectional(
+            gz.Recurrent(MGU(D_IN, D_H, rngs=rngs, param_dtype=dtype)),
+            gz.Recurrent(MGU(D_IN, D_H, rngs=rngs, param_dtype=dtype)),
+        )
+        self.h0 = nnx.Param(0.4 * jax.random.normal(rngs.params(), (D_H,), dtype))
+        self.head = nnx.Linear(2 * D_H, 1, rngs=rngs, param_dtype=dtype)
+
+    def __call__(self, xs, lengths):
+        x = self.drop(xs)
+        start = jnp.broadcast_to(self.h0[...], (xs.shape[0], D_H))
+        carry, ys = self.bi(x, seq_lengths=lengths, return_carry=True,
+                            initial_carry=(start, jnp.zeros_like(start)))
+        return self.head(jnp.concatenate(carry, axis=-1)), ys
+
+
+def bi_loss(model, xs, ys):
+    """Last-carry regression plus a small every-step term on the valid steps only."""
+    target, lengths = ys
+    pred, outs = model(xs, lengths)
+    valid = (jnp.arange(xs.shape[1])[None, :] < lengths[:, None])[..., None]
+    return jnp.mean((pred - target) ** 2) + 0.1 * jnp.sum(jnp.where(valid, outs, 0.0) ** 2)
+
+
+def _direction(cell, x, length, h, eps, reverse):
+    """One direction over one example by a Python loop (no gatezoo code): the valid part in
+    order or reversed, then the padding (reversed, as Flax flips it); the gates read the
+    eps-deformed state when ``eps`` is given. Returns outputs in input order and the carry at
+    the last valid step."""
+    steps = x.shape[0]
+    order = ([*range(length - 1, -1, -1), *range(steps - 1, length - 1, -1)] if reverse
+             else list(range(steps)))
+    outs, last = {}, None
+    for n, t in enumerate(order):
+        gate = h if eps is None else jax.lax.stop_gradient(h) + eps * (
+            h - jax.lax.stop_gradient(h))
+        h, _ = cell.split_call(h, x[t], gate)
+        outs[t] = h
+        if n == length - 1:
+            last = h
+    return jnp.stack([outs[t] for t in range(steps)]), last
+
+
+def brute_force_bi_loss(model, which, eps, xs, ys, lengths_py):
+    target, lengths = ys
+    x = model.drop(xs)
+    preds, rows = [], []
+    for b, length in enumerate(lengths_py):
+        fwd, c_f = _direction(model.bi.forward_rnn.cell, x[b], length, model.h0[...],
+                              eps if which == "forward_rnn" else None, reverse=False)
+        bwd, c_b = _direction(model.bi.backward_rnn.cell, x[b], length,
+                              jnp.zeros((D_H,), xs.dtype),
+                              eps if which == "backward_rnn" else None, reverse=True)
+        preds.append(model.head(jnp.concatenate([c_f, c_b])))
+        rows.append(jnp.concatenate([fwd, bwd], axis=-1))
+    pred, outs = jnp.stack(preds), jnp.stack(rows)
+    valid = (jnp.arange(xs.shape[1])[None, :] < lengths[:, None])[..., None]
+    return jnp.mean((pred - target) ** 2) + 0.1 * jnp.sum(jnp.where(valid, outs, 0.0) ** 2)
+
+
+def _assert_trees_close(got, want, rel):
+    for a, b in zip(jax.tree_util.tree_leaves(got), jax.tree_util.tree_leaves(want), strict=True):
+        scale = max(float(jnp.max(jnp.abs(b))), 1e-3)
+        assert float(jnp.max(jnp.abs(a - b))) <= rel * scale, (float(jnp.max(jnp.abs(a - b))),
+                                                              scale)
+
+
+def test_bidirectional_padded_dropout_learned_carry_g0_g1_equal_brute_force(x64):
+    model = BiEncoder(rngs=nnx.Rngs(params=0, dropout=1))
+    lengths_py = [5, 3, 1]
+    xs = jax.random.normal(jax.random.key(1), (3, 5, D_IN), jnp.float64)
+    lengths = jnp.asarray(lengths_py, jnp.int32)
+    xs = jnp.where((jnp.arange(5)[None, :] < lengths[:, None])[..., None], xs, 0.0)
+    ys = (jax.random.normal(jax.random.key(2), (3, 1), jnp.float64), lengths)
+    att = gz.attach(model, bi_loss, ["gates", "expansion"], self_check=True)
+    assert sorted({i.layer for i in att.instruments}) == ["bi.backward_rnn", "bi.forward_rnn"]
+    graphdef, params, state = nnx.split(model, nnx.Param, ...)
+    state = nnx.as_pure(state)  # arrays: merged under grad and jvp traces below
+    first = att.first_order(params, xs, ys, model_state=state)
+    for which in ("forward_rnn", "backward_rnn"):
+        def grad_at(eps, which=which):
+            return jax.grad(lambda p: brute_force_bi_loss(
+                nnx.merge(graphdef, p, state), which, eps, xs, ys, lengths_py))(params)
+
+        g0 = grad_at(0.0)
+        _, g1 = jax.jvp(grad_at, (0.0,), (1.0,))
+        fo = first[f"bi.{which}"]
+        _assert_trees_close(fo.g0, g0, 1e-10)
+        _assert_trees_close(fo.g1, g1, 1e-10)
+    # the learned carry receives a first-order correction through the forward layer's gates
+    assert float(jnp.max(jnp.abs(first["bi.forward_rnn"].g1["h0"][...]))) > 1e-6
+    # the instruments of one step see the same state: the self check is at rounding level
+    out = jax.jit(lambda p, s: att.update(p, att.init(p), xs, ys, step=0, model_state=s))(
+        params, state)
+    for which in ("forward_rnn", "backward_rnn"):
+        assert float(out.metrics[f"expansion/bi.{which}/self_check"]) < 1e-10
+    assert out.updates is None and out.opt_state is None  # measure-only: no optimizer
+
+
+class Normed(nnx.Module):
+    """BatchNorm and dropout on the inputs, a vector-gated layer, a head on the last step."""
+
+    def __init__(self, rngs):
+        self.norm = nnx.BatchNorm(ADDING_IN, rngs=rngs)
+        self.drop = nnx.Dropout(0.2, rngs=rngs)
+        self.rnn = gz.Recurrent(gz.VectorGate(ADDING_IN, D_H, rngs=rngs))
+        self.head = nnx.Linear(D_H, 1, rngs=rngs)
+
+    def __call__(self, xs):
+        return self.head(self.rnn(self.drop(self.norm(xs)))[:, -1])
+
+
+def test_nnx_optimizer_and_nnx_jit_loop_equals_gz_train():
+    names = ("gates", "lags", "optimizer", "expansion")
+    steps, seed = 3, 0
+    config = gz.TrainConfig(task="adding", seq_len=6, batch_size=4, steps=steps, seeds=(seed,),
+                            learning_rate=1e-2, steps_per_call=steps, eval_every=steps,
+                            devices=1, seed_batch=1, instruments=names)
+    task = gz.make_task("adding", 6)
+    result = gz.train(config, progress=False, task=task, model=Normed)
+    lines = [ln for ln in result.history if ln["split"] == "train"]
+
+    model = Normed(nnx.Rngs(jax.random.key(seed)))
+    optimizer = nnx.Optimizer(model, gz.make_optimizer("adam", 1e-2), wrt=nnx.Param)
+    att = gz.attach(model, task, names)
+    inst_state = att.init(nnx.state(model, nnx.Param))
+    key = jax.random.fold_in(data_keys(seed), 0)
+
+    @nnx.jit
+    def train_step(model, optimizer, inst_state, xs, ys):
+        out = att.nnx_update(model, optimizer, inst_state, xs, ys)
+        return out.loss, out.metrics, out.state
+
+    stats = []
+    for i in range(steps):
+        xs, ys = task.sample(jax.random.fold_in(key, i), config.batch_size)
+        loss, metrics, inst_state = train_step(model, optimizer, inst_state, xs, ys)
+        stats.append(np.asarray(model.norm.mean[...]))
+        for name, value in {"loss": loss, **metrics}.items():
+            want = lines[i].get(name, np.nan)
+            # float32 rounding of two compiled programs (one vmapped over seeds): 1e-6, absolute
+            # and relative
+            assert np.isclose(float(value), want, rtol=1e-6, atol=1e-6, equal_nan=True), (
+                i, name, float(value), want)
+    assert int(optimizer.step[...]) == steps
+    # the batch statistics moved at every step, as in a plain nnx.jit loop
+    assert not np.allclose(stats[0], stats[-1])
+    final = result.state.model_state["norm"]["mean"][...][0]
+    np.testing.assert_allclose(np.asarray(final), stats[-1], rtol=1e-6, atol=1e-7)
+
+
+def test_measure_only_nnx_update_leaves_the_parameters():
+    model = Normed(nnx.Rngs(0))
+    task = gz.make_task("adding", 6)
+    att = gz.attach(model, task, ["gates"])
+    before = jax.tree_util.tree_map(np.asarray, nnx.state(model, nnx.Param))
+    xs, ys = task.sample(jax.random.key(3), 4)
+    out = nnx.jit(lambda m, s: att.nnx_update(m, None, s, xs, ys))(
+        model, att.init(nnx.state(model, nnx.Param)))
+    assert np.isfinite(float(out.loss)) and 0 < float(out.metrics["gates/alpha_mean"]) < 1
+    after = nnx.state(model, nnx.Param)
+    for a, b in zip(jax.tree_util.tree_leaves(before), jax.tree_util.tree_leaves(after),
+                    strict=True):
+        np.testing.assert_array_equal(a, np.asarray(b))
+    moved = model.norm.mean[...]
+    assert int(moved.size) == ADDING_IN and float(jnp.abs(moved).sum()) > 0
+
+
+def test_update_refuses_an_nnx_optimizer_and_an_uncalled_factory_in_one_line():
+    model = gz.SequenceModel(gz.GRU(2, D_H, rngs=nnx.Rngs(0)), 1, rngs=nnx.Rngs(1))
+    att = gz.attach(model, lambda m, x, y: jnp.mean((m(x) - y) ** 2), ["gates"])
+    params = nnx.state(model, nnx.Param)
+    xs, ys = jnp.ones((2, 4, 2)), jnp.zeros((2, 1))
+    with pytest.raises(TypeError, match="nnx_update"):
+        att.update(params, att.init(params), xs, ys, step=0,
+                   optimizer=nnx.Optimizer(model, optax.sgd(0.1), wrt=nnx.Param), opt_state=())
+    with pytest.raises(TypeError, match=r"call the factory: optax.adam\(1e-3\)"):
+        att.update(params, att.init(params), xs, ys, step=0, optimizer=optax.adam, opt_state=())
