@@ -231,3 +231,120 @@ def test_update_refuses_an_nnx_optimizer_and_an_uncalled_factory_in_one_line():
                    optimizer=nnx.Optimizer(model, optax.sgd(0.1), wrt=nnx.Param), opt_state=())
     with pytest.raises(TypeError, match=r"call the factory: optax.adam\(1e-3\)"):
         att.update(params, att.init(params), xs, ys, step=0, optimizer=optax.adam, opt_state=())
+
+
+class WithCarry(nnx.Module):
+    """A vector-gated layer started from a learned carry, a head on the last step."""
+
+    def __init__(self, rngs):
+        self.rnn = gz.Recurrent(gz.VectorGate(ADDING_IN, D_H, rngs=rngs))
+        self.h0 = nnx.Param(0.8 * jax.random.normal(rngs.params(), (D_H,)))
+        self.head = nnx.Linear(D_H, 1, rngs=rngs)
+
+    def __call__(self, xs):
+        start = jnp.broadcast_to(self.h0[...], (xs.shape[0], D_H))
+        return self.head(self.rnn(xs, initial_carry=start)[:, -1])
+
+
+def test_a_nonzero_initial_carry_enters_the_gate_trace_and_the_adjoints():
+    model = WithCarry(nnx.Rngs(0))
+    task = gz.make_task("adding", 6)
+    xs, ys = task.sample(jax.random.key(4), 8)
+    att = gz.attach(model, task, ["gates", "expansion"], self_check=True)
+    params = nnx.state(model, nnx.Param)
+    out = jax.jit(lambda p: att.update(p, att.init(p), xs, ys, step=0))(params)
+    cell, h, alphas = model.rnn.cell, jnp.broadcast_to(model.h0[...], (8, D_H)), []
+    for t in range(xs.shape[1]):  # the gate trace by a loop from the true initial state
+        alphas.append(cell.time_scale(h, xs[:, t]))
+        h, _ = cell(h, xs[:, t])
+    assert float(out.metrics["gates/alpha_mean"]) == pytest.approx(
+        float(jnp.mean(jnp.stack(alphas))), rel=1e-6)
+    assert float(out.metrics["expansion/self_check"]) < 1e-5
+
+
+class HalfGRU(gz.GRU):
+    """A subclass whose own step halves the new state (Flax's pattern of a changed cell)."""
+
+    def __call__(self, carry, x):
+        new, _ = super().__call__(carry, x)
+        return 0.5 * new, 0.5 * new
+
+
+def test_a_subclass_step_is_run_and_its_broken_gate_protocol_refused_in_one_line():
+    cell = HalfGRU(2, D_H, rngs=nnx.Rngs(0))
+    xs = jax.random.normal(jax.random.key(5), (3, 5, 2))
+    np.testing.assert_allclose(gz.Recurrent(cell)(xs), nnx.RNN(cell)(xs), rtol=1e-6, atol=1e-7)
+    model = gz.SequenceModel(cell, 1, rngs=nnx.Rngs(1))
+    with pytest.raises(gz.GateProtocolError, match="differs from split_call"):
+        gz.attach(model, lambda m, x, y: jnp.mean((m(x) - y) ** 2), ["gates"])
+
+
+class DropoutCell(nnx.Module):
+    """A GRU cell with dropout on its input: it draws random numbers at every step."""
+
+    def __init__(self, rngs):
+        self.cell = nnx.GRUCell(2, D_H, rngs=rngs)
+        self.drop = nnx.Dropout(0.5, rngs=rngs)
+
+    num_feature_axes = 1
+
+    def __call__(self, carry, x):
+        return self.cell(carry, self.drop(x))
+
+    def initialize_carry(self, input_shape, rngs=None):
+        return self.cell.initialize_carry(input_shape, rngs)
+
+
+def test_a_cell_with_step_state_trains_but_its_step_instruments_refuse_in_one_line():
+    layer = gz.Recurrent(DropoutCell(nnx.Rngs(0, dropout=1)), broadcast_rngs="dropout")
+    reference = nnx.RNN(DropoutCell(nnx.Rngs(0, dropout=1)), broadcast_rngs="dropout")
+    xs = jnp.ones((2, 4, 2))
+    np.testing.assert_allclose(layer(xs), reference(xs), rtol=1e-6)
+    with pytest.raises(ValueError, match="holds state that changes at every step"):
+        gz.attach(layer, lambda m, x, y: jnp.mean((m(x) - y) ** 2), ["lags"])
+
+
+def test_gate_statistics_of_a_padded_batch_leave_the_padding_out():
+    layer = gz.Recurrent(gz.VectorGate(2, D_H, rngs=nnx.Rngs(0)))
+    xs = jax.random.normal(jax.random.key(6), (3, 6, 2))
+    lengths = jnp.array([6, 2, 4])
+    att = gz.attach(layer, lambda m, x, y: jnp.mean(m(x, seq_lengths=y) ** 2), ["gates"])
+    params = nnx.state(layer, nnx.Param)
+    metrics = att.update(params, att.init(params), xs, lengths, step=0).metrics
+    cell, alphas = layer.cell, []
+    for b, length in enumerate([6, 2, 4]):  # the gate of every valid step, by a loop
+        h = jnp.zeros((D_H,))
+        for t in range(length):
+            alphas.append(cell.time_scale(h, xs[b, t]))
+            h, _ = cell(h, xs[b, t])
+    alphas = jnp.stack(alphas)
+    assert float(metrics["gates/alpha_mean"]) == pytest.approx(float(jnp.mean(alphas)), rel=1e-6)
+    assert float(metrics["gates/alpha_max"]) == pytest.approx(float(jnp.max(alphas)), rel=1e-6)
+    assert float(metrics["gates/tau_mean"]) == pytest.approx(float(jnp.mean(1 / alphas)),
+                                                            rel=1e-6)
+
+
+def test_variable_length_adding_trains_and_its_padding_changes_nothing():
+    task = gz.make_task("adding", 8, min_len=3)
+    assert task.variable_length
+    xs, ys = task.sample(jax.random.key(7), 6)
+    assert isinstance(ys, gz.tasks.Padded)
+    model = gz.SequenceModel(gz.VectorGate(task.input_dim, D_H, rngs=nnx.Rngs(0)), 1,
+                             rngs=nnx.Rngs(1))
+    att = gz.attach(model, task, ["gates", "expansion"])
+    params = nnx.state(model, nnx.Param)
+    padding = jnp.arange(8)[None, :, None] >= ys.lengths[:, None, None]
+    noisy = jnp.where(padding, jax.random.normal(jax.random.key(8), xs.shape), xs)
+    run = jax.jit(lambda x: att.update(params, att.init(params), x, ys, step=0))
+    clean, dirty = run(xs), run(noisy)
+    assert float(clean.loss) == pytest.approx(float(dirty.loss), rel=1e-6)
+    for a, b in zip(jax.tree_util.tree_leaves(clean.grads), jax.tree_util.tree_leaves(dirty.grads),
+                    strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+    for name in ("gates/alpha_mean", "expansion/g1_over_g0"):
+        assert float(clean.metrics[name]) == pytest.approx(float(dirty.metrics[name]), rel=1e-5)
+    config = gz.TrainConfig(cell="gru", task="adding", seq_len=8, hidden=D_H, batch_size=8,
+                            steps=4, seeds=(0,), steps_per_call=2, eval_every=2,
+                            task_options={"min_len": 3}, instruments=("gates",))
+    lines = [ln for ln in gz.train(config, progress=False).history if ln["split"] == "train"]
+    assert all(np.isfinite(ln["loss"]) and np.isfinite(ln["gates/alpha_mean"]) for ln in lines)

@@ -61,6 +61,15 @@ class StepViews:
         return steps.gate_trace(self.fns, self.cell_params, prev, self.xs_t[:, :cap])
 
     @functools.cached_property
+    def valid(self) -> jax.Array | None:
+        """``(T, b)`` bools on the examples of :attr:`alpha`, False on padded steps (steps
+        ``t >= lengths``, in the layer's processing order); ``None`` without lengths."""
+        if self.ctx.lengths is None:
+            return None
+        steps = jnp.arange(self.xs_t.shape[0])[:, None]
+        return steps < self.ctx.lengths[None, : self.batch_cap]
+
+    @functools.cached_property
     def alpha_neuron_mean(self) -> jax.Array:
         """``E_{b,t}[alpha]`` per neuron, ``(hidden,)`` (the vector gate's preconditioner)."""
         return jnp.mean(self.alpha, axis=(0, 1))

@@ -134,7 +134,7 @@ def _own_rng_stream(rngs: Any) -> Any:
         return rngs.carry.fork()
     if isinstance(rngs, nnx.RngStream):
         return rngs
-    raise TypeError(f"rngs must be a bool, nnx.Rngs or nnx.RngStream, got {type(rngs).__name__}")
+    raise ValueError(f"rngs must be a bool, nnx.Rngs or nnx.RngStream, got {type(rngs).__name__}")
 
 
 def _plain_call(cell: Any) -> bool:

@@ -7,8 +7,18 @@ from typing import Any
 __all__ = ["check_int", "check_choice"]
 
 
-def check_int(task: str, name: str, value: Any, minimum: int, why: str = "") -> int:
-    """Returns ``value`` as an int, or raises ValueError unless it is an integer >= ``minimum``."""
+def check_int(
+    task: str,
+    name: str,
+    value: Any,
+    minimum: int,
+    why: str = "",
+    *,
+    maximum: int | None = None,
+    max_why: str = "",
+) -> int:
+    """Returns ``value`` as an int, or raises ValueError unless it is an integer >= ``minimum``
+    (and <= ``maximum`` when given)."""
     if isinstance(value, bool) or not isinstance(value, int):
         try:
             as_float = float(value)
@@ -20,6 +30,9 @@ def check_int(task: str, name: str, value: Any, minimum: int, why: str = "") -> 
     if value < minimum:
         reason = f" ({why})" if why else ""
         raise ValueError(f"task {task!r}: {name} must be >= {minimum}{reason}, got {value}")
+    if maximum is not None and value > maximum:
+        reason = f" ({max_why})" if max_why else ""
+        raise ValueError(f"task {task!r}: {name} must be <= {maximum}{reason}, got {value}")
     return value
 
 

@@ -11,8 +11,9 @@ from gatezoo.tasks.protocol import SPLITS, MetricFn, Task
 
 __all__ = ["Generator", "split_key", "synthetic_task"]
 
-# generate(key, batch_size) -> (x, y): a pure, jit-able draw of one batch.
-Generator = Callable[[jax.Array, int], tuple[jax.Array, jax.Array]]
+# generate(key, batch_size) -> (x, y): a pure, jit-able draw of one batch (y a Padded for a
+# variable-length task).
+Generator = Callable[[jax.Array, int], tuple[jax.Array, Any]]
 
 
 def split_key(key: jax.Array, split: str) -> jax.Array:
@@ -38,8 +39,10 @@ def synthetic_task(
     readout: str = "last",
     loss_kind: str = "mse",
     metric_fn: MetricFn | None = None,
+    variable_length: bool = False,
 ) -> Task:
-    """Wraps a generator as a :class:`Task` whose splits draw from disjoint key streams."""
+    """Wraps a generator as a :class:`Task` whose splits draw from disjoint key streams;
+    ``variable_length=True`` when the generator returns ``Padded`` targets."""
 
     def sampler(data, key, batch_size, split):
         del data  # synthetic tasks hold no arrays
@@ -58,4 +61,5 @@ def synthetic_task(
         options=tuple(sorted(options.items())),
         sampler=sampler,
         metric_fn=metric_fn,
+        variable_length=variable_length,
     )
