@@ -146,37 +146,7 @@ def attach_fns(
         return tuple(inst.init(nnx.state(params, nnx.Param) if isinstance(params, nnx.Module)
                                else params) for inst in attached)
 
-    def gradients(params, xs, ys, model_state):
-        live = net if model_state is None else net.bind(model_state)
-        offsets = None
-        if adjoint_layers:
-            zeros = zero_offsets(live, params, xs, ys)
-            offsets = {name: zeros[name] for name in adjoint_layers}
-        (loss, (records, new_state)), (grads, adjoints) = jax.value_and_grad(
-            live.stateful_loss, argnums=(0, 3), has_aux=True
-        )(params, xs, ys, offsets)
-        return live, loss, records, new_state, grads, adjoints or {}
-
-    def measure(live, params, state, xs, ys, step, found, updates, opt_state, probe):
-        loss, records, grads, adjoints = found
-        probe_xs, probe_ys = (xs, ys) if probe is None else probe
-        step = jnp.asarray(step, jnp.int32)
-        metrics, new_state = {}, []
-        for inst, s in zip(attached, state, strict=True):
-            # one context per measured layer: its states, inputs, initial carry and adjoints
-            rec = records[inst.layer]
-            fns = live.layers[inst.layer]
-            ctx = StepContext(
-                step=step, params=params, grads=grads, loss=loss, xs=xs, ys=ys,
-                carries=rec["carries"], adjoints=adjoints.get(inst.layer),
-                updates=updates, opt_state=opt_state, probe_xs=probe_xs,
-                probe_ys=probe_ys, fns=fns, inputs=None if fns.inputs is None else rec["inputs"],
-                carry0=rec["carry0"], lengths=rec["lengths"],
-            )
-            inst_metrics, s = _measured(inst, ctx, s, step, updates is None)
-            metrics.update({f"{inst.name}/{k}": v for k, v in inst_metrics.items()})
-            new_state.append(s)
-        return metrics, tuple(new_state)
+    gradients, measure = _step_parts(net, attached, adjoint_layers)
 
     def update(params, state, xs, ys, *, step, optimizer=None, opt_state=None, probe=None,
                model_state=None):
@@ -233,6 +203,46 @@ def attach_fns(
         return out
 
     return Attached(init, update, first_order, net, attached, nnx_update)
+
+
+def _step_parts(net: NetworkFns, attached: tuple, adjoint_layers: list) -> tuple:
+    """``(gradients, measure)``: the one backward pass of a step (loss, gradients, adjoints,
+    the model's new state) and the instruments' measurements on it, shared by ``update`` and
+    ``nnx_update``."""
+
+    def gradients(params, xs, ys, model_state):
+        live = net if model_state is None else net.bind(model_state)
+        offsets = None
+        if adjoint_layers:
+            zeros = zero_offsets(live, params, xs, ys)
+            offsets = {name: zeros[name] for name in adjoint_layers}
+        (loss, (records, new_state)), (grads, adjoints) = jax.value_and_grad(
+            live.stateful_loss, argnums=(0, 3), has_aux=True
+        )(params, xs, ys, offsets)
+        return live, loss, records, new_state, grads, adjoints or {}
+
+    def measure(live, params, state, xs, ys, step, found, updates, opt_state, probe):
+        loss, records, grads, adjoints = found
+        probe_xs, probe_ys = (xs, ys) if probe is None else probe
+        step = jnp.asarray(step, jnp.int32)
+        metrics, new_state = {}, []
+        for inst, s in zip(attached, state, strict=True):
+            # one context per measured layer: its states, inputs, initial carry and adjoints
+            rec = records[inst.layer]
+            fns = live.layers[inst.layer]
+            ctx = StepContext(
+                step=step, params=params, grads=grads, loss=loss, xs=xs, ys=ys,
+                carries=rec["carries"], adjoints=adjoints.get(inst.layer),
+                updates=updates, opt_state=opt_state, probe_xs=probe_xs,
+                probe_ys=probe_ys, fns=fns, inputs=None if fns.inputs is None else rec["inputs"],
+                carry0=rec["carry0"], lengths=rec["lengths"],
+            )
+            inst_metrics, s = _measured(inst, ctx, s, step, updates is None)
+            metrics.update({f"{inst.name}/{k}": v for k, v in inst_metrics.items()})
+            new_state.append(s)
+        return metrics, tuple(new_state)
+
+    return gradients, measure
 
 
 def _check_attached(net: NetworkFns, attached: list[Instrument]) -> None:
