@@ -348,3 +348,11 @@ def test_variable_length_adding_trains_and_its_padding_changes_nothing():
                             task_options={"min_len": 3}, instruments=("gates",))
     lines = [ln for ln in gz.train(config, progress=False).history if ln["split"] == "train"]
     assert all(np.isfinite(ln["loss"]) and np.isfinite(ln["gates/alpha_mean"]) for ln in lines)
+
+
+def test_lag_instruments_refuse_a_padded_layer_in_one_line():
+    layer = gz.Recurrent(gz.VectorGate(2, D_H, rngs=nnx.Rngs(0)))
+    att = gz.attach(layer, lambda m, x, y: jnp.mean(m(x, seq_lengths=y) ** 2), ["lags"])
+    params = nnx.state(layer, nnx.Param)
+    with pytest.raises(ValueError, match="does not yet leave padded steps out"):
+        att.update(params, att.init(params), jnp.ones((2, 5, 2)), jnp.array([5, 3]), step=0)

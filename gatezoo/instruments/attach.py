@@ -229,6 +229,7 @@ def _step_parts(net: NetworkFns, attached: tuple, adjoint_layers: list) -> tuple
         for inst, s in zip(attached, state, strict=True):
             # one context per measured layer: its states, inputs, initial carry and adjoints
             rec = records[inst.layer]
+            _check_padding(inst, rec)
             fns = live.layers[inst.layer]
             ctx = StepContext(
                 step=step, params=params, grads=grads, loss=loss, xs=xs, ys=ys,
@@ -266,6 +267,19 @@ def _check_attached(net: NetworkFns, attached: list[Instrument]) -> None:
             )
         if inst.needs_gates and not net.layers[inst.layer].gated:
             raise ValueError(f"instrument {inst.name!r} needs a gated cell, but the cell is not")
+
+
+# instruments whose statistics run over time or lags without reading each sequence's length yet
+_UNPADDED_ONLY = frozenset({"lags", "transport", "effective_lr", "analogies", "ratios",
+                            "sensitivity", "anisotropy", "truncation"})
+
+
+def _check_padding(inst: Instrument, record: dict) -> None:
+    if record["lengths"] is not None and inst.name.split("/")[0] in _UNPADDED_ONLY:
+        raise ValueError(
+            f"instrument {inst.name!r} does not yet leave padded steps out (its layer was "
+            "called with seq_lengths); gates, expansion and optimizer measure padded batches"
+        )
 
 
 def _check_optimizer(optimizer: Any, opt_state: Any) -> None:
