@@ -350,9 +350,46 @@ def test_variable_length_adding_trains_and_its_padding_changes_nothing():
     assert all(np.isfinite(ln["loss"]) and np.isfinite(ln["gates/alpha_mean"]) for ln in lines)
 
 
-def test_lag_instruments_refuse_a_padded_layer_in_one_line():
+def test_probe_instruments_refuse_a_padded_layer_in_one_line():
     layer = gz.Recurrent(gz.VectorGate(2, D_H, rngs=nnx.Rngs(0)))
-    att = gz.attach(layer, lambda m, x, y: jnp.mean(m(x, seq_lengths=y) ** 2), ["lags"])
+    att = gz.attach(layer, lambda m, x, y: jnp.mean(m(x, seq_lengths=y) ** 2), ["sensitivity"])
     params = nnx.state(layer, nnx.Param)
     with pytest.raises(ValueError, match="does not yet leave padded steps out"):
         att.update(params, att.init(params), jnp.ones((2, 5, 2)), jnp.array([5, 3]), step=0)
+
+
+def _valid_sum_loss(model, xs, lengths):
+    outs = model(xs, seq_lengths=lengths)
+    valid = jnp.arange(xs.shape[1])[None, :, None] < lengths[:, None, None]
+    return jnp.sum(jnp.where(valid, outs, 0.0) ** 2)
+
+
+def test_lag_profiles_of_a_padded_batch_count_from_each_sequence_end():
+    layer = gz.Recurrent(gz.VectorGate(2, D_H, rngs=nnx.Rngs(0)))
+    lengths_py = [8, 3, 6, 5]
+    xs = jax.random.normal(jax.random.key(9), (4, 8, 2))
+    lengths = jnp.asarray(lengths_py)
+    names = ["lags", "transport", "effective_lr", "analogies", "ratios", "gates"]
+    att = gz.attach(layer, _valid_sum_loss, names)
+    params = nnx.state(layer, nnx.Param)
+    opt = optax.sgd(0.1)
+    metrics = att.update(params, att.init(params), xs, lengths, step=0, optimizer=opt,
+                         opt_state=opt.init(params)).metrics
+    assert all(np.isfinite(float(v)) for v in metrics.values()), [
+        k for k, v in metrics.items() if not np.isfinite(float(v))]
+    cell, norms = layer.cell, []
+    for b, length in enumerate(lengths_py):  # dL/dh_t of each sequence by a loop and jax.grad
+        def loss_of(offsets, b=b, length=length):
+            h, total = jnp.zeros((D_H,)), 0.0
+            for t in range(length):
+                h = cell(h, xs[b, t])[0] + offsets[t]
+                total = total + jnp.sum(h ** 2)
+            return total
+
+        lam = jax.grad(loss_of)(jnp.zeros((length, D_H)))
+        norms.append(np.linalg.norm(np.asarray(lam), axis=-1)[::-1])  # by lag from its end
+    profile = [np.median([n[ell] for n in norms if len(n) > ell]) for ell in range(8)]
+    assert float(metrics["lags/adjoint_last"]) == pytest.approx(profile[0], rel=1e-5)
+    for ell in (1, 2, 4):
+        assert float(metrics[f"lags/ratio@{ell}"]) == pytest.approx(profile[ell] / profile[0],
+                                                                   rel=1e-5)

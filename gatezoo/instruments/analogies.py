@@ -24,7 +24,8 @@ from gatezoo.instruments.views import Measure, StepViews
 __all__ = ["retention_transport", "effective_lr", "analogies"]
 
 
-def retention_transport(alpha: jax.Array, lags, max_ends: int = 32) -> jax.Array:
+def retention_transport(alpha: jax.Array, lags, max_ends: int = 32,
+                        valid: jax.Array | None = None) -> jax.Array:
     r"""``(len(lags), hidden)``: :math:`E_{b,t}\prod_{j=t-\ell+1}^{t}(1-\alpha_j)` per neuron.
 
     Windows must fit in the sequence (``t >= ell``); the expectation over ``t`` uses at most
@@ -32,14 +33,19 @@ def retention_transport(alpha: jax.Array, lags, max_ends: int = 32) -> jax.Array
     (a tuple, list or array). The window products are built by doubling with multiplications
     only (:func:`~gatezoo.instruments.stats.window_products_at`): no logs or exponentials, which
     cost more than the rest of the instrument on CPU; memory ``O(log(max lag) T batch hidden)``.
+    With ``valid`` (``(T, batch)``, False on padded steps) a window counts only where it lies
+    inside its sequence.
     """
     lags = tuple(int(v) for v in np.asarray(lags).reshape(-1))
     T = alpha.shape[0]
     t = np.arange(1, T + 1)[:: max(1, -(-T // max_ends))]  # 1-indexed end times
     g = window_products_at(1.0 - alpha, jnp.asarray(t - 1), lags)  # (L, n_ends, b, hidden)
-    valid = jnp.asarray(t[None, :] >= np.asarray(lags)[:, None])  # (L, n_ends)
-    g = jnp.where(valid[:, :, None, None], g, 0.0)
-    count = jnp.sum(valid, axis=1).astype(alpha.dtype) * alpha.shape[1]
+    fits = jnp.asarray(t[None, :] >= np.asarray(lags)[:, None])  # (L, n_ends)
+    inside = jnp.broadcast_to(fits[:, :, None], g.shape[:3])  # (L, n_ends, b)
+    if valid is not None:
+        inside = inside & valid[jnp.asarray(t - 1)][None]
+    g = jnp.where(inside[..., None], g, 0.0)
+    count = jnp.sum(inside, axis=(1, 2)).astype(alpha.dtype)
     return jnp.sum(g, axis=(1, 2)) / count[:, None]
 
 
@@ -69,7 +75,7 @@ def effective_lr(fns, *, every: int = 1) -> Measure:
         grid = lag_grid(views.seq_len)
         out = {"effective_lr/base": jnp.mean(base)}
         if grid:
-            gamma = retention_transport(views.alpha, grid)
+            gamma = retention_transport(views.alpha, grid, valid=views.valid)
             mu = base[None, :] * gamma
             for i, ell in enumerate(grid):
                 out[f"effective_lr/envelope@{ell}"] = jnp.sum(mu[i])
@@ -89,7 +95,7 @@ def analogies(fns, *, every: int = 1) -> Measure:
     """
 
     def measure(ctx, state, views: StepViews):
-        mean_alpha = jnp.mean(views.alpha)
+        mean_alpha = views.alpha_mean
         beta, _ = momentum_beta(ctx.opt_state)
         p_gate = views.alpha_neuron_mean
         out = {

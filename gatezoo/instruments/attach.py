@@ -270,15 +270,14 @@ def _check_attached(net: NetworkFns, attached: list[Instrument]) -> None:
 
 
 # instruments whose statistics run over time or lags without reading each sequence's length yet
-_UNPADDED_ONLY = frozenset({"lags", "transport", "effective_lr", "analogies", "ratios",
-                            "sensitivity", "anisotropy", "truncation"})
+_UNPADDED_ONLY = frozenset({"sensitivity", "anisotropy", "truncation"})
 
 
 def _check_padding(inst: Instrument, record: dict) -> None:
     if record["lengths"] is not None and inst.name.split("/")[0] in _UNPADDED_ONLY:
         raise ValueError(
             f"instrument {inst.name!r} does not yet leave padded steps out (its layer was "
-            "called with seq_lengths); gates, expansion and optimizer measure padded batches"
+            "called with seq_lengths); the per-step instruments measure padded batches"
         )
 
 

@@ -19,15 +19,32 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from gatezoo.instruments.stats import fast_median, lag_grid, power_fit, suffix_mean_products
+from gatezoo.instruments.stats import (
+    fast_median,
+    lag_grid,
+    masked_quantiles,
+    power_fit,
+    suffix_mean_products,
+)
 from gatezoo.instruments.views import Measure, StepViews
 
 __all__ = ["adjoint_profile", "window_products", "lags", "gate_transport"]
 
 
-def adjoint_profile(norms: jax.Array) -> jax.Array:
-    """Median over the batch of ``||dL/dh_{T-ell}||``, ``ell = 0..T-1``: ``(T, batch) -> (T,)``."""
-    return fast_median(norms[::-1])
+def adjoint_profile(norms: jax.Array, valid: jax.Array | None = None) -> jax.Array:
+    """Median over the batch of ``||dL/dh_{T-ell}||``, ``ell = 0..T-1``: ``(T, batch) -> (T,)``.
+
+    With ``valid`` (``(T, batch)``, rows aligned at each sequence's end) the median at each lag
+    is over the sequences long enough to have that lag (NaN where none is).
+    """
+    if valid is None:
+        return fast_median(norms[::-1])
+    return batch_median(norms[::-1], valid[::-1])
+
+
+def batch_median(x: jax.Array, valid: jax.Array) -> jax.Array:
+    """Median over the last axis of the entries where ``valid``, row by row (NaN for none)."""
+    return jax.vmap(lambda r, m: masked_quantiles(r, m, (0.5,))[0])(x, valid)
 
 
 def window_products(factor: jax.Array) -> jax.Array:
@@ -48,17 +65,19 @@ def lags(fns, *, every: int = 1) -> Measure:
 
     Metrics: ``lags/adjoint_last`` (median ``||dL/dh_T||``), ``lags/ratio@ell`` (profile at lag
     ``ell`` over lag 0, on the grid 1, 2, 4, ...), ``lags/decay_rate`` (OLS slope of
-    ``log profile`` on ``ell``: the log-gain per step of lag).
+    ``log profile`` on ``ell``: the log-gain per step of lag). Lags of a padded batch count from
+    each sequence's own last valid step.
     """
 
     def measure(ctx, state, views: StepViews):
-        prof = adjoint_profile(views.adjoint_norms)
+        norms = views.adjoint_norms
+        prof = adjoint_profile(views.end_aligned(norms), views.end_valid(norms.shape[1]))
         T = prof.shape[0]
         out = {"lags/adjoint_last": prof[0]}
         for ell in lag_grid(T):
             out[f"lags/ratio@{ell}"] = prof[ell] / prof[0]
         ell = jnp.arange(T, dtype=prof.dtype)
-        out["lags/decay_rate"] = power_fit(ell, jnp.log(prof), jnp.ones(T, bool), trim=0.0)[0]
+        out["lags/decay_rate"] = power_fit(ell, jnp.log(prof), jnp.isfinite(prof), trim=0.0)[0]
         return out, state
 
     return Measure("lags", lambda p: (), measure, every=every, needs_adjoints=True)
@@ -73,16 +92,20 @@ def gate_transport(fns, *, every: int = 1) -> Measure:
     """
 
     def measure(ctx, state, views: StepViews):
-        alpha = views.alpha
-        norms = views.adjoint_norms[:, : alpha.shape[1]]  # (T, b)
+        alpha = views.end_aligned(views.alpha)
+        b = alpha.shape[1]
+        norms = views.end_aligned(views.adjoint_norms[:, :b])  # (T, b)
         T = norms.shape[0]
         measured = jnp.log(norms[::-1][1:])  # lag 1..T-1
+        valid = views.end_valid(b)
+        factors = jnp.stack([alpha, 1.0 - alpha])
+        if valid is not None:  # padding (now first) multiplies by 1; its lags are left out
+            factors = jnp.where(valid[None, ..., None], factors, 1.0)
         # both predictors in one pass: (2, T, b, hidden) factors, products, fits and medians
-        p = window_products(jnp.stack([alpha, 1.0 - alpha]))  # (2, T-1, b)
-        s, r2 = jax.vmap(lambda lp: power_fit(lp, measured, jnp.ones_like(measured, bool)))(
-            jnp.log(p)
-        )
-        med = fast_median(p)  # (2, T-1)
+        p = window_products(factors)  # (2, T-1, b)
+        mask = jnp.ones_like(measured, bool) if valid is None else valid[::-1][1:]
+        s, r2 = jax.vmap(lambda lp: power_fit(lp, measured, mask))(jnp.log(p))
+        med = fast_median(p) if valid is None else jax.vmap(lambda q: batch_median(q, mask))(p)
         out = {}
         for i, tag in enumerate(("candidate", "retention")):
             out[f"transport/{tag}_s"] = s[i]

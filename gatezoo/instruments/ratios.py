@@ -45,6 +45,9 @@ def ratios(fns, *, every: int = 1, samples: int = 16, compat: str = "exact") -> 
     def measure(ctx, state, views: StepViews):
         T, B = views.xs_t.shape[:2]
         t, b = sample_pairs(T, B, samples)
+        if ctx.lengths is not None:  # the same spread over each sequence's valid steps
+            n = t.shape[0]
+            t = (2 * jnp.arange(n) + 1) * ctx.lengths[b] // (2 * n)
         na, nb = jacobian_norms(ctx.fns, views.cell_params, views.prev, views.xs_t, t, b, compat)
         r = nb / na
         return {

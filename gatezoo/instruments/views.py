@@ -69,10 +69,41 @@ class StepViews:
         steps = jnp.arange(self.xs_t.shape[0])[:, None]
         return steps < self.ctx.lengths[None, : self.batch_cap]
 
+    def end_aligned(self, x: jax.Array) -> jax.Array:
+        """``x (T, b, ...)`` with each sequence moved so that its last valid step is row
+        ``T - 1`` (its padding, now first, is invalid: :attr:`end_valid`); ``x`` itself without
+        lengths. Lags from each sequence's own end are then rows from the end."""
+        if self.ctx.lengths is None:
+            return x
+        steps = x.shape[0]
+        lengths = self.ctx.lengths[: x.shape[1]]
+        source = (jnp.arange(steps)[:, None] - (steps - lengths[None, :])) % steps
+        return jnp.take_along_axis(x, source.reshape(source.shape + (1,) * (x.ndim - 2)), axis=0)
+
+    def end_valid(self, batch: int) -> jax.Array | None:
+        """``(T, batch)`` bools of :meth:`end_aligned` rows that are real steps; ``None``
+        without lengths."""
+        if self.ctx.lengths is None:
+            return None
+        steps = self.xs_t.shape[0]
+        return jnp.arange(steps)[:, None] >= steps - self.ctx.lengths[None, :batch]
+
     @functools.cached_property
     def alpha_neuron_mean(self) -> jax.Array:
-        """``E_{b,t}[alpha]`` per neuron, ``(hidden,)`` (the vector gate's preconditioner)."""
-        return jnp.mean(self.alpha, axis=(0, 1))
+        """``E_{b,t}[alpha]`` per neuron over the valid steps, ``(hidden,)`` (the vector gate's
+        preconditioner)."""
+        if self.valid is None:
+            return jnp.mean(self.alpha, axis=(0, 1))
+        w = self.valid[..., None].astype(self.alpha.dtype)
+        return jnp.sum(self.alpha * w, axis=(0, 1)) / jnp.sum(w, axis=(0, 1))
+
+    @functools.cached_property
+    def alpha_mean(self) -> jax.Array:
+        """``E_{b,t,i}[alpha]`` over the valid steps."""
+        if self.valid is None:
+            return jnp.mean(self.alpha)
+        w = jnp.broadcast_to(self.valid[..., None], self.alpha.shape)
+        return jnp.sum(jnp.where(w, self.alpha, 0.0)) / jnp.sum(w)
 
     @functools.cached_property
     def adjoint_norms(self) -> jax.Array:
