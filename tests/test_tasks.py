@@ -41,7 +41,7 @@ def large(small):
 
 
 def test_registry_lists_every_task_with_a_description():
-    assert set(task_names()) == set(SYNTHETIC) | {"smnist", "psmnist", "digits"}
+    assert set(task_names()) == set(SYNTHETIC) | {"smnist", "psmnist", "digits", "digits-points"}
     for name, entry in TASKS.items():
         assert entry.name == name and entry.description and "\n" not in entry.description
 

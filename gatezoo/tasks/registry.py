@@ -87,5 +87,6 @@ for _entry in (
     TaskEntry("smnist", datasets.smnist, datasets.smnist_description),
     TaskEntry("psmnist", datasets.psmnist, datasets.psmnist_description),
     TaskEntry("digits", datasets.digits, datasets.digits_description),
+    TaskEntry("digits-points", datasets.digits_points, datasets.digits_points_description),
 ):
     register_task(_entry)
