@@ -165,14 +165,29 @@ def shards_seeds(mesh: Mesh | None) -> bool:
 def _put(tree: Any, sharding_of: Any) -> Any:
     """Every leaf of ``tree`` as a global array with ``sharding_of(leaf)``; each process holds
     the whole tree (the same on all of them) and contributes its devices' part."""
-    def put(x):
+    def put_array(x):
         x = np.asarray(x)
         sharding = sharding_of(x)
         if jax.process_count() > 1:
             return jax.make_array_from_callback(x.shape, sharding, lambda index: x[index])
         return jax.device_put(x, sharding)
 
+    def put(x):
+        if isinstance(x, jax.Array) and jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
+            # typed PRNG keys (a model's RNG streams) travel as their raw key data; the slot
+            # axis stays axis 0, so the data is split like any other stacked leaf
+            placed = _put_like(jax.random.key_data(x), sharding_of(np.empty(x.shape)))
+            return jax.random.wrap_key_data(placed, impl=jax.random.key_impl(x))
+        return put_array(x)
+
     return jax.tree_util.tree_map(put, tree)
+
+
+def _put_like(data: Any, sharding: Any) -> Any:
+    data = np.asarray(data)
+    if jax.process_count() > 1:
+        return jax.make_array_from_callback(data.shape, sharding, lambda index: data[index])
+    return jax.device_put(data, sharding)
 
 
 def replicate(tree: Any, mesh: Mesh | None) -> Any:
