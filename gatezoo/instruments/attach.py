@@ -5,13 +5,18 @@ loss ``loss_fn(model, xs, ys)`` (or a task) and instrument names, and returns
 :class:`Attached`, a pair of pure functions:
 
 * ``init(params) -> state``: the instruments' state;
-* ``update(params, state, xs, ys, *, step, optimizer, opt_state, probe=None) -> StepOutput``:
-  one backward pass gives the loss, the gradient and every layer's adjoints
-  :math:`\lambda_t = dL/dh_t` (through zero offsets on the states); the optimizer's
-  ``update`` gives the parameter updates; the instruments measure on all of it. It returns the
-  loss, the gradients, the updates and the new optimizer state (apply the updates yourself),
-  the metrics (``"<instrument>/<quantity>"``, NaN on steps an instrument is not tracked) and
-  the instruments' new state.
+* ``update(params, state, xs, ys, *, step, optimizer=None, opt_state=None, probe=None,
+  model_state=None) -> StepOutput``: one backward pass gives the loss, the gradient and every
+  layer's adjoints :math:`\lambda_t = dL/dh_t` (through zero offsets on the states); the
+  optimizer's ``update`` gives the parameter updates (no optimizer: measure only); the
+  instruments measure on all of it. It returns the loss, the gradients, the updates and the
+  new optimizer state (apply the updates yourself), the metrics
+  (``"<instrument>/<quantity>"``, NaN on steps an instrument is not tracked), the instruments'
+  new state and, given the model's other state (``nnx.Dropout`` RNG streams, ``nnx.BatchNorm``
+  statistics), the state the step left;
+* ``nnx_update(model, optimizer, state, xs, ys, *, step=None, probe=None) -> StepOutput``:
+  the same inside an ``@nnx.jit`` step of Flax's own loop: ``optimizer`` is an
+  ``nnx.Optimizer`` (or ``None``), the model and optimizer are updated in place.
 
 Everything is jit-, vmap- and scan-compatible; gatezoo's own trainer calls this same
 ``update`` inside its compiled loop. ``first_order(params, xs, ys)`` returns each layer's
@@ -78,11 +83,14 @@ class Attached(NamedTuple):
 
     Attributes:
       init: ``init(params) -> state``.
-      update: ``update(params, state, xs, ys, *, step, optimizer, opt_state, probe=None)
-        -> StepOutput``.
-      first_order: ``first_order(params, xs, ys) -> {layer path: FirstOrder(g0, g1, None)}``.
+      update: ``update(params, state, xs, ys, *, step, optimizer=None, opt_state=None,
+        probe=None, model_state=None) -> StepOutput``.
+      first_order: ``first_order(params, xs, ys, model_state=None) -> {layer path:
+        FirstOrder(g0, g1, None)}``.
       net: the model's :class:`~gatezoo.instruments.model_fns.NetworkFns`.
       instruments: the attached :class:`Instrument` objects.
+      nnx_update: ``nnx_update(model, optimizer, state, xs, ys, *, step=None, probe=None)
+        -> StepOutput`` for ``nnx.Optimizer`` + ``nnx.jit`` loops (module docstring).
     """
 
     init: Callable[[Any], tuple]
