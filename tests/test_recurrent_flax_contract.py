@@ -47,6 +47,13 @@ RNN_CLASSES = [pytest.param(nnx.RNN, id="flax"), pytest.param(gz.Recurrent, id="
 
 rnn_classes = pytest.mark.parametrize("rnn_cls", RNN_CLASSES)
 all_cells = pytest.mark.parametrize("cell_id", CELL_IDS)
+# gz.Recurrent runs every ported test on every cell; nnx.RNN, which only validates the tests,
+# on Flax's cells and two of the zoo's (the direct equivalence tests below cover the rest)
+REFERENCE_CELLS = (*FLAX_CELLS, "gru", "lstm")
+layer_and_cell = pytest.mark.parametrize("rnn_cls, cell_id", [
+    *[pytest.param(gz.Recurrent, c, id=f"gatezoo-{c}") for c in CELL_IDS],
+    *[pytest.param(nnx.RNN, c, id=f"flax-{c}") for c in REFERENCE_CELLS],
+])
 
 
 @pytest.fixture(autouse=True)
@@ -388,8 +395,7 @@ def check(rnn_cls, cell_id, name):
 
 
 # -- ported: the layer against a loop over its cell -----------------------------------------------
-@rnn_classes
-@all_cells
+@layer_and_cell
 def test_outputs_and_carry_match_manual_loop(rnn_cls, cell_id):
     carry, ys = check(rnn_cls, cell_id, "initial_carry")
     cell = make_cell(cell_id)
@@ -400,14 +406,12 @@ def test_outputs_and_carry_match_manual_loop(rnn_cls, cell_id):
     assert_close(check(rnn_cls, cell_id, "return_carry")[1], default)
 
 
-@rnn_classes
-@all_cells
+@layer_and_cell
 def test_batch_size_one_and_unroll(rnn_cls, cell_id):
     assert check(rnn_cls, cell_id, "batch1-unroll").shape[:2] == (1, T)
 
 
-@rnn_classes
-@all_cells
+@layer_and_cell
 def test_seq_lengths_select_each_sequences_last_carry(rnn_cls, cell_id):
     carry, ys = check(rnn_cls, cell_id, "seq_lengths")
     last_carry, unmasked = expected(cell_id, "return_carry")
@@ -418,27 +422,23 @@ def test_seq_lengths_select_each_sequences_last_carry(rnn_cls, cell_id):
     assert_close(check(rnn_cls, cell_id, "seq_lengths-no_carry"), unmasked)
 
 
-@rnn_classes
-@all_cells
+@layer_and_cell
 def test_reverse(rnn_cls, cell_id):
     check(rnn_cls, cell_id, "reverse")
 
 
-@rnn_classes
-@all_cells
+@layer_and_cell
 def test_reverse_keep_order(rnn_cls, cell_id):
     check(rnn_cls, cell_id, "keep_order")
 
 
-@rnn_classes
-@all_cells
+@layer_and_cell
 @pytest.mark.parametrize("keep_order", [False, True], ids=["reading-order", "keep-order"])
 def test_reverse_with_seq_lengths(rnn_cls, cell_id, keep_order):
     check(rnn_cls, cell_id, "keep_order-seq_lengths" if keep_order else "reverse-seq_lengths")
 
 
-@rnn_classes
-@all_cells
+@layer_and_cell
 def test_time_major(rnn_cls, cell_id):
     carry, ys = check(rnn_cls, cell_id, "time_major")
     assert ys.shape[:2] == (T, B)
@@ -446,22 +446,19 @@ def test_time_major(rnn_cls, cell_id):
         assert leaf.shape[0] == B and not np.allclose(leaf, 0.0)
 
 
-@rnn_classes
-@all_cells
+@layer_and_cell
 def test_multiple_batch_dims(rnn_cls, cell_id):
     assert check(rnn_cls, cell_id, "batch2")[1].shape[:3] == (2, B, T)
     check(rnn_cls, cell_id, "batch2-keep_order-seq_lengths")
 
 
-@rnn_classes
-@all_cells
+@layer_and_cell
 def test_call_arguments_override_constructor(rnn_cls, cell_id):
     assert isinstance(check(rnn_cls, cell_id, "overrides-off"), jax.Array)
     check(rnn_cls, cell_id, "overrides-on")
 
 
-@rnn_classes
-@all_cells
+@layer_and_cell
 def test_unbatched_inputs_and_vmap(rnn_cls, cell_id):
     cell = make_cell(cell_id)
     xs = inputs((B, T, D_IN))
@@ -481,8 +478,7 @@ def test_unbatched_inputs_and_vmap(rnn_cls, cell_id):
     assert_close(pure, batched)
 
 
-@rnn_classes
-@all_cells
+@layer_and_cell
 def test_bidirectional_with_seq_lengths(rnn_cls, cell_id):
     forward, backward = make_cell(cell_id), make_cell(cell_id, seed=1)
     xs = inputs((B, T, D_IN))
@@ -505,8 +501,7 @@ def test_bidirectional_shared_cell_and_merge_fn(rnn_cls, cell_id):
     assert_close(ys, expected(cell_id, "plain") + expected(cell_id, "keep_order")[1])
 
 
-@rnn_classes
-@all_cells
+@layer_and_cell
 def test_carry_rngs(rnn_cls, cell_id):
     cell = RandomCarry(make_cell(cell_id))
     xs = inputs((B, 2, D_IN))
@@ -529,8 +524,7 @@ def test_carry_rngs(rnn_cls, cell_id):
     assert differs(given, first)
 
 
-@rnn_classes
-@all_cells
+@layer_and_cell
 @pytest.mark.parametrize("broadcast", [False, True], ids=["per-step", "broadcast"])
 def test_dropout_cell_and_broadcast_rngs(rnn_cls, cell_id, broadcast):
     cell = InputDropout(make_cell(cell_id), nnx.Rngs(drop=1))
@@ -552,8 +546,7 @@ def test_dropout_cell_and_broadcast_rngs(rnn_cls, cell_id, broadcast):
     assert differs(*masks)  # a new call draws new masks
 
 
-@rnn_classes
-@all_cells
+@layer_and_cell
 def test_compiled_layer_matches_loop(rnn_cls, cell_id):
     """The other tests run op by op; here the scan is traced and compiled, as users run it."""
     name = "time_major-keep_order-seq_lengths"
