@@ -2,7 +2,9 @@
 learned initial carry measured exactly (per-layer G0 and G1 against brute force in float64), an
 ``nnx.Optimizer`` + ``nnx.jit`` loop with Dropout and BatchNorm against ``gz.train``, and the
 paths that must never be silently wrong (initial carries, subclassed cells, cells with state).
-Every model and cell here is written in this file, as a user would write it."""
+Every model and cell is written here or in tests/helpers.py, as a user would write it."""
+
+import dataclasses
 
 import jax
 import jax.numpy as jnp
@@ -10,42 +12,13 @@ import numpy as np
 import optax
 import pytest
 from flax import nnx
+from helpers import MGU
 
 import gatezoo as gz
 from gatezoo.training.step import data_keys
 
 D_IN, D_H = 3, 4
 ADDING_IN = gz.make_task("adding", 6).input_dim
-
-
-class MGU(nnx.Module):
-    """Minimal gated unit; the gate reads ``gate_h``, everything else reads ``h``."""
-
-    def __init__(self, d_in, d_h, *, rngs, param_dtype=jnp.float32):
-        init = nnx.initializers.normal(0.6)
-        self.in_features, self.hidden_features = d_in, d_h
-        self.W_f = nnx.Param(init(rngs.params(), (d_h, d_h), param_dtype))
-        self.U_f = nnx.Param(init(rngs.params(), (d_in, d_h), param_dtype))
-        self.b_f = nnx.Param(0.3 * jnp.ones((d_h,), param_dtype))
-        self.W = nnx.Param(init(rngs.params(), (d_h, d_h), param_dtype))
-        self.U = nnx.Param(init(rngs.params(), (d_in, d_h), param_dtype))
-
-    num_feature_axes = 1
-
-    def initialize_carry(self, input_shape, rngs=None):
-        return jnp.zeros(input_shape[:-1] + (self.hidden_features,), self.W[...].dtype)
-
-    def __call__(self, h, x):
-        return self.split_call(h, x, h)
-
-    def split_call(self, h, x, gate_h):
-        f = self.time_scale(gate_h, x)
-        c = jnp.tanh((f * h) @ self.W[...] + x @ self.U[...])
-        new = (1 - f) * h + f * c
-        return new, new
-
-    def time_scale(self, h, x):
-        return jax.nn.sigmoid(h @ self.W_f[...] + x @ self.U_f[...] + self.b_f[...])
 
 
 class BiEncoder(nnx.Module):
@@ -55,8 +28,8 @@ class BiEncoder(nnx.Module):
     def __init__(self, *, rngs, dtype=jnp.float64):
         self.drop = nnx.Dropout(0.3, rngs=rngs)
         self.bi = nnx.Bidirectional(
-            gz.Recurrent(MGU(D_IN, D_H, rngs=rngs, param_dtype=dtype)),
-            gz.Recurrent(MGU(D_IN, D_H, rngs=rngs, param_dtype=dtype)),
+            gz.Recurrent(MGU(D_IN, D_H, rngs=rngs, param_dtype=dtype, scale=0.6, bias=0.3)),
+            gz.Recurrent(MGU(D_IN, D_H, rngs=rngs, param_dtype=dtype, scale=0.6, bias=0.3)),
         )
         self.h0 = nnx.Param(0.4 * jax.random.normal(rngs.params(), (D_H,), dtype))
         self.head = nnx.Linear(2 * D_H, 1, rngs=rngs, param_dtype=dtype)
@@ -393,3 +366,35 @@ def test_lag_profiles_of_a_padded_batch_count_from_each_sequence_end():
     for ell in (1, 2, 4):
         assert float(metrics[f"lags/ratio@{ell}"]) == pytest.approx(profile[ell] / profile[0],
                                                                    rel=1e-5)
+
+
+def test_model_state_is_checkpointed_and_a_resumed_run_equals_an_uninterrupted_one(tmp_path):
+    config = gz.TrainConfig(task="adding", seq_len=6, batch_size=4, steps=2, seeds=(0, 1),
+                            learning_rate=1e-2, steps_per_call=2, eval_every=2, devices=1,
+                            instruments=("gates",))
+    task = gz.make_task("adding", 6)
+    longer = dataclasses.replace(config, steps=4)
+    whole = gz.train(longer, progress=False, task=task, model=Normed)
+    gz.train(config, tmp_path / "run", progress=False, task=task, model=Normed)
+    resumed = gz.train(longer, tmp_path / "run", resume=True, progress=False, task=task,
+                       model=Normed)
+    np.testing.assert_array_equal(resumed.final_loss, whole.final_loss)
+    for a, b in zip(jax.tree_util.tree_leaves(whole.state.model_state),
+                    jax.tree_util.tree_leaves(resumed.state.model_state), strict=True):
+        if jax.dtypes.issubdtype(a.dtype, jax.dtypes.prng_key):
+            a, b = jax.random.key_data(a), jax.random.key_data(b)
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    # the batch statistics are per seed and moved
+    means = np.asarray(whole.state.model_state["norm"]["mean"][...])
+    assert means.shape == (2, ADDING_IN) and not np.allclose(means[0], means[1])
+
+
+def test_measure_only_refuses_an_instrument_that_reads_the_optimizer_and_a_missing_state():
+    model = gz.SequenceModel(gz.GRU(2, D_H, rngs=nnx.Rngs(0)), 1, rngs=nnx.Rngs(1))
+    att = gz.attach(model, lambda m, x, y: jnp.mean((m(x) - y) ** 2), ["optimizer"])
+    params = nnx.state(model, nnx.Param)
+    xs, ys = jnp.ones((2, 4, 2)), jnp.zeros((2, 1))
+    with pytest.raises(ValueError, match="reads the optimizer's updates or state"):
+        att.update(params, att.init(params), xs, ys, step=0)
+    with pytest.raises(TypeError, match="without its opt_state"):
+        att.update(params, att.init(params), xs, ys, step=0, optimizer=optax.sgd(0.1))

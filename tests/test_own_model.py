@@ -1,6 +1,6 @@
-"""Your own model, optimizer and loop: a stacked model of a cell written here, per-layer G0 and
-G1 against a brute-force jax.jvp, gz.attach inside a user's jitted step against gz.train, and
-Optax optimizers gatezoo does not name."""
+"""Your own model, optimizer and loop: a stacked model of a user cell (tests/helpers.py),
+per-layer G0 and G1 against a brute-force jax.jvp, gz.attach inside a user's jitted step
+against gz.train, and Optax optimizers gatezoo does not name."""
 
 import dataclasses
 
@@ -10,43 +10,13 @@ import numpy as np
 import optax
 import pytest
 from flax import nnx
+from helpers import MGU
 
 import gatezoo as gz
 from gatezoo.training.model_fns import build_model
 from gatezoo.training.step import data_keys
 
 D_IN, D_H = 3, 4
-
-
-class MGU(nnx.Module):
-    """Minimal gated unit: ``f = sigmoid(W_f h + U_f x + b_f)``, ``c = tanh(W (f * h) + U x)``,
-    ``h' = (1 - f) h + f c``; the gate reads ``gate_h``, everything else reads ``h``."""
-
-    def __init__(self, d_in, d_h, *, rngs, param_dtype=jnp.float32):
-        init = nnx.initializers.normal(0.5)
-        self.in_features, self.hidden_features = d_in, d_h
-        self.W_f = nnx.Param(init(rngs.params(), (d_h, d_h), param_dtype))
-        self.U_f = nnx.Param(init(rngs.params(), (d_in, d_h), param_dtype))
-        self.b_f = nnx.Param(jnp.zeros((d_h,), param_dtype))
-        self.W = nnx.Param(init(rngs.params(), (d_h, d_h), param_dtype))
-        self.U = nnx.Param(init(rngs.params(), (d_in, d_h), param_dtype))
-
-    num_feature_axes = 1
-
-    def initialize_carry(self, input_shape, rngs=None):
-        return jnp.zeros(input_shape[:-1] + (self.hidden_features,), self.W[...].dtype)
-
-    def __call__(self, h, x):
-        return self.split_call(h, x, h)
-
-    def split_call(self, h, x, gate_h):
-        f = self.time_scale(gate_h, x)
-        c = jnp.tanh((f * h) @ self.W[...] + x @ self.U[...])
-        new = (1 - f) * h + f * c
-        return new, new
-
-    def time_scale(self, h, x):
-        return jax.nn.sigmoid(h @ self.W_f[...] + x @ self.U_f[...] + self.b_f[...])
 
 
 class Stacked(nnx.Module):

@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 import tensorflow_datasets as tfds
 
-from gatezoo.tasks.builders.sklearn_digits import TEST_SIZE
+from gatezoo.tasks.builders.sklearn_digits import SklearnDigits
 
 __all__ = ["SklearnDigitsPoints", "INK", "digit_points"]
 
@@ -26,8 +26,9 @@ def digit_points(image: np.ndarray) -> np.ndarray:
     return np.stack([rows / 7.0, cols / 7.0, values / 16.0], axis=-1).astype(np.float32)
 
 
-class SklearnDigitsPoints(tfds.core.GeneratorBasedBuilder):
-    """Variable-length ``(t, 3)`` float32 ``points`` with labels 0..9, from sklearn's digits."""
+class SklearnDigitsPoints(SklearnDigits):
+    """Variable-length ``(t, 3)`` float32 ``points`` with labels 0..9, from sklearn's digits
+    (the splits of :class:`SklearnDigits`, its ``_split_generators``)."""
 
     VERSION = tfds.core.Version("1.0.0")
     RELEASE_NOTES = {"1.0.0": "First release: inked pixels (>= 8 of 16) in raster order."}
@@ -45,13 +46,6 @@ class SklearnDigitsPoints(tfds.core.GeneratorBasedBuilder):
             homepage="https://scikit-learn.org/stable/datasets/toy_dataset.html",
             disable_shuffling=True,  # keep sklearn's order, so the files are reproducible
         )
-
-    def _split_generators(self, dl_manager):
-        del dl_manager  # nothing to download
-        return {
-            "train": self._generate_examples(slice(None, -TEST_SIZE)),
-            "test": self._generate_examples(slice(-TEST_SIZE, None)),
-        }
 
     def _generate_examples(self, part: slice):
         from sklearn.datasets import load_digits  # imported when preparing only
