@@ -20,6 +20,14 @@ from gatezoo.instruments import (
     model_fns,
     network_fns,
 )
+from gatezoo.metric_schema import (
+    QUANTITIES,
+    Quantity,
+    metric_name,
+    parse_metric_name,
+    quantity_of,
+    series_name,
+)
 from gatezoo.models import *  # noqa: F403
 from gatezoo.models import __all__ as _models_all
 from gatezoo.tasks import TASKS, DatasetNotPrepared, Task, make_task, task_names
@@ -64,5 +72,11 @@ __all__ = [
     "make_schedule",
     "register_optimizer",
     "model_fns",
+    "metric_name",
+    "series_name",
+    "parse_metric_name",
+    "quantity_of",
+    "Quantity",
+    "QUANTITIES",
     "__version__",
 ]
