@@ -80,7 +80,7 @@ def make_run(fns, params, instruments, opt, steps: int):
             ctx = StepContext(i, p, grads, loss, xs, ys, carries, adj, updates, s_new,
                               probe[0], probe[1], fns)
             m, st = inst.update(ctx, st)
-            metrics.update({f"{inst.name}/{k}": v for k, v in m.items()})
+            metrics.update({gz.metric_name(inst.name, None, k): v for k, v in m.items()})
             new_states.append(st)
         return (p_new, s_new, tuple(new_states), xs, ys, probe), metrics
 

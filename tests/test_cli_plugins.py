@@ -68,9 +68,11 @@ def test_compare_with_imported_cell_and_optimizers(tmp_path, monkeypatch):
             assert len(train) == 3 * 4
             tuning = json.loads((out / f"plugin-gated-{name}" / "result.json").read_text())
             assert len(tuning["tuning"]["rates"]) == 3
-            assert all(ln["optimizer/found_lr"] == 1.0 for ln in train)
-            assert all(abs(ln["optimizer/step_gate_corr"]) <= 1.0 for ln in train)
-            assert train[-1]["optimizer/step_mean"] > 0
+            found_lr, corr, step_mean = (gz.metric_name("optimizer", None, q) for q in
+                                         ("found_lr", "step_gate_corr", "step_mean"))
+            assert all(ln[found_lr] == 1.0 for ln in train)
+            assert all(abs(ln[corr]) <= 1.0 for ln in train)
+            assert train[-1][step_mean] > 0
     finally:
         gz.CELLS.pop("plugin-gated", None)
         for name in NAMES:

@@ -121,7 +121,7 @@ def test_bidirectional_padded_dropout_learned_carry_g0_g1_equal_brute_force(x64)
     out = jax.jit(lambda p, s: att.update(p, att.init(p), xs, ys, step=0, model_state=s))(
         params, state)
     for which in ("forward_rnn", "backward_rnn"):
-        assert float(out.metrics[f"expansion/bi.{which}/self_check"]) < 1e-10
+        assert float(out.metrics[gz.metric_name("expansion", f"bi.{which}", "self_check")]) < 1e-10
     assert out.updates is None and out.opt_state is None  # measure-only: no optimizer
 
 
@@ -185,7 +185,8 @@ def test_measure_only_nnx_update_leaves_the_parameters():
     xs, ys = task.sample(jax.random.key(3), 4)
     out = nnx.jit(lambda m, s: att.nnx_update(m, None, s, xs, ys))(
         model, att.init(nnx.state(model, nnx.Param)))
-    assert np.isfinite(float(out.loss)) and 0 < float(out.metrics["gates/alpha_mean"]) < 1
+    alpha_mean = float(out.metrics[gz.metric_name("gates", None, "alpha_mean")])
+    assert np.isfinite(float(out.loss)) and 0 < alpha_mean < 1
     after = nnx.state(model, nnx.Param)
     for a, b in zip(jax.tree_util.tree_leaves(before), jax.tree_util.tree_leaves(after),
                     strict=True):
@@ -230,9 +231,9 @@ def test_a_nonzero_initial_carry_enters_the_gate_trace_and_the_adjoints():
     for t in range(xs.shape[1]):  # the gate trace by a loop from the true initial state
         alphas.append(cell.time_scale(h, xs[:, t]))
         h, _ = cell(h, xs[:, t])
-    assert float(out.metrics["gates/alpha_mean"]) == pytest.approx(
+    assert float(out.metrics[gz.metric_name("gates", None, "alpha_mean")]) == pytest.approx(
         float(jnp.mean(jnp.stack(alphas))), rel=1e-6)
-    assert float(out.metrics["expansion/self_check"]) < 1e-5
+    assert float(out.metrics[gz.metric_name("expansion", None, "self_check")]) < 1e-5
 
 
 class HalfGRU(gz.GRU):
@@ -291,10 +292,11 @@ def test_gate_statistics_of_a_padded_batch_leave_the_padding_out():
             alphas.append(cell.time_scale(h, xs[b, t]))
             h, _ = cell(h, xs[b, t])
     alphas = jnp.stack(alphas)
-    assert float(metrics["gates/alpha_mean"]) == pytest.approx(float(jnp.mean(alphas)), rel=1e-6)
-    assert float(metrics["gates/alpha_max"]) == pytest.approx(float(jnp.max(alphas)), rel=1e-6)
-    assert float(metrics["gates/tau_mean"]) == pytest.approx(float(jnp.mean(1 / alphas)),
-                                                            rel=1e-6)
+    gate = {q: float(metrics[gz.metric_name("gates", None, q)])
+            for q in ("alpha_mean", "alpha_max", "tau_mean")}
+    assert gate["alpha_mean"] == pytest.approx(float(jnp.mean(alphas)), rel=1e-6)
+    assert gate["alpha_max"] == pytest.approx(float(jnp.max(alphas)), rel=1e-6)
+    assert gate["tau_mean"] == pytest.approx(float(jnp.mean(1 / alphas)), rel=1e-6)
 
 
 def test_variable_length_adding_trains_and_its_padding_changes_nothing():
@@ -314,13 +316,15 @@ def test_variable_length_adding_trains_and_its_padding_changes_nothing():
     for a, b in zip(jax.tree_util.tree_leaves(clean.grads), jax.tree_util.tree_leaves(dirty.grads),
                     strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
-    for name in ("gates/alpha_mean", "expansion/g1_over_g0"):
+    for name in (gz.metric_name("gates", None, "alpha_mean"),
+                 gz.metric_name("expansion", None, "g1_over_g0")):
         assert float(clean.metrics[name]) == pytest.approx(float(dirty.metrics[name]), rel=1e-5)
     config = gz.TrainConfig(cell="gru", task="adding", seq_len=8, hidden=D_H, batch_size=8,
                             steps=4, seeds=(0,), steps_per_call=2, eval_every=2,
                             task_options={"min_len": 3}, instruments=("gates",))
     lines = [ln for ln in gz.train(config, progress=False).history if ln["split"] == "train"]
-    assert all(np.isfinite(ln["loss"]) and np.isfinite(ln["gates/alpha_mean"]) for ln in lines)
+    alpha_mean = gz.metric_name("gates", None, "alpha_mean")
+    assert all(np.isfinite(ln["loss"]) and np.isfinite(ln[alpha_mean]) for ln in lines)
 
 
 def test_probe_instruments_refuse_a_padded_layer_in_one_line():
@@ -362,10 +366,11 @@ def test_lag_profiles_of_a_padded_batch_count_from_each_sequence_end():
         lam = jax.grad(loss_of)(jnp.zeros((length, D_H)))
         norms.append(np.linalg.norm(np.asarray(lam), axis=-1)[::-1])  # by lag from its end
     profile = [np.median([n[ell] for n in norms if len(n) > ell]) for ell in range(8)]
-    assert float(metrics["lags/adjoint_last"]) == pytest.approx(profile[0], rel=1e-5)
+    assert float(metrics[gz.metric_name("lags", None, "adjoint_last")]) == pytest.approx(
+        profile[0], rel=1e-5)
     for ell in (1, 2, 4):
-        assert float(metrics[f"lags/ratio@{ell}"]) == pytest.approx(profile[ell] / profile[0],
-                                                                   rel=1e-5)
+        assert float(metrics[gz.metric_name("lags", None, f"ratio@{ell}")]) == pytest.approx(
+            profile[ell] / profile[0], rel=1e-5)
 
 
 def test_model_state_is_checkpointed_and_a_resumed_run_equals_an_uninterrupted_one(tmp_path):

@@ -14,6 +14,7 @@ from test_instruments_fixtures import data, make_context, make_model, model_fns
 
 import gatezoo as gz
 from gatezoo.instruments import INSTRUMENTS, PRESETS, list_section, make_instruments
+from gatezoo.metric_schema import metric_name, parse_metric_name
 
 
 class MyGate(nnx.Module):
@@ -49,7 +50,7 @@ class MyGate(nnx.Module):
 
 
 def _all_metrics(fns, params, xs, ys, names=("full",), every=None, opt=None):
-    """Every instrument's metrics, ``"<name>/<quantity>"``, from one compiled call."""
+    """Every instrument's metrics, named by ``metric_name``, from one compiled call."""
     ctx = make_context(fns, params, xs, ys, optimizer=opt)
     insts = make_instruments(list(names), fns, every=every)
 
@@ -59,7 +60,7 @@ def _all_metrics(fns, params, xs, ys, names=("full",), every=None, opt=None):
         out = {}
         for inst in insts:
             m, _ = inst.update(ctx, inst.init(ctx.params))
-            out.update({f"{inst.name}/{k}": v for k, v in m.items()})
+            out.update({metric_name(inst.name, None, k): v for k, v in m.items()})
         return out
 
     return {k: float(v) for k, v in run(ctx._replace(fns=None)).items()}
@@ -80,9 +81,10 @@ def test_custom_cell_through_the_hook_matches_the_builtin(x64):
     for k in ref:
         # c2 = E(1e-5) / 1e-10 carries rounding of order 1e-16 / 1e-10 in float64
         # and the slope over eps in [1e-5, 1e-3] a little of it
-        rtol = 1e-4 if k.startswith("truncation/") else 1e-7
+        rtol = 1e-4 if parse_metric_name(k).instrument == "truncation" else 1e-7
         np.testing.assert_allclose(got[k], ref[k], rtol=rtol, atol=1e-12, err_msg=k)
-    assert all(np.isfinite(ref[k]) for k in ref if not k.startswith("analogies/precond"))
+    precond = metric_name("analogies", None, "precond_corr")
+    assert all(np.isfinite(ref[k]) for k in ref if k != precond)
 
 
 def test_cell_without_gates_gets_the_step_function_instruments():
@@ -94,7 +96,8 @@ def test_cell_without_gates_gets_the_step_function_instruments():
     assert [i.name for i in insts] == ["lags", "optimizer", "sensitivity", "anisotropy"]
     xs, ys = data(0, 10, 5, 2)
     out = _all_metrics(fns, params, xs, ys, names=["economy", "sensitivity", "anisotropy"])
-    assert np.isfinite(out["sensitivity/profile@2"]) and np.isfinite(out["lags/ratio@1"])
+    assert np.isfinite(out[metric_name("sensitivity", None, "profile@2")])
+    assert np.isfinite(out[metric_name("lags", None, "ratio@1")])
     for name in ("gates", "expansion", "truncation"):
         with pytest.raises(ValueError, match=f"instrument '{name}' needs a cell with gates"):
             make_instruments([name], fns)
@@ -149,7 +152,7 @@ def test_one_trace_under_jit_vmap_scan(name):
                         lambda st, shapes=shapes: {k: jnp.full(v.shape, jnp.nan, v.dtype)
                                                    for k, v in shapes.items()},
                         inst.init(p))
-                    out.update({f"{inst.name}/{k}": v for k, v in m.items()})
+                    out.update({metric_name(inst.name, None, k): v for k, v in m.items()})
                 return (optax.apply_updates(p, ctx.updates), ctx.opt_state), out
             return jax.lax.scan(step, (p, opt.init(p)), jnp.arange(3))[1]
         two = jax.tree_util.tree_map(lambda a: jnp.stack([a, 0.9 * a]), p)
@@ -158,9 +161,9 @@ def test_one_trace_under_jit_vmap_scan(name):
     xs, ys = data(0, 3, 5, 3)
     out = run(params, xs, ys)
     out = run(params, xs + 1.0, ys)
-    assert out["gates/alpha_mean"].shape == (2, 3)
-    assert np.all(np.isfinite(out["expansion/g1_over_g0"]))
-    sens = np.asarray(out["sensitivity/profile@1"])
+    assert out[metric_name("gates", None, "alpha_mean")].shape == (2, 3)
+    assert np.all(np.isfinite(out[metric_name("expansion", None, "g1_over_g0")]))
+    sens = np.asarray(out[metric_name("sensitivity", None, "profile@1")])
     assert np.all(np.isfinite(sens[:, ::2])) and np.all(np.isnan(sens[:, 1]))
 
 
@@ -175,6 +178,8 @@ def test_trainer_writes_instrument_metrics(tmp_path):
     lines = [json.loads(s) for s in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     train = [r for r in lines if r.get("split") == "train"]
     assert len(train) == 4
-    for key in ("gates/alpha_mean", "lags/ratio@1", "transport/candidate_s", "optimizer/lr",
-                "effective_lr/envelope@1", "analogies/beta_gate", "optimizer/adam_row_mean"):
+    for key in (("gates", "alpha_mean"), ("lags", "ratio@1"), ("transport", "candidate_s"),
+                ("optimizer", "lr"), ("effective_lr", "envelope@1"),
+                ("analogies", "beta_gate"), ("optimizer", "adam_row_mean")):
+        key = metric_name(key[0], None, key[1])
         assert key in train[0] and np.isfinite(train[0][key]), key

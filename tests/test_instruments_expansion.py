@@ -90,14 +90,14 @@ def test_metrics_per_group_and_totals(x64):
     names = param_group_names(params)
     assert "cell.W_z" in names and "W_o" in names
     cell_groups = [n for n in names if n.startswith("cell.")]
-    assert {f"expansion/cos@{n}" for n in cell_groups} <= set(out)
-    assert "expansion/cos@W_o" not in out  # the readout has no gate correction
+    assert {f"cos@{n}" for n in cell_groups} <= set(out)  # bare quantities
+    assert "cos@W_o" not in out  # the readout has no gate correction
     g, g0, g1 = (np.asarray(t["cell"]["W_z"]) for t in (ctx.grads, fo.g0, fo.g1))
-    np.testing.assert_allclose(out["expansion/g1_over_g0@cell.W_z"],
+    np.testing.assert_allclose(out["g1_over_g0@cell.W_z"],
                                np.linalg.norm(g1) / np.linalg.norm(g0), rtol=1e-12)
-    np.testing.assert_allclose(out["expansion/cos@cell.W_z"],
+    np.testing.assert_allclose(out["cos@cell.W_z"],
                                np.sum(g * g0) / np.linalg.norm(g) / np.linalg.norm(g0), rtol=1e-12)
-    np.testing.assert_allclose(out["expansion/remainder@cell.W_z"],
+    np.testing.assert_allclose(out["remainder@cell.W_z"],
                                np.linalg.norm(g - g0 - g1) / np.linalg.norm(g), rtol=1e-10)
 
 

@@ -56,7 +56,7 @@ def test_adjoint_norms_by_lag_equal_explicit_products(setup):
     out, _ = lags(s["fns"]).measure(s["ctx"], (), views)
     prof = np.median(brute[::-1], axis=1)
     for ell in (1, 2, 4):
-        np.testing.assert_allclose(out[f"lags/ratio@{ell}"], prof[ell] / prof[0], rtol=1e-10)
+        np.testing.assert_allclose(out[f"ratio@{ell}"], prof[ell] / prof[0], rtol=1e-10)
 
 
 def test_gate_product_predictors_and_fit(setup):
@@ -80,10 +80,10 @@ def test_gate_product_predictors_and_fit(setup):
         keep = (logp >= lo) & (logp <= hi)
         slope = np.polyfit(logp[keep], logs[keep], 1)[0]
         r2 = np.corrcoef(logp[keep], logs[keep])[0, 1] ** 2
-        np.testing.assert_allclose(out[f"transport/{tag}_s"], slope, rtol=1e-9)
-        np.testing.assert_allclose(out[f"transport/{tag}_r2"], r2, rtol=1e-9)
+        np.testing.assert_allclose(out[f"{tag}_s"], slope, rtol=1e-9)
+        np.testing.assert_allclose(out[f"{tag}_r2"], r2, rtol=1e-9)
         med2 = np.median([np.mean(np.prod(f[T - 2:, b], axis=0)) for b in range(B)])
-        np.testing.assert_allclose(out[f"transport/{tag}@2"], med2, rtol=1e-12)
+        np.testing.assert_allclose(out[f"{tag}@2"], med2, rtol=1e-12)
 
 
 def test_power_fit_and_spectrum_stats_match_numpy(x64):

@@ -3,6 +3,8 @@
 import re
 from pathlib import Path
 
+from gatezoo.metric_schema import metric_name
+
 README = Path(__file__).resolve().parents[1] / "README.md"
 
 
@@ -17,6 +19,7 @@ def test_readme_flax_loop_runs_and_measures_both_directions(capsys):
     assert printed.count("backward G1/G0") == 3
     assert int(namespace["optimizer"].step[...]) == 30
     metrics = namespace["metrics"]
-    assert {"gates/bi.forward_rnn/alpha_mean", "gates/bi.backward_rnn/alpha_mean"} <= set(metrics)
+    assert {metric_name("gates", f"bi.{d}_rnn", "alpha_mean")
+            for d in ("forward", "backward")} <= set(metrics)
     first, last = (float(v) for v in re.findall(r"loss (\S+)", printed)[::2])
     assert last < first  # it trains

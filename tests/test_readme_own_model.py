@@ -36,8 +36,9 @@ def test_readme_own_model_loop_and_gz_train(capsys):
         result = namespace["result"]
         train = [ln for ln in result.history if ln["split"] == "train"]
         assert {ln["seed"] for ln in train} == {0, 1}
-        assert all(np.isfinite(ln["expansion/rnn1/g1_over_g0"]) for ln in train)
-        assert "gates/rnn2/alpha_mean" in train[-1]
+        assert all(np.isfinite(ln[gz.metric_name("expansion", "rnn1", "g1_over_g0")])
+                   for ln in train)
+        assert gz.metric_name("gates", "rnn2", "alpha_mean") in train[-1]
         # compare accepts the registered names
         from gatezoo.experiments.compare import CompareConfig, validate
 

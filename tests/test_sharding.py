@@ -8,6 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from gatezoo.metric_schema import parse_metric_name
 from gatezoo.training import TrainConfig, train
 from gatezoo.training.sharding import resolve_devices
 
@@ -78,7 +79,7 @@ def test_seeds_sharded_over_two_devices_match_one_device(tmp_path):
     # the instruments too (they run at step 0 under their default schedule)
     first = [ln for ln in one.history if ln["split"] == "train" and ln["step"] == 0]
     again = [ln for ln in two.history if ln["split"] == "train" and ln["step"] == 0]
-    names = [k for k in first[0] if k.startswith("gates/")]
+    names = [k for k in first[0] if parse_metric_name(k).instrument == "gates"]
     assert names and len(first) == len(again) == len(two.config.slot_seeds())
     np.testing.assert_allclose([[ln[k] for k in names] for ln in again],
                                [[ln[k] for k in names] for ln in first], rtol=1e-5, atol=1e-7)

@@ -43,8 +43,8 @@ def test_each_layer_has_g1_zero_and_its_own_metrics(setup):
     out = att.update(params, att.init(params), xs, ys, step=0, optimizer=opt,
                      opt_state=opt.init(params))
     for layer in ("rnn1", "rnn2"):
-        assert abs(float(out.metrics[f"expansion/{layer}/g1_over_g0"])) < 1e-12
-        assert 0.0 < float(out.metrics[f"gates/{layer}/alpha_mean"]) < 1.0
+        assert abs(float(out.metrics[gz.metric_name("expansion", layer, "g1_over_g0")])) < 1e-12
+        assert 0.0 < float(out.metrics[gz.metric_name("gates", layer, "alpha_mean")]) < 1.0
     first = att.first_order(params, xs, ys)
     assert set(first) == {"rnn1", "rnn2"}
     # the layers declare that no gate reads the state; the full recursion, forced to run

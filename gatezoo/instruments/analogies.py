@@ -73,13 +73,13 @@ def effective_lr(fns, *, every: int = 1) -> Measure:
     def measure(ctx, state, views: StepViews):
         base = _base_rate(ctx, views)
         grid = lag_grid(views.seq_len)
-        out = {"effective_lr/base": jnp.mean(base)}
+        out = {"base": jnp.mean(base)}
         if grid:
             gamma = retention_transport(views.alpha, grid, valid=views.valid)
             mu = base[None, :] * gamma
             for i, ell in enumerate(grid):
-                out[f"effective_lr/envelope@{ell}"] = jnp.sum(mu[i])
-                out[f"effective_lr/anisotropy@{ell}"] = jnp.max(mu[i]) / jnp.min(mu[i])
+                out[f"envelope@{ell}"] = jnp.sum(mu[i])
+                out[f"anisotropy@{ell}"] = jnp.max(mu[i]) / jnp.min(mu[i])
         return out, state
 
     return Measure("effective_lr", lambda p: (), measure, every=every, needs_gates=True)
@@ -99,18 +99,18 @@ def analogies(fns, *, every: int = 1) -> Measure:
         beta, _ = momentum_beta(ctx.opt_state)
         p_gate = views.alpha_neuron_mean
         out = {
-            "analogies/beta_gate": 1.0 - mean_alpha,
-            "analogies/beta_optimizer": beta,
-            "analogies/gate_anisotropy": jnp.max(p_gate) / jnp.min(p_gate),
+            "beta_gate": 1.0 - mean_alpha,
+            "beta_optimizer": beta,
+            "gate_anisotropy": jnp.max(p_gate) / jnp.min(p_gate),
         }
         lr = learning_rate_in_force(ctx.opt_state)
         if lr is not None:
-            out["analogies/lr"] = lr
-            out["analogies/gate_step"] = lr * mean_alpha
+            out["lr"] = lr
+            out["gate_step"] = lr * mean_alpha
         rows = adam_rows(ctx.fns, ctx.opt_state)
         if rows is not None:
-            out["analogies/adam_anisotropy"] = jnp.max(rows) / jnp.min(rows)
-            out["analogies/precond_corr"] = pearson(p_gate, rows.astype(p_gate.dtype))
+            out["adam_anisotropy"] = jnp.max(rows) / jnp.min(rows)
+            out["precond_corr"] = pearson(p_gate, rows.astype(p_gate.dtype))
         return out, state
 
     return Measure("analogies", lambda p: (), measure, every=every, needs_gates=True)

@@ -102,11 +102,11 @@ def anisotropy(
         for name, vals in stats.items():
             med = jnp.median(vals, axis=1)
             for i, ell in enumerate(lags):
-                out[f"anisotropy/jac_{name}@{ell}"] = med[i]
+                out[f"jac_{name}@{ell}"] = med[i]
         gstats = spectrum_stats(gradient_spectrum(ctx.fns, ctx.params, ctx.probe_xs,
                                                   ctx.probe_ys), r=10)
         for name, val in gstats.items():
-            out[f"anisotropy/grad_{name}"] = val
+            out[f"grad_{name}"] = val
         return out, state
 
     return Measure("anisotropy", lambda p: (), measure, every=every, tier="probe")

@@ -10,8 +10,10 @@ loss ``loss_fn(model, xs, ys)`` (or a task) and instrument names, and returns
   layer's adjoints :math:`\lambda_t = dL/dh_t` (through zero offsets on the states); the
   optimizer's ``update`` gives the parameter updates (no optimizer: measure only); the
   instruments measure on all of it. It returns the loss, the gradients, the updates and the
-  new optimizer state (apply the updates yourself), the metrics
-  (``"<instrument>/<quantity>"``, NaN on steps an instrument is not tracked), the instruments'
+  new optimizer state (apply the updates yourself), the metrics (named by
+  :func:`gatezoo.metric_schema.metric_name`: ``"<instrument>/<quantity>"``, with the layer's
+  path between them in a model with several recurrent layers; NaN on steps an instrument is not
+  tracked), the instruments'
   new state and, given the model's other state (``nnx.Dropout`` RNG streams, ``nnx.BatchNorm``
   statistics), the state the step left;
 * ``nnx_update(model, optimizer, state, xs, ys, *, step=None, probe=None) -> StepOutput``:
@@ -52,6 +54,7 @@ from flax import nnx
 from gatezoo.instruments.expansion import FirstOrder, first_order_gradients
 from gatezoo.instruments.model_fns import NetworkFns, network_fns, zero_offsets
 from gatezoo.instruments.protocol import Instrument, StepContext
+from gatezoo.metric_schema import metric_name
 
 __all__ = ["Attached", "StepOutput", "attach", "attach_fns"]
 
@@ -63,7 +66,8 @@ class StepOutput(NamedTuple):
       loss: the loss of the batch; ``grads``: its gradient (the optimizer's input).
       updates: ``optimizer.update(grads, opt_state, params)``'s updates; ``opt_state``: the new
         optimizer state.
-      metrics: ``{"<instrument>/<quantity>": array}``; NaN where not tracked this step.
+      metrics: ``{metric_name(instrument, layer, quantity): array}``; NaN where not tracked
+        this step.
       state: the instruments' new state.
       model_state: the model's new state other than its parameters (RNG counters advanced,
         batch statistics updated) when the step was given one, else ``None``.
@@ -123,7 +127,7 @@ def attach(
 
     Raises:
       ValueError: as :func:`gatezoo.network_fns` and :func:`gatezoo.make_instruments`, and for
-        duplicate instrument names.
+        two instruments of one name on one layer.
     """
     net, _ = network_fns(model, loss, example=example)
     return attach_fns(net, names, instruments=instruments, every=every, compat=compat,
@@ -233,6 +237,9 @@ def _step_parts(net: NetworkFns, attached: tuple, adjoint_layers: list) -> tuple
         loss, records, grads, adjoints = found
         probe_xs, probe_ys = (xs, ys) if probe is None else probe
         step = jnp.asarray(step, jnp.int32)
+        # the one place metric names are built: the layer's path only where several layers
+        # would otherwise share them
+        many = len(live.layers) > 1
         metrics, new_state = {}, []
         for inst, s in zip(attached, state, strict=True):
             # one context per measured layer: its states, inputs, initial carry and adjoints
@@ -247,7 +254,8 @@ def _step_parts(net: NetworkFns, attached: tuple, adjoint_layers: list) -> tuple
                 carry0=rec["carry0"], lengths=rec["lengths"],
             )
             inst_metrics, s = _measured(inst, ctx, s, step, updates is None)
-            metrics.update({f"{inst.name}/{k}": v for k, v in inst_metrics.items()})
+            layer = inst.layer if many else None
+            metrics.update({metric_name(inst.name, layer, k): v for k, v in inst_metrics.items()})
             new_state.append(s)
         return metrics, tuple(new_state)
 
@@ -255,10 +263,11 @@ def _step_parts(net: NetworkFns, attached: tuple, adjoint_layers: list) -> tuple
 
 
 def _check_attached(net: NetworkFns, attached: list[Instrument]) -> None:
-    names = [inst.name for inst in attached]
+    names = [(inst.name, inst.layer) for inst in attached]
     dupes = sorted({n for n in names if names.count(n) > 1})
     if dupes:
-        raise ValueError(f"instrument names must be unique, got {', '.join(dupes)} twice")
+        twice = ", ".join(f"{n} on layer {layer!r}" if layer else n for n, layer in dupes)
+        raise ValueError(f"instrument names must be unique per layer, got {twice} twice")
     for inst in attached:
         if inst.layer not in net.layers:
             raise ValueError(
@@ -282,10 +291,11 @@ _UNPADDED_ONLY = frozenset({"sensitivity", "anisotropy", "truncation"})
 
 
 def _check_padding(inst: Instrument, record: dict) -> None:
-    if record["lengths"] is not None and inst.name.split("/")[0] in _UNPADDED_ONLY:
+    if record["lengths"] is not None and inst.name in _UNPADDED_ONLY:
         raise ValueError(
-            f"instrument {inst.name!r} does not yet leave padded steps out (its layer was "
-            "called with seq_lengths); the per-step instruments measure padded batches"
+            f"instrument {inst.name!r} does not yet leave padded steps out (its layer "
+            f"{inst.layer or 'model'!r} was called with seq_lengths); the per-step instruments "
+            "measure padded batches"
         )
 
 

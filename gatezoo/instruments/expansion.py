@@ -243,7 +243,7 @@ def _dot(a: list[jax.Array], b: list[jax.Array]) -> jax.Array:
 
 
 def expansion_metrics(
-    fns: ModelFns, params: Any, g: Any, g0: Any, g1: Any, prefix: str = "expansion"
+    fns: ModelFns, params: Any, g: Any, g0: Any, g1: Any
 ) -> dict[str, jax.Array]:
     """Per cell parameter group and overall: ``||G1||/||G0||``, ``||G(1)-G0-G1||/||G(1)||`` and
     ``cos(G(1), G0)``."""
@@ -255,9 +255,9 @@ def expansion_metrics(
     def add(suffix, a, a0, a1):
         rem = [x - y - z for x, y, z in zip(a, a0, a1, strict=False)]
         n, n0, n1 = jnp.sqrt(_sq(a)), jnp.sqrt(_sq(a0)), jnp.sqrt(_sq(a1))
-        out[f"{prefix}/g1_over_g0{suffix}"] = n1 / n0
-        out[f"{prefix}/remainder{suffix}"] = jnp.sqrt(_sq(rem)) / n
-        out[f"{prefix}/cos{suffix}"] = _dot(a, a0) / (n * n0)
+        out[f"g1_over_g0{suffix}"] = n1 / n0
+        out[f"remainder{suffix}"] = jnp.sqrt(_sq(rem)) / n
+        out[f"cos{suffix}"] = _dot(a, a0) / (n * n0)
 
     sel = [i for i, m in enumerate(mask) if m] or list(range(len(lg)))
     add("", [lg[i] for i in sel], [l0[i] for i in sel], [l1[i] for i in sel])
@@ -295,7 +295,7 @@ def expansion(fns: ModelFns, *, every: int = 1, self_check: bool = False) -> Mea
         )
         out = expansion_metrics(ctx.fns, ctx.params, ctx.grads, fo.g0, fo.g1)
         if self_check:
-            out["expansion/self_check"] = _self_check(
+            out["self_check"] = _self_check(
                 ctx.fns, ctx.params, ctx.grads, fo.exact_cell
             )
         return out, state

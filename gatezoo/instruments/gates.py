@@ -16,8 +16,9 @@ __all__ = ["gate_stats", "gates"]
 _QUANTILES = (0.1, 0.5, 0.9)
 
 
-def gate_stats(alpha, prefix: str = "gates", valid=None) -> dict:
-    """Summaries of a gate trace ``alpha (T, batch, hidden)``.
+def gate_stats(alpha, valid=None) -> dict:
+    """Summaries of a gate trace ``alpha (T, batch, hidden)``, keyed by bare quantity
+    (:mod:`gatezoo.metric_schema`, instrument ``gates``).
 
     ``alpha_mean/min/max`` over everything; ``alpha_p10/p50/p90`` over batch, time and neurons
     (on a strided subsample of at most 4k values); ``tau_mean = E[1/alpha]`` and
@@ -28,25 +29,25 @@ def gate_stats(alpha, prefix: str = "gates", valid=None) -> dict:
     valid steps only.
     """
     if valid is not None:
-        return _masked_gate_stats(alpha, valid, prefix)
+        return _masked_gate_stats(alpha, valid)
     q = fast_quantiles(subsample(alpha), _QUANTILES)
     per_neuron = jnp.mean(alpha, axis=(0, 1))
     return {
-        f"{prefix}/alpha_mean": jnp.mean(alpha),
-        f"{prefix}/alpha_min": jnp.min(alpha),
-        f"{prefix}/alpha_max": jnp.max(alpha),
-        f"{prefix}/alpha_p10": q[0],
-        f"{prefix}/alpha_p50": q[1],
-        f"{prefix}/alpha_p90": q[2],
-        f"{prefix}/tau_mean": jnp.mean(1.0 / alpha),
-        f"{prefix}/tau_p50": 1.0 / q[1],
-        f"{prefix}/tau_p90": 1.0 / q[0],
-        f"{prefix}/neuron_spread": jnp.std(per_neuron),
-        f"{prefix}/time_std": jnp.mean(jnp.std(alpha, axis=0)),
+        "alpha_mean": jnp.mean(alpha),
+        "alpha_min": jnp.min(alpha),
+        "alpha_max": jnp.max(alpha),
+        "alpha_p10": q[0],
+        "alpha_p50": q[1],
+        "alpha_p90": q[2],
+        "tau_mean": jnp.mean(1.0 / alpha),
+        "tau_p50": 1.0 / q[1],
+        "tau_p90": 1.0 / q[0],
+        "neuron_spread": jnp.std(per_neuron),
+        "time_std": jnp.mean(jnp.std(alpha, axis=0)),
     }
 
 
-def _masked_gate_stats(alpha, valid, prefix: str) -> dict:
+def _masked_gate_stats(alpha, valid) -> dict:
     w = jnp.broadcast_to(valid[..., None], alpha.shape)
     total = lambda a, axis=None: jnp.sum(jnp.where(w, a, 0.0), axis=axis)  # noqa: E731
     n = jnp.sum(w)
@@ -56,17 +57,17 @@ def _masked_gate_stats(alpha, valid, prefix: str) -> dict:
     seq_mean = total(alpha, 0) / steps
     seq_var = total(jnp.square(alpha - seq_mean), 0) / steps
     return {
-        f"{prefix}/alpha_mean": total(alpha) / n,
-        f"{prefix}/alpha_min": jnp.min(jnp.where(w, alpha, jnp.inf)),
-        f"{prefix}/alpha_max": jnp.max(jnp.where(w, alpha, -jnp.inf)),
-        f"{prefix}/alpha_p10": q[0],
-        f"{prefix}/alpha_p50": q[1],
-        f"{prefix}/alpha_p90": q[2],
-        f"{prefix}/tau_mean": total(1.0 / alpha) / n,
-        f"{prefix}/tau_p50": 1.0 / q[1],
-        f"{prefix}/tau_p90": 1.0 / q[0],
-        f"{prefix}/neuron_spread": jnp.std(per_neuron),
-        f"{prefix}/time_std": jnp.mean(jnp.sqrt(seq_var)),
+        "alpha_mean": total(alpha) / n,
+        "alpha_min": jnp.min(jnp.where(w, alpha, jnp.inf)),
+        "alpha_max": jnp.max(jnp.where(w, alpha, -jnp.inf)),
+        "alpha_p10": q[0],
+        "alpha_p50": q[1],
+        "alpha_p90": q[2],
+        "tau_mean": total(1.0 / alpha) / n,
+        "tau_p50": 1.0 / q[1],
+        "tau_p90": 1.0 / q[0],
+        "neuron_spread": jnp.std(per_neuron),
+        "time_std": jnp.mean(jnp.sqrt(seq_var)),
     }
 
 

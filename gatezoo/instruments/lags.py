@@ -73,11 +73,11 @@ def lags(fns, *, every: int = 1) -> Measure:
         norms = views.adjoint_norms
         prof = adjoint_profile(views.end_aligned(norms), views.end_valid(norms.shape[1]))
         T = prof.shape[0]
-        out = {"lags/adjoint_last": prof[0]}
+        out = {"adjoint_last": prof[0]}
         for ell in lag_grid(T):
-            out[f"lags/ratio@{ell}"] = prof[ell] / prof[0]
+            out[f"ratio@{ell}"] = prof[ell] / prof[0]
         ell = jnp.arange(T, dtype=prof.dtype)
-        out["lags/decay_rate"] = power_fit(ell, jnp.log(prof), jnp.isfinite(prof), trim=0.0)[0]
+        out["decay_rate"] = power_fit(ell, jnp.log(prof), jnp.isfinite(prof), trim=0.0)[0]
         return out, state
 
     return Measure("lags", lambda p: (), measure, every=every, needs_adjoints=True)
@@ -108,10 +108,10 @@ def gate_transport(fns, *, every: int = 1) -> Measure:
         med = fast_median(p) if valid is None else jax.vmap(lambda q: batch_median(q, mask))(p)
         out = {}
         for i, tag in enumerate(("candidate", "retention")):
-            out[f"transport/{tag}_s"] = s[i]
-            out[f"transport/{tag}_r2"] = r2[i]
+            out[f"{tag}_s"] = s[i]
+            out[f"{tag}_r2"] = r2[i]
             for ell in lag_grid(T):
-                out[f"transport/{tag}@{ell}"] = med[i, ell - 1]
+                out[f"{tag}@{ell}"] = med[i, ell - 1]
         return out, state
 
     return Measure(

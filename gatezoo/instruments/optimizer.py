@@ -155,23 +155,23 @@ def _read_state(ctx, out: dict) -> None:
     beta, kind = momentum_beta(ctx.opt_state)
     rows = adam_rows(ctx.fns, ctx.opt_state)
     one = jnp.ones((), ctx.loss.dtype)
-    out["optimizer/found_lr"] = one * (lr is not None)
-    out["optimizer/found_momentum"] = one * (kind != "none")
-    out["optimizer/found_nu"] = one * (rows is not None)
-    out["optimizer/beta"] = beta
-    out["optimizer/momentum_factor"] = (
+    out["found_lr"] = one * (lr is not None)
+    out["found_momentum"] = one * (kind != "none")
+    out["found_nu"] = one * (rows is not None)
+    out["beta"] = beta
+    out["momentum_factor"] = (
         1.0 / (1.0 - beta) if kind == "heavy-ball" else jnp.ones_like(beta)
     )
     if lr is not None:
-        out["optimizer/lr"] = lr
-        out["optimizer/step_gain"] = out["optimizer/update_norm"] / (
-            lr * out["optimizer/grad_norm"]
+        out["lr"] = lr
+        out["step_gain"] = out["update_norm"] / (
+            lr * out["grad_norm"]
         )
     if rows is not None:
-        out["optimizer/adam_row_mean"] = jnp.mean(rows)
-        out["optimizer/adam_row_min"] = jnp.min(rows)
-        out["optimizer/adam_row_max"] = jnp.max(rows)
-        out["optimizer/adam_row_anisotropy"] = jnp.max(rows) / jnp.min(rows)
+        out["adam_row_mean"] = jnp.mean(rows)
+        out["adam_row_min"] = jnp.min(rows)
+        out["adam_row_max"] = jnp.max(rows)
+        out["adam_row_anisotropy"] = jnp.max(rows) / jnp.min(rows)
 
 
 def optimizer(fns, *, every: int = 1) -> Measure:
@@ -188,17 +188,17 @@ def optimizer(fns, *, every: int = 1) -> Measure:
 
     def measure(ctx, state, views: StepViews):
         out = {
-            "optimizer/grad_norm": _norm(ctx.grads),
-            "optimizer/update_norm": _norm(ctx.updates),
+            "grad_norm": _norm(ctx.grads),
+            "update_norm": _norm(ctx.updates),
         }
         steps = effective_step_rows(ctx.fns, ctx.grads, ctx.updates)
         if steps is not None:
             mean = jnp.mean(steps)
-            out["optimizer/step_mean"] = mean
-            out["optimizer/step_cv"] = jnp.std(steps) / jnp.abs(mean)
-            out["optimizer/step_anisotropy"] = jnp.max(steps) / jnp.min(steps)
+            out["step_mean"] = mean
+            out["step_cv"] = jnp.std(steps) / jnp.abs(mean)
+            out["step_anisotropy"] = jnp.max(steps) / jnp.min(steps)
             if ctx.fns.gated:
-                out["optimizer/step_gate_corr"] = pearson(
+                out["step_gate_corr"] = pearson(
                     steps, views.alpha_neuron_mean.astype(steps.dtype)
                 )
         _read_state(ctx, out)

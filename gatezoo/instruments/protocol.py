@@ -6,9 +6,10 @@ tier. The trainer builds one :class:`StepContext` per step with everything instr
 forward states, the adjoints ``dL/dh_t`` from the same backward pass as the gradient, the
 optimizer state) and calls every instrument on it, under ``jit``/``vmap``/``scan``.
 
-Metrics are flat ``name -> array`` mappings; ``update`` returns the bare quantities and the
-trainer writes them as ``"<instrument>/<quantity>"``. Steps on
-which an instrument is not tracked report NaN for its metrics (the structure never changes, so
+Metrics are flat ``name -> array`` mappings; ``update`` returns the bare quantities and
+:func:`gatezoo.attach` (the trainer's step too) names them with
+:func:`gatezoo.metric_schema.metric_name`, ``"<instrument>/<quantity>"``. Steps on which an
+instrument is not tracked report NaN for its metrics (the structure never changes, so
 there is one trace per run).
 """
 
@@ -130,7 +131,8 @@ class Instrument(NamedTuple):
     """An Optax-style instrument.
 
     Attributes:
-      name: metric prefix.
+      name: the instrument's name, the first part of its metric names
+        (:func:`gatezoo.metric_schema.metric_name`); unique per layer.
       init: ``init(params) -> state`` (any pytree; ``()`` for stateless instruments).
       update: ``update(ctx, state) -> (metrics, state)``; must be jit/vmap/scan compatible,
         with no Python loop over time or lags, and return the same metric names every call.

@@ -51,11 +51,11 @@ def ratios(fns, *, every: int = 1, samples: int = 16, compat: str = "exact") -> 
         na, nb = jacobian_norms(ctx.fns, views.cell_params, views.prev, views.xs_t, t, b, compat)
         r = nb / na
         return {
-            "ratios/median": jnp.median(r),
-            "ratios/p90": jnp.quantile(r, 0.9),
-            "ratios/max": jnp.max(r),
-            "ratios/a_norm": jnp.median(na),
-            "ratios/b_norm": jnp.median(nb),
+            "median": jnp.median(r),
+            "p90": jnp.quantile(r, 0.9),
+            "max": jnp.max(r),
+            "a_norm": jnp.median(na),
+            "b_norm": jnp.median(nb),
         }, state
 
     return Measure("ratios", lambda p: (), measure, every=every, needs_gates=True)

@@ -145,8 +145,8 @@ def make_instruments(
     Args:
       names: e.g. ``["economy"]``, ``["gates", "expansion"]`` or ``"gates,sensitivity"``.
       fns: one layer's :class:`ModelFns`, or a :class:`~gatezoo.instruments.model_fns.NetworkFns`
-        (every recurrent layer gets its own instruments, named ``"<name>/<layer path>"``; a
-        preset skips the gate instruments of layers without gates).
+        (every recurrent layer gets its own instruments, their ``layer`` its path; a preset
+        skips the gate instruments of layers without gates).
       every: tracking schedule per instrument name or per tier (``"step"``, ``"probe"``);
         defaults: 1 for per-step instruments, 50 for probes.
       compat: ``"exact"`` or ``"paper-code"`` (THEORY.md §2.3) for the Jacobian-product ones.
@@ -157,7 +157,9 @@ def make_instruments(
 
     Returns:
       One :class:`Instrument` per resolved name (and layer), in order; each returns its bare
-      quantities (``alpha_mean``), which the trainer writes as ``"<name>/<quantity>"``.
+      quantities (``alpha_mean``), which :func:`gatezoo.attach` names with
+      :func:`gatezoo.metric_schema.metric_name` (the layer path in the name when the model has
+      several recurrent layers: ``"gates/layers.1/alpha_mean"``).
 
     Raises:
       ValueError: an unknown name, a gate instrument for a cell without gates, a bad ``every``
@@ -173,17 +175,15 @@ def make_instruments(
             raise ValueError(f"every[{key!r}] must be a positive integer, got {value!r}")
     layers = getattr(fns, "layers", None)
     if layers is None:
-        return _layer_instruments(names, fns, every, compat, self_check, "")
-    many = len(layers) > 1
+        return _layer_instruments(names, fns, every, compat, self_check)
     out: list[Instrument] = []
-    for path, layer_fns in layers.items():
-        out.extend(_layer_instruments(names, layer_fns, every, compat, self_check,
-                                      path if many else ""))
+    for layer_fns in layers.values():
+        out.extend(_layer_instruments(names, layer_fns, every, compat, self_check))
     return out
 
 
-def _layer_instruments(names, fns: ModelFns, every: dict, compat: str, self_check: bool,
-                       suffix: str) -> list[Instrument]:
+def _layer_instruments(names, fns: ModelFns, every: dict, compat: str,
+                       self_check: bool) -> list[Instrument]:
     resolved = _resolve(names, fns.gated)
     if self_check:
         if not fns.gated:
@@ -201,7 +201,5 @@ def _layer_instruments(names, fns: ModelFns, every: dict, compat: str, self_chec
             kwargs["compat"] = compat
         if name == "expansion" and self_check:
             kwargs["self_check"] = True
-        inst = entry.factory(fns, **kwargs).instrument()
-        out.append(inst._replace(name=f"{inst.name}/{suffix}" if suffix else inst.name,
-                                 layer=fns.path))
+        out.append(entry.factory(fns, **kwargs).instrument()._replace(layer=fns.path))
     return out

@@ -102,19 +102,18 @@ def lag_sensitivity(
     return Sensitivity(s, log_c, log_r, valid, ends)
 
 
-def sensitivity_metrics(
-    sens: Sensitivity, trim: float = 0.01, prefix: str = "sensitivity"
-) -> dict[str, jax.Array]:
-    """Scalar summaries: ``median_lag1``, ``profile@ell`` on the lag grid, and per predictor
+def sensitivity_metrics(sens: Sensitivity, trim: float = 0.01) -> dict[str, jax.Array]:
+    """Scalar summaries, keyed by bare quantity (:mod:`gatezoo.metric_schema`):
+    ``median_lag1``, ``profile@ell`` on the lag grid, and per predictor
     ``{candidate,retention}_s``, ``_r2`` and ``_rms`` (root-mean-square log error of the fitted
     profile :math:`(P(\\ell)/P(1))^s` against the measured one over all lags)."""
     s, valid = sens.s, sens.valid
     n_lags = s.shape[0]
     med = masked_median(s, valid, axis=(1, 2))
     profile = med / med[0]
-    out = {f"{prefix}/median_lag1": med[0]}
+    out = {"median_lag1": med[0]}
     for ell in lag_grid(n_lags + 1):
-        out[f"{prefix}/profile@{ell}"] = profile[ell - 1]
+        out[f"profile@{ell}"] = profile[ell - 1]
     for tag, log_p in (("candidate", sens.log_candidate), ("retention", sens.log_retention)):
         if log_p is None:
             continue
@@ -124,9 +123,9 @@ def sensitivity_metrics(
         err = fit - jnp.log(profile)
         ok = jnp.isfinite(err)
         rms = jnp.sqrt(jnp.sum(jnp.where(ok, err * err, 0.0)) / jnp.sum(ok))
-        out[f"{prefix}/{tag}_s"] = slope
-        out[f"{prefix}/{tag}_r2"] = r2
-        out[f"{prefix}/{tag}_rms"] = rms
+        out[f"{tag}_s"] = slope
+        out[f"{tag}_r2"] = r2
+        out[f"{tag}_rms"] = rms
     return out
 
 

@@ -109,11 +109,11 @@ def truncation(
                 jnp.log(eps[:n_fit]), jnp.log(err[:n_fit]), jnp.ones(n_fit, bool), trim=0.0
             )[0]
             return {
-                "truncation/slope": slope,
-                "truncation/rel_err": err[-1] / curve["f1"],
-                "truncation/rel_err_linear": err[-1] / curve["linear"],
-                "truncation/l1_over_f0": curve["l1"] / curve["f0"],
-                "truncation/c2": err[0] / (eps[0] ** 2 * curve["f1"]),
+                "slope": slope,
+                "rel_err": err[-1] / curve["f1"],
+                "rel_err_linear": err[-1] / curve["linear"],
+                "l1_over_f0": curve["l1"] / curve["f0"],
+                "c2": err[0] / (eps[0] ** 2 * curve["f1"]),
             }
 
         per = jax.lax.map(one, jnp.arange(n_ex))

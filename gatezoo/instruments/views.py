@@ -118,7 +118,9 @@ class StepViews:
 class Measure(NamedTuple):
     """One instrument as a measurement: ``measure(ctx, state, views) -> (metrics, state)``.
 
-    Metric names are already prefixed ``"<name>/..."``.
+    ``metrics`` are keyed by bare quantity (``"alpha_mean"``), each declared in
+    :mod:`gatezoo.metric_schema`; whoever writes them names them with
+    :func:`~gatezoo.metric_schema.metric_name`.
     """
 
     name: str
@@ -130,13 +132,11 @@ class Measure(NamedTuple):
     needs_adjoints: bool = False
 
     def instrument(self) -> Instrument:
-        """This measure as an :class:`Instrument` named ``name`` whose metrics are the bare
-        quantities (the trainer writes them as ``"<name>/<quantity>"``)."""
-        prefix = self.name + "/"
+        """This measure as an :class:`Instrument` named ``name`` (its metrics are the bare
+        quantities)."""
 
         def update(ctx, state):
-            out, state = self.measure(ctx, state, StepViews(ctx))
-            return {k.removeprefix(prefix): v for k, v in out.items()}, state
+            return self.measure(ctx, state, StepViews(ctx))
 
         return Instrument(
             name=self.name, init=self.init, update=update, every=self.every, tier=self.tier,

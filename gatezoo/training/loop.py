@@ -39,6 +39,7 @@ from flax import nnx
 from gatezoo.instruments.attach import Attached, attach_fns
 from gatezoo.instruments.model_fns import network_fns
 from gatezoo.instruments.protocol import Instrument
+from gatezoo.metric_schema import metric_name
 from gatezoo.training.checkpoints import Checkpoints
 from gatezoo.training.config import RESUMABLE_CHANGES, RunResult, TrainConfig
 from gatezoo.training.model_fns import build_model
@@ -325,7 +326,8 @@ class _HostLoop:
         written = n if bad is None else bad[0] + 1
         self.emit([
             {"step": step + k, **tag, "split": "train",
-             **{name: out[name][k, i] for name in out}, "steps_per_sec": self.rate}
+             **{name: out[name][k, i] for name in out},
+             metric_name("train", None, "steps_per_sec"): self.rate}
             for k in range(written)
             for i, tag in enumerate(self.tags)
         ])

@@ -32,6 +32,7 @@ from jax.sharding import PartitionSpec
 
 from gatezoo.instruments.attach import Attached
 from gatezoo.instruments.optimizer import learning_rate_in_force
+from gatezoo.metric_schema import metric_name
 from gatezoo.training.seeds import over_seeds
 from gatezoo.training.sharding import constrain_batch, gather_slots, shards_seeds
 
@@ -144,12 +145,9 @@ def _slot_step(
                 (new_params, new_opt_state, new_model_state), (params, opt_state, model_state),
             )
         lr = learning_rate_in_force(out.opt_state)
-        metrics = {
-            "loss": out.loss,
-            "lr": jnp.asarray(jnp.nan, out.loss.dtype) if lr is None else lr,
-            "grad_norm": optax.tree.norm(out.grads),
-            **out.metrics,
-        }
+        own = {"loss": out.loss, "lr": jnp.asarray(jnp.nan, out.loss.dtype) if lr is None else lr,
+               "grad_norm": optax.tree.norm(out.grads)}
+        metrics = {**{metric_name("train", None, k): v for k, v in own.items()}, **out.metrics}
         return new_params, new_opt_state, out.state, new_model_state, metrics, finite
 
     return one_step
@@ -195,9 +193,9 @@ def _evaluation(
                 _sample(task, data, jax.random.fold_in(eval_key, j), batch_size, "test"), mesh
             )
             pred = predict(params, xs, ys)
-            out = {"loss": task.loss(pred, ys)}
-            out.update(task.metrics(pred, ys))
-            return {k: jnp.asarray(v, jnp.float32) for k, v in out.items()}
+            out = {"loss": task.loss(pred, ys), **task.metrics(pred, ys)}
+            return {metric_name("eval", None, k): jnp.asarray(v, jnp.float32)
+                    for k, v in out.items()}
 
         per_batch = jax.lax.map(one_batch, jnp.arange(eval_batches))
         return {k: jnp.mean(v) for k, v in per_batch.items()}
