@@ -8,12 +8,13 @@ non-zero exit, never as a traceback.
 from __future__ import annotations
 
 import argparse
-import gc
 import os
 import signal
 import sys
 import threading
 from collections.abc import Sequence
+
+from gatezoo.experiments import interrupts
 
 __all__ = ["main", "UsageError"]
 
@@ -572,28 +573,10 @@ def _build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-class Terminated(KeyboardInterrupt):
-    """SIGTERM (a job scheduler, ``timeout``, ``kill``), handled like Ctrl-C: finished parts are
-    saved and a partial report is written before the process ends."""
-
-
-def _swallows_exceptions(frame) -> bool:
-    """Whether an exception raised in ``frame`` would be printed and dropped by Python: a
-    garbage-collector callback (JAX registers one) or a ``__del__``."""
-    if frame is None:
-        return False
-    code = frame.f_code
-    return code.co_name == "__del__" or any(
-        getattr(cb, "__code__", None) is code for cb in gc.callbacks)
-
-
-def _raise_terminated(signum, frame) -> None:
-    if _swallows_exceptions(frame):
-        # raised here, Terminated would be ignored and the run would go on: ask again shortly,
-        # when the main thread is back in ordinary code
-        threading.Timer(0.05, signal.raise_signal, (signum,)).start()
-        return
-    raise Terminated()
+# SIGTERM is handled like Ctrl-C; the handler is shared with compare's worker processes
+Terminated = interrupts.Terminated
+_swallows_exceptions = interrupts.swallows_exceptions
+_raise_terminated = interrupts.raise_terminated
 
 
 def _import_plugins(modules: Sequence[str]) -> None:

@@ -201,7 +201,7 @@ def test_tuning_figure_table_and_findings_come_from_the_numbers(compare_dir):
     texts = [f["text"] for f in summary["findings"]]
     base = 2 / 12
     ratios = [runs[n]["final_eval_loss"] / base for n in runs]
-    assert f"0 of 3 runs end with a held-out loss below 0.9x the trivial baseline (best " \
+    assert f"0 of 3 finished runs end with a held-out loss below 0.9x the trivial baseline (best " \
            f"{min(ratios):.2f}x" in texts[0]
     assert any("No run reached the held-out target 0.0833" in t for t in texts)
     g1 = [v for n in runs for v in figs["gate_correction"].data[n]["g1_over_g0_mean"]

@@ -294,6 +294,19 @@ def _run_entry(config_dict: dict[str, Any], entry: dict[str, Any], out: str,
     return record
 
 
+def _collect(fut: Any, i: int, entry: dict[str, Any], status: dict[str, Any],
+             finished: Callable[..., None]) -> None:
+    """Records the outcome of one worker's grid cell: done, failed, or interrupted when that
+    worker alone was stopped (its run saved a checkpoint; a rerun continues it)."""
+    err = fut.exception()  # the worker's exception, never this process's own interrupt
+    if isinstance(err, KeyboardInterrupt):
+        status[entry["name"]] = "interrupted"
+    elif err is not None:
+        finished(i, entry, err=err)
+    else:
+        finished(i, entry, fut.result())
+
+
 def _rates_label(config: CompareConfig, entry: dict[str, Any]) -> str:
     rates = config.lr_trials(entry["optimizer"], entry["schedule"])
     if rates:
@@ -305,6 +318,48 @@ def _result_label(record: dict[str, Any]) -> str:
     loss = record["final_eval"]["loss"]
     lr = record["tuning"]["chosen_rate"] or float("nan")
     return f"lr {lr:.3g}, held-out loss {sum(loss) / len(loss):.4g}"
+
+
+def _run_in_pool(workers: int, todo: list, n_cells: int, cfg_dict: dict[str, Any], out: str,
+                 status: dict[str, Any], finished: Callable[..., None],
+                 log: Callable[[str], None], save: Callable[[], None]) -> None:
+    """Trains the grid cells of ``todo`` in ``workers`` worker processes; on Ctrl-C or SIGTERM
+    the workers are stopped (their runs saved) before the interrupt goes on."""
+    import concurrent.futures as cf
+    import multiprocessing as mp
+
+    from gatezoo.experiments.interrupts import run_in_worker, stop_workers, worker_init
+    from gatezoo.experiments.plugins import registered_modules
+
+    # spawn: a fresh interpreter per worker (JAX's runtime is not fork-safe); workers
+    # re-import the modules that registered user cells and optimizers
+    pool = cf.ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn"),
+                                  initializer=worker_init, initargs=(registered_modules(),))
+    futures = {}
+    try:
+        for i, entry in todo:
+            log(f"[{i}/{n_cells}] {entry['name']}: queued")
+            status[entry["name"]] = "queued"
+            futures[pool.submit(run_in_worker, _run_entry, cfg_dict, entry, out,
+                                False)] = (i, entry)
+        for fut in cf.as_completed(futures):
+            _collect(fut, *futures[fut], status, finished)
+    except KeyboardInterrupt:
+        # the workers must stop (and release what they hold) before this process ends;
+        # what they finish meanwhile still counts
+        try:
+            stop_workers(pool)
+        finally:
+            for fut, (i, entry) in futures.items():
+                if status[entry["name"]] != "queued":
+                    continue  # already recorded
+                if fut.done() and not fut.cancelled() and fut.exception() is None:
+                    finished(i, entry, fut.result())
+                else:
+                    status[entry["name"]] = "interrupted"
+            save()
+        raise
+    pool.shutdown()
 
 
 def run_compare(
@@ -322,7 +377,9 @@ def run_compare(
     run's train step is single-threaded and takes most of a small run's time, so two workers
     on two cores finish the grid sooner. A grid cell whose folder already holds a finished run
     (``result.json``) is skipped, so a compare interrupted by Ctrl-C continues where it stopped
-    when run again with the same ``--out``.
+    when run again with the same ``--out``. On Ctrl-C or SIGTERM the workers' runs save a
+    checkpoint and the workers exit before the interrupt goes on; those runs are marked
+    ``interrupted`` and the report shows them as not finished.
     """
     log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
     validate(config)
@@ -374,35 +431,7 @@ def run_compare(
                 continue
             finished(i, entry, record)
     else:
-        import concurrent.futures as cf
-        import multiprocessing as mp
-
-        # spawn: a fresh interpreter per worker (JAX's runtime is not fork-safe)
-        from gatezoo.experiments.plugins import import_modules, registered_modules
-
-        # workers re-import the modules that registered user cells and optimizers
-        pool = cf.ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn"),
-                                      initializer=import_modules,
-                                      initargs=(registered_modules(),))
-        futures = {}
-        try:
-            for i, entry in todo:
-                log(f"[{i}/{len(cells)}] {entry['name']}: queued")
-                status[entry["name"]] = "queued"
-                futures[pool.submit(_run_entry, cfg_dict, entry, str(out), False)] = (i, entry)
-            for fut in cf.as_completed(futures):
-                i, entry = futures[fut]
-                try:
-                    finished(i, entry, fut.result())
-                except Exception as err:
-                    finished(i, entry, err=err)
-        except KeyboardInterrupt:
-            for fut, (_, entry) in futures.items():
-                if not fut.done():
-                    status[entry["name"]] = "interrupted"
-            _write_status(out, config, status, start)
-            pool.shutdown(wait=False, cancel_futures=True)
-            raise
-        pool.shutdown()
+        _run_in_pool(workers, todo, len(cells), cfg_dict, str(out), status, finished, log,
+                     lambda: _write_status(out, config, status, start))
     _write_status(out, config, status, start)
     return out

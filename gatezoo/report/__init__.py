@@ -33,7 +33,7 @@ def report_figures(run_dir: str | Path):
         from gatezoo.report.compare_report import compare_figures, compare_table, load_compare
 
         cr = load_compare(root)
-        if not cr.runs:
+        if not cr.runs and not cr.unfinished:
             raise FileNotFoundError(f"{str(root)!r} holds no run with metrics yet")
         from gatezoo.report.findings import compare_findings
 

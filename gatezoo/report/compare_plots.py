@@ -80,8 +80,8 @@ def _finish(fig) -> bytes:
 def _last_tracked(m: RunMetrics, base: str):
     """Lag profile at the last tracked step: ``(lags, step, mean over seeds)``."""
     lags, steps, stack = lag_series(m, base)
-    if lags.size == 0:
-        return lags, None, np.zeros(0)
+    if lags.size == 0 or steps.size == 0:  # never tracked, or never finite (NaN/Inf by design)
+        return np.zeros(0, int), None, np.zeros(0)
     with np.errstate(all="ignore"):
         return lags, int(steps[-1]), np.nanmean(stack[-1], axis=-1)
 

@@ -20,14 +20,25 @@ from gatezoo.report.page import Table
 from gatezoo.report.runfiles import RunMetrics, read_metrics
 
 __all__ = ["CompareRuns", "load_compare", "compare_figures", "compare_table", "smooth",
-           "baseline_of", "target_of", "time_to_target"]
+           "NOT_FINISHED", "baseline_of", "target_of", "time_to_target"]
 
 
 class CompareRuns:
-    """The runs of a compare folder: ``runs[name] = (entry, RunMetrics, result or None)``."""
+    """The runs of a compare folder: ``runs[name] = (entry, RunMetrics, result or None)`` holds
+    the finished runs, the only ones that figures and findings read; ``unfinished[name] =
+    (entry, RunMetrics)`` the runs that started and did not finish (interrupted, failed), shown
+    in the table as "not finished". ``grid`` is every grid cell's name, in run order."""
 
-    def __init__(self, root: Path, doc: dict[str, Any], runs: dict[str, tuple]):
+    def __init__(self, root: Path, doc: dict[str, Any], runs: dict[str, tuple],
+                 unfinished: dict[str, tuple] | None = None, grid: list[str] | None = None):
         self.root, self.doc, self.runs = root, doc, runs
+        self.unfinished = dict(unfinished or {})
+        self.grid = list(grid) if grid is not None else [*runs, *self.unfinished]
+
+    @property
+    def not_finished(self) -> list[str]:
+        """Grid cells without a finished run: interrupted, failed, or never started."""
+        return [name for name in self.grid if name not in self.runs]
 
     @property
     def cells(self) -> list[str]:
@@ -54,7 +65,7 @@ def load_compare(root: str | Path) -> CompareRuns:
                     "schedule": cfg.get("schedule", "constant")}]
     else:
         raise FileNotFoundError(f"{str(root)!r} is neither a compare folder nor a train run")
-    runs = {}
+    runs, unfinished = {}, {}
     for e in entries:
         d = root / e["name"]
         if not (d / "metrics.jsonl").is_file():
@@ -65,8 +76,25 @@ def load_compare(root: str | Path) -> CompareRuns:
         if result is None and json.loads((d / "config.json").read_text() if (
                 d / "config.json").is_file() else "{}").get("lr_trials"):
             trial = 0  # interrupted before the selection: show the first trial
-        runs[e["name"]] = (e, read_metrics(d, trial=trial), result)
-    return CompareRuns(root, doc, runs)
+        m = read_metrics(d, trial=trial)
+        # a compare run is finished when it wrote result.json (the record of its tuning);
+        # a lone train run has none, and is finished when it trained all its steps
+        done = result is not None if doc["experiment"] == "compare" else _trained_all(m)
+        if done:
+            runs[e["name"]] = (e, m, result)
+        else:
+            unfinished[e["name"]] = (e, m)
+    return CompareRuns(root, doc, runs, unfinished, [e["name"] for e in entries])
+
+
+def _steps_done(m: RunMetrics) -> int:
+    steps, _ = m.seed_mean("loss")
+    return int(steps[-1]) + 1 if steps.size else 0
+
+
+def _trained_all(m: RunMetrics) -> bool:
+    total = m.config.get("steps")
+    return total is None or _steps_done(m) >= int(total)
 
 
 def baseline_of(cr: CompareRuns) -> float | None:
@@ -84,7 +112,10 @@ def baseline_of(cr: CompareRuns) -> float | None:
 
 
 def compare_figures(cr: CompareRuns) -> list[ReportFigure]:
-    """The report's figures in page order (builders with nothing to draw are left out)."""
+    """The report's figures in page order (builders with nothing to draw are left out); they
+    draw the finished runs only."""
+    if not cr.runs:
+        return []
     base = baseline_of(cr)
     figs = [plots.loss_figure(cr, base), plots.tuning_figure(cr, base), plots.lag_figure(cr),
             plots.gate_correction_figure(cr), plots.analogies_figure(cr),
@@ -132,7 +163,7 @@ def time_to_target(m: RunMetrics, target: float, trials: int) -> tuple[int | Non
 def _wall(m: RunMetrics, result: dict | None) -> float:
     if result is not None:
         return float(result["wall_time_s"])
-    sps = m.get("steps_per_sec")  # interrupted: time of the steps that ran
+    sps = m.get("steps_per_sec")  # a lone train run (no result.json): time of its steps
     per_step = 1.0 / np.nanmean(sps, axis=1) if sps is not None else np.zeros(0)
     return float(np.nansum(per_step)) if per_step.size else float("nan")
 
@@ -147,7 +178,7 @@ def _record(name: str, e: dict, m: RunMetrics, result: dict | None, base, target
     reach, seconds = time_to_target(m, target, trials) if target is not None else (None, None)
     lr = tuning.get("chosen_rate", m.config.get("learning_rate"))
     return {"run": name, "cell": e["cell"], "optimizer": variant(e),
-            "steps_done": int(steps[-1]) + 1 if steps.size else 0,
+            "steps_done": _steps_done(m),
             "learning_rate": lr, "trials": trials, "tuning": tuning,
             "final_train_loss": final, "final_eval_loss": final_eval, "baseline": base,
             "loss_over_baseline": final / base if base else None,
@@ -155,14 +186,54 @@ def _record(name: str, e: dict, m: RunMetrics, result: dict | None, base, target
             "target": target, "steps_to_target": reach, "seconds_to_target": seconds,
             "steps_to_target_train": steps_to_target(steps, loss, target)
             if target is not None and loss.size else None,
-            "wall_time_s": _wall(m, result), "finished": result is not None}
+            "wall_time_s": _wall(m, result), "finished": True}
+
+
+#: what the table shows in place of a measured number for a run that did not finish
+NOT_FINISHED = "not finished"
+
+
+def _unfinished_record(cr: CompareRuns, name: str, e: dict, m: RunMetrics) -> dict:
+    """The summary record of a run that did not finish: its settings and how far it got, and
+    no measurement (a partial run's numbers are not comparable with the finished ones)."""
+    status = str(cr.doc.get("status", {}).get(name) or NOT_FINISHED)
+    if status == "done":  # compare.json says so, but result.json is missing
+        status = NOT_FINISHED
+    trials = len(m.config.get("lr_trials") or ()) or 1
+    return {"run": name, "cell": e["cell"], "optimizer": variant(e), "finished": False,
+            "status": status, "steps_done": _steps_done(m), "steps": m.config.get("steps"),
+            "learning_rate": None if trials > 1 else m.config.get("learning_rate"),
+            "trials": trials}
+
+
+def _unfinished_row(rec: dict, columns: int) -> list:
+    lr = rec["learning_rate"]
+    label = NOT_FINISHED + (" (failed)" if rec["status"].startswith("failed") else "")
+    steps = rec["steps_done"] if rec["steps"] is None else f"{rec['steps_done']} of {rec['steps']}"
+    row = [rec["cell"], rec["optimizer"], "-" if lr is None else f"{lr:.3g}", rec["trials"],
+           steps]
+    return row + [label] * (columns - len(row))
 
 
 def compare_table(cr: CompareRuns) -> tuple[Table, list[dict[str, Any]]]:
-    """The cells x optimizers table and one record per grid cell (for summary.json)."""
+    """The cells x optimizers table and one record per grid cell that started (for
+    summary.json), in grid order; a run that did not finish reads "not finished"."""
     base, target = baseline_of(cr), target_of(cr)
+    goal = f"held-out loss <= {target:.3g}" if target is not None else "target"
+    columns = ["cell", "optimizer", "chosen lr", "lr trials", "steps",
+               "final train loss (last 10, mean over seeds)", "final held-out loss",
+               "held-out loss / baseline", f"steps to {goal}",
+               "s to target (one trial, compile excluded)",
+               "wall time s (all trials and seeds, tuning included)"]
     rows, records = [], []
-    for name, (e, m, result) in cr.runs.items():
+    for name in cr.grid:
+        if name in cr.unfinished:
+            records.append(_unfinished_record(cr, name, *cr.unfinished[name]))
+            rows.append(_unfinished_row(records[-1], len(columns)))
+            continue
+        if name not in cr.runs:
+            continue  # never started
+        e, m, result = cr.runs[name]
         rec = _record(name, e, m, result, base, target)
         records.append(rec)
         reach = rec["steps_to_target"]
@@ -172,11 +243,4 @@ def compare_table(cr: CompareRuns) -> tuple[Table, list[dict[str, Any]]]:
                      rec["final_eval_loss"], rec["eval_over_baseline"],
                      reach if reach is not None else "not reached", rec["seconds_to_target"],
                      rec["wall_time_s"]])
-    goal = f"held-out loss <= {target:.3g}" if target is not None else "target"
-    table = Table(["cell", "optimizer", "chosen lr", "lr trials", "steps",
-                   "final train loss (last 10, mean over seeds)", "final held-out loss",
-                   "held-out loss / baseline", f"steps to {goal}",
-                   "s to target (one trial, compile excluded)",
-                   "wall time s (all trials and seeds, tuning included)"],
-                  rows, title="Cells x optimizers")
-    return table, records
+    return Table(columns, rows, title="Cells x optimizers"), records

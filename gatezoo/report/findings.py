@@ -37,7 +37,7 @@ def _outcome(records: list[dict]) -> list[dict]:
     ratios = [r["eval_over_baseline"] for r in records if r.get("eval_over_baseline") is not None]
     if ratios:
         below = sum(1 for x in ratios if x < BELOW_BASELINE)
-        out.append(_f(f"{below} of {len(ratios)} runs end with a held-out loss below "
+        out.append(_f(f"{below} of {len(ratios)} finished runs end with a held-out loss below "
                       f"{BELOW_BASELINE}x the trivial baseline (best "
                       f"{min(ratios):.2f}x, worst {max(ratios):.2f}x).",
                       {"below": below, "runs": len(ratios), "best": min(ratios),
@@ -52,8 +52,8 @@ def _outcome(records: list[dict]) -> list[dict]:
             f"{first['target']:.3g} first: step {first['steps_to_target']}"
             + (f", {sec:.2f} s of training for its seeds" if sec is not None else "")
             + f"; its whole tuning ({first['trials']} trials) took {first['wall_time_s']:.0f} s "
-            f"(lr {first['learning_rate']:.3g}). {len(reached)} of {len(records)} runs reached "
-            "the target.",
+            f"(lr {first['learning_rate']:.3g}). {len(reached)} of {len(records)} finished runs "
+            "reached the target.",
             {"run": first["run"], "steps": first["steps_to_target"], "seconds": sec,
              "tuning_wall_s": first["wall_time_s"], "reached": len(reached)}, "loss_curves"))
     elif records and records[0].get("target") is not None:
@@ -164,6 +164,20 @@ def _analogies(cr) -> list[dict]:
     return out
 
 
+def _not_finished(cr) -> list[dict]:
+    names = cr.not_finished
+    if not names:
+        return []
+    return [_f(f"{len(names)} of the {len(cr.grid)} runs of the grid did not finish "
+               f"({', '.join(names)}): the table marks them \"not finished\" and every finding "
+               f"and figure leaves them out; {len(cr.runs)} finished.",
+               {"not_finished": names, "finished": len(cr.runs), "grid": len(cr.grid)},
+               "loss_curves")]
+
+
 def compare_findings(cr, records: list[dict]) -> list[dict[str, Any]]:
-    """The findings of a compare folder, in page order."""
-    return _outcome(records) + _lag_fit(cr) + _gate_correction(cr) + _analogies(cr)
+    """The findings of a compare folder, in page order. Only finished runs count: the
+    records and runs of unfinished ones are left out of every finding, which says so."""
+    records = [r for r in records if r.get("finished", True)]
+    return (_not_finished(cr) + _outcome(records) + _lag_fit(cr) + _gate_correction(cr)
+            + _analogies(cr))

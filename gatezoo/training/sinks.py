@@ -9,6 +9,7 @@ every sink.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import sys
 import time
@@ -62,12 +63,19 @@ class JsonlSink:
 
 
 class TensorBoardSink:
-    """Scalars ``<split>/<metric>/seed<s>`` under ``events/`` (needs the tensorboard extra)."""
+    """Scalars ``<split>/<metric>/seed<s>`` under ``events/`` (needs the tensorboard extra).
+
+    Non-finite values (infinite by design for some cells and quantities, or a diverged seed) are
+    not written: TensorBoard draws no point for them and tensorboardX warns on every one (a
+    default compare printed 22,313 such lines). ``metrics.jsonl`` keeps them; ``skipped``
+    counts them, logged once when the sink closes.
+    """
 
     def __init__(self, directory: str | Path):
         from tensorboardX import SummaryWriter
 
         self._writer = SummaryWriter(str(directory))
+        self.skipped = 0
 
     @staticmethod
     def available() -> bool:
@@ -83,10 +91,17 @@ class TensorBoardSink:
             for k, v in line.items():
                 if k in ("step", "seed", "split") or not isinstance(v, (int, float)):
                     continue
+                if not math.isfinite(v):
+                    self.skipped += 1
+                    continue
                 self._writer.add_scalar(f"{split}/{k}/seed{seed}", v, step)
 
     def close(self) -> None:
         self._writer.close()
+        if self.skipped:
+            logging.getLogger(__name__).info(
+                "%d non-finite metric values left out of the TensorBoard events "
+                "(metrics.jsonl holds them)", self.skipped)
 
 
 class Progress:
