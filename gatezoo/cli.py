@@ -220,6 +220,8 @@ class _Renamed(argparse.Action):
 
 
 def _add_train_parser(sub) -> None:
+    from gatezoo.metric_schema import metric_name
+
     p = sub.add_parser(
         "train",
         help="train a cell on a task (seeds side by side), with checkpoints and metrics",
@@ -263,7 +265,8 @@ def _add_train_parser(sub) -> None:
                    help="the same training batch at every step (the S2 experiment's quirk)")
     p.add_argument("--self-check", action="store_true",
                    help="check every step that the cell's __call__ and its gate path agree "
-                   "(expansion/self_check, rounding-level when they do; adds expansion)")
+                   f"({metric_name('expansion', None, 'self_check')}, rounding-level when they "
+                   "do; adds expansion)")
     p.add_argument("--quiet", action="store_true", help="no progress line")
     p.set_defaults(func=_cmd_train)
 

@@ -7,6 +7,7 @@ import re
 import numpy as np
 import pytest
 
+from gatezoo.metric_schema import metric_name, series_name
 from gatezoo.report import build_report, report_figures
 from gatezoo.report.compare_report import load_compare
 from gatezoo.report.runfiles import read_metrics
@@ -31,12 +32,14 @@ def _write_run(d, run_i, cell, opt, steps=STEPS):
                 rec = {"step": step, "seed": seed, "split": "train",
                        "loss": _value(run_i, "loss", step, seed), "steps_per_sec": 100.0}
                 if step % 10 == 0:  # tracked every 10 steps, named as the trainer writes
-                    names = ["expansion/g1_over_g0", "analogies/beta_gate",
-                             "analogies/gate_step", "analogies/lr", "analogies/gate_anisotropy",
-                             "analogies/adam_anisotropy", "anisotropy/grad_ai"]
-                    names += [f"lags/ratio@{ell}" for ell in LAGS]
-                    names += [f"transport/candidate@{ell}" for ell in LAGS]
-                    names += [f"anisotropy/jac_ai@{ell}" for ell in LAGS]
+                    names = [metric_name("expansion", None, "g1_over_g0"),
+                             metric_name("anisotropy", None, "grad_ai")]
+                    names += [metric_name("analogies", None, q) for q in (
+                        "beta_gate", "gate_step", "lr", "gate_anisotropy", "adam_anisotropy")]
+                    for instrument, quantity in (("lags", "ratio"), ("transport", "candidate"),
+                                                 ("anisotropy", "jac_ai")):
+                        names += [metric_name(instrument, None, f"{quantity}@{ell}")
+                                  for ell in LAGS]
                     for n in names:
                         rec[n] = _value(run_i, n, step, seed)
                 fh.write(json.dumps(rec) + "\n")
@@ -85,20 +88,21 @@ def test_figure_data_equals_metrics(compare_dir):
         np.testing.assert_allclose(d["loss_mean"], [np.mean(loss[s]) for s in sorted(loss)])
         ev = raw[("eval", "loss")]
         np.testing.assert_allclose(d["eval_loss_mean"], [np.mean(ev[s]) for s in sorted(ev)])
-        g = raw[("train", "expansion/g1_over_g0")]
+        g = raw[("train", metric_name("expansion", None, "g1_over_g0"))]
         d = figs["gate_correction"].data[name]
         assert d["step"] == sorted(g)
         np.testing.assert_allclose(d["g1_over_g0_mean"], [np.mean(g[s]) for s in sorted(g)])
         last = max(g)
         d = figs["effective_lr_by_lag"].data[name]
-        for key in ("lags/ratio", "transport/candidate"):
+        for key in (series_name("lags", None, "ratio"),
+                    series_name("transport", None, "candidate")):
             assert d[key]["lags"] == list(LAGS) and d[key]["step"] == last
             np.testing.assert_allclose(
                 d[key]["mean"], [np.mean(raw[("train", f"{key}@{ell}")][last]) for ell in LAGS])
         # each analogy shows the runs of the optimizer it is about
         panel, key = ("schedule", "gate_step") if o == "sgd" else ("adam", "gate_anisotropy")
         other = "adam" if o == "sgd" else "schedule"
-        vals = raw[("train", f"analogies/{key}")]
+        vals = raw[("train", metric_name("analogies", None, key))]
         np.testing.assert_allclose(figs["gate_vs_optimizer"].data[panel][name][key],
                                    [np.mean(vals[s]) for s in sorted(vals)])
         assert name not in figs["gate_vs_optimizer"].data[other]
@@ -106,11 +110,12 @@ def test_figure_data_equals_metrics(compare_dir):
     cells = d["cells"]
     for c, o in RUNS:
         raw = _parse(compare_dir / f"{c}-{o}" / "metrics.jsonl")
-        last = max(raw[("train", "anisotropy/grad_ai")])
-        upd = np.mean(raw[("train", "anisotropy/grad_ai")][last])
+        grad_ai = raw[("train", metric_name("anisotropy", None, "grad_ai"))]
+        last = max(grad_ai)
+        upd = np.mean(grad_ai[last])
         assert d["update_ai"][o][cells.index(c)] == pytest.approx(upd)
-        prop = np.median([np.mean(raw[("train", f"anisotropy/jac_ai@{ell}")][last])
-                          for ell in LAGS])
+        prop = np.median([np.mean(raw[("train", metric_name("anisotropy", None, f"jac_ai@{ell}"))]
+                                  [last]) for ell in LAGS])
         assert d["propagation_ai"][o][cells.index(c)] == pytest.approx(prop)
     runs = {r["run"]: r for r in summary["compare"]["runs"]}
     raw = _parse(compare_dir / "gru-sgd" / "metrics.jsonl")[("train", "loss")]
@@ -300,11 +305,13 @@ def test_findings_state_the_zeroth_order_share_and_the_retention_fit_per_cell(tm
         (d / "result.json").write_text(json.dumps({"wall_time_s": 1.0}))
         with open(d / "metrics.jsonl", "w") as fh:
             for step in (0, 10):
+                fit = {"retention_s": rs, "retention_r2": rr, "candidate_s": cs,
+                       "candidate_r2": cr}
                 fh.write(json.dumps({
                     "step": step, "seed": 0, "split": "train", "loss": 0.3,
-                    "expansion/g1_over_g0": 0.0 if cell == "mingru" else 0.1 + 0.01 * step,
-                    "transport/retention_s": rs, "transport/retention_r2": rr,
-                    "transport/candidate_s": cs, "transport/candidate_r2": cr}) + "\n")
+                    metric_name("expansion", None, "g1_over_g0"):
+                        0.0 if cell == "mingru" else 0.1 + 0.01 * step,
+                    **{metric_name("transport", None, q): v for q, v in fit.items()}}) + "\n")
     texts = [f["text"] for f in report_figures(tmp_path)[4]["findings"]]
     (zero,) = [t for t in texts if t.startswith("||G1||/||G0||")]
     assert "gru 0.15 (0.1 to 0.2)" in zero

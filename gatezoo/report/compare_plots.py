@@ -14,6 +14,7 @@ from typing import Any
 import matplotlib.pyplot as plt
 import numpy as np
 
+from gatezoo.metric_schema import metric_name, series_name
 from gatezoo.report.figures import ReportFigure, color_for, new_figure, render
 from gatezoo.report.runfiles import RunMetrics, lag_series
 
@@ -169,10 +170,13 @@ def tuning_figure(cr, base: float | None) -> ReportFigure | None:
 
 
 # (row's measured profiles with their line styles, prediction, prediction's label)
+_ERROR_SIGNAL = (series_name("lags", None, "ratio"), "-")
 _LAG_ROWS = (
-    ((("lags/ratio", "-"), ("sensitivity/profile", ":")), "transport/retention", "prod(1-alpha)"),
-    ((("lags/ratio", "-"),), "transport/candidate", "prod(alpha)"),
+    ((_ERROR_SIGNAL, (series_name("sensitivity", None, "profile"), ":")),
+     series_name("transport", None, "retention"), "prod(1-alpha)"),
+    ((_ERROR_SIGNAL,), series_name("transport", None, "candidate"), "prod(alpha)"),
 )
+_G1_OVER_G0 = metric_name("expansion", None, "g1_over_g0")
 
 
 def lag_figure(cr) -> ReportFigure | None:
@@ -229,7 +233,7 @@ def lag_figure(cr) -> ReportFigure | None:
 def gate_correction_figure(cr) -> ReportFigure | None:
     """||G1|| / ||G0|| over training, one panel per optimizer, one colour per cell."""
     rows = [(n, e, m) for n, (e, m, _) in cr.runs.items()
-            if m.get("expansion/g1_over_g0") is not None]
+            if m.get(_G1_OVER_G0) is not None]
     if not rows:
         return None
     cells, variants = cr.cells, cr.variants
@@ -242,7 +246,7 @@ def gate_correction_figure(cr) -> ReportFigure | None:
             for name, e, m in rows:
                 if variant(e) != var:
                     continue
-                st, r = m.seed_mean("expansion/g1_over_g0")
+                st, r = m.seed_mean(_G1_OVER_G0)
                 (line,) = ax.semilogy(st, r, color=color_for(cells.index(e["cell"])))
                 legend[e["cell"]] = line
                 data[name] = {"step": st.tolist(), "g1_over_g0_mean": r.tolist()}
@@ -287,13 +291,13 @@ def analogies_figure(cr) -> ReportFigure | None:
             plot = ax.semilogy if logy else ax.plot
             for name, e, m in runs_of(kinds):
                 col = color_for(cells.index(e["cell"]))
-                st, gate = m.seed_mean(f"analogies/{gate_metric}")
+                st, gate = m.seed_mean(metric_name("analogies", None, gate_metric))
                 if not st.size:
                     continue
                 (line,) = plot(st, gate, color=col)
                 legend[e["cell"]] = line
                 data[key][name] = {"step": st.tolist(), gate_metric: gate.tolist()}
-                st2, opt = m.seed_mean(f"analogies/{opt_metric}")
+                st2, opt = m.seed_mean(metric_name("analogies", None, opt_metric))
                 if st2.size:
                     plot(st2, opt, color=col, ls="--", lw=1)
                     data[key][name][opt_metric] = opt.tolist()
@@ -322,10 +326,10 @@ def _anisotropy_values(cr, cell: str, var: str) -> tuple[float, float]:
     p = u = np.nan
     for e, m, _ in cr.runs.values():
         if e["cell"] == cell and variant(e) == var:
-            lags, _, prof = _last_tracked(m, "anisotropy/jac_ai")
+            lags, _, prof = _last_tracked(m, series_name("anisotropy", None, "jac_ai"))
             if lags.size:
                 p = float(np.nanmedian(prof))
-            st, g = m.seed_mean("anisotropy/grad_ai")
+            st, g = m.seed_mean(metric_name("anisotropy", None, "grad_ai"))
             if st.size:
                 u = float(g[-1])
     return p, u

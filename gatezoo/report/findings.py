@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from gatezoo.metric_schema import metric_name
 from gatezoo.report.compare_plots import variant
 from gatezoo.report.runfiles import RunMetrics
 
@@ -75,7 +76,7 @@ def _lag_fit(cr) -> list[dict]:
         for e, m, _ in cr.runs.values():
             if e["cell"] != cell:
                 continue
-            fit = {k: _last_mean(m, f"transport/{k}") for k in
+            fit = {k: _last_mean(m, metric_name("transport", None, k)) for k in
                    ("candidate_s", "candidate_r2", "retention_s", "retention_r2")}
             if fit["candidate_r2"] is None or fit["retention_r2"] is None:
                 continue
@@ -108,7 +109,7 @@ def _gate_correction(cr) -> list[dict]:
         vals = []
         for e, m, _ in cr.runs.values():
             if e["cell"] == cell:
-                _, r = m.seed_mean("expansion/g1_over_g0")
+                _, r = m.seed_mean(metric_name("expansion", None, "g1_over_g0"))
                 vals.extend(r[np.isfinite(r)].tolist())
         if not vals:
             continue
@@ -151,11 +152,12 @@ def _analogies(cr) -> list[dict]:
     for opt, ga, ob, head in _ANALOGY_TEXT:
         parts, value, b = [], {}, None
         for name, (e, m, _) in cr.runs.items():
-            _, gv = m.seed_mean(f"analogies/{ga}")
+            _, gv = m.seed_mean(metric_name("analogies", None, ga))
             if e["optimizer"] != opt or not gv.size:
                 continue
             a = float(np.nanmean(gv))
-            b = float(np.nanmean(m.seed_mean(f"analogies/{ob}")[1])) if ob else None
+            b = (float(np.nanmean(m.seed_mean(metric_name("analogies", None, ob))[1]))
+                 if ob else None)
             parts.append(f"{e['cell']} {a:.3g}" + (f" vs {b:.3g}" if ob == "lr" else ""))
             value[name] = {ga: a, **({ob: b} if ob else {})}
         if parts:
