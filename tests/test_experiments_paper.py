@@ -8,17 +8,15 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from gatezoo.experiments.s1 import (
-    S1Config,
-    lag_profile,
-    release_power_norms,
-    run_s1,
-    sensitivity_probe,
-)
+import gatezoo as gz
+from gatezoo.experiments.s1 import S1Config, run_s1
 from gatezoo.experiments.s2 import S2Config, run_s2
 from gatezoo.experiments.seeded import SeededModels, flat_size
 from gatezoo.instruments import spectrum_stats
+from gatezoo.instruments.norms import _release_norm, power_iteration, release_power_norm
+from gatezoo.instruments.sensitivity import Sensitivity, lag_profile, lag_sensitivity
 from gatezoo.models import cell_fn
+from gatezoo.tasks import make_task
 
 
 def _explicit(cell, xs, compat):
@@ -39,49 +37,60 @@ def _explicit(cell, xs, compat):
     return Js, np.array(alphas)
 
 
+def _s1_model(name, seed, T):
+    """An S1 model (float64) with its layer's ModelFns and a batch of one sequence."""
+    models = SeededModels.build(name, 3, 5, [seed], dtype=jnp.float64)
+    params = jax.tree_util.tree_map(lambda p: p[0], models.params)
+    model = models.model(params)
+    fns, _ = gz.model_fns(model, make_task("adding", seq_len=T, channels=3))
+    xs = jax.random.uniform(jax.random.key(seed - 1), (1, T, 3), jnp.float64)
+    return model.cell, fns, params, xs, jnp.zeros((1, 1), jnp.float64)
+
+
 @pytest.mark.parametrize("name", ["scalar", "vector"])
-def test_sensitivity_probe_matches_svd_of_explicit_products(x64, name):
-    models = SeededModels.build(name, 3, 5, [1], dtype=jnp.float64)
-    cell = models.model(jax.tree_util.tree_map(lambda p: p[0], models.params)).cell
+def test_s1_power_sensitivity_matches_svd_of_explicit_products(x64, name):
     T = 5
-    xs = jax.random.uniform(jax.random.key(0), (T, 3), jnp.float64)
-    S, P = sensitivity_probe(cell, xs, "exact", power_iters=40)
-    Js, alphas = _explicit(cell, xs, "exact")
+    cell, fns, params, xs, ys = _s1_model(name, 1, T)
+    sens = lag_sensitivity(fns, params, xs, ys, norm="power", power_iters=40)
+    Js, alphas = _explicit(cell, xs[0], "exact")
+    assert sens.s.shape == (T, T, 1)  # every pair 0 <= k < t <= T, ends 1..T
     for t in range(1, T + 1):
         for k in range(t):
             M = np.eye(5)
             for j in range(k + 1, t + 1):
                 M = Js[j - 1] @ M
-            np.testing.assert_allclose(S[t, k], np.linalg.norm(M, 2), rtol=1e-6)
+            np.testing.assert_allclose(sens.s[t - k - 1, t - 1, 0], np.linalg.norm(M, 2),
+                                       rtol=1e-6)
             pred = np.mean(np.prod(alphas[k:t], axis=0))
-            np.testing.assert_allclose(P[t, k], pred, rtol=1e-10)
-    assert np.isnan(S[2, 2]) and np.isnan(S[1, 3])
+            np.testing.assert_allclose(np.exp(sens.log_candidate[t - k - 1, t - 1, 0]), pred,
+                                       rtol=1e-10)
+    assert np.isnan(sens.s[2, 1, 0]) and not bool(sens.valid[2, 1, 0])  # t = 2, lag 3
 
 
-def test_paper_code_probe_reversed_order_and_window(x64):
-    models = SeededModels.build("vector", 3, 5, [2], dtype=jnp.float64)
-    cell = models.model(jax.tree_util.tree_map(lambda p: p[0], models.params)).cell
-    xs = jax.random.uniform(jax.random.key(1), (6, 3), jnp.float64)
-    S, P = sensitivity_probe(cell, xs, "paper-code", power_iters=200, key=jax.random.key(7))
-    Js, alphas = _explicit(cell, xs, "paper-code")
+def test_paper_code_sensitivity_reversed_order_and_window(x64):
+    cell, fns, params, xs, ys = _s1_model("vector", 2, 6)
+    sens = lag_sensitivity(fns, params, xs, ys, compat="paper-code", norm="power",
+                           power_iters=200, key=jax.random.key(7))
+    Js, alphas = _explicit(cell, xs[0], "paper-code")
     t, k = 5, 2
     M = np.eye(5)
     for j in range(k + 1, t + 1):
         M = M @ Js[j - 1]  # J_{k+1} ... J_t
-    # plain power iteration converges to the largest |eigenvalue| of the reversed product
-    np.testing.assert_allclose(S[t, k], np.max(np.abs(np.linalg.eigvals(M))), rtol=1e-6)
+    # ends are 2..T (k >= 1); plain power iteration converges to the largest |eigenvalue|
+    np.testing.assert_allclose(sens.s[t - k - 1, t - 2, 0],
+                               np.max(np.abs(np.linalg.eigvals(M))), rtol=1e-6)
     # l + 1 gate factors: alpha_k .. alpha_t
-    np.testing.assert_allclose(P[t, k], np.mean(np.prod(alphas[k - 1:t], axis=0)), rtol=1e-10)
-    assert np.isnan(S[3, 0])  # k = 0 is not a pair of the release
-    with pytest.raises(ValueError, match="pass key"):
-        sensitivity_probe(cell, xs, "paper-code", power_iters=5)
+    np.testing.assert_allclose(np.exp(sens.log_candidate[t - k - 1, t - 2, 0]),
+                               np.mean(np.prod(alphas[k - 1:t], axis=0)), rtol=1e-10)
+    assert not bool(sens.valid[2, 1, 0])  # t = 3, k = 0 is not a pair of the release
 
 
-def test_release_power_norms_match_a_numpy_loop_and_collapse_at_the_floor():
+def test_release_power_norm_matches_a_numpy_loop_and_collapses_at_the_floor():
     key = jax.random.key(5)
     P = jax.random.normal(jax.random.key(6), (3, 8, 8), jnp.float32) / 3
-    got = np.asarray(release_power_norms(P, key, 5))
-    v = np.asarray(jax.random.normal(key, (3, 8), jnp.float32), np.float64)
+    v0 = jax.random.normal(key, (3, 8), jnp.float32)
+    got = np.asarray(release_power_norm(P, v0, 5))
+    v = np.asarray(v0, np.float64)
     Pn = np.asarray(P, np.float64)
     v = v / (np.linalg.norm(v, axis=-1, keepdims=True) + 1e-12)
     for _ in range(5):
@@ -91,13 +100,11 @@ def test_release_power_norms_match_a_numpy_loop_and_collapse_at_the_floor():
                                rtol=1e-5)
     # products far below the 1e-12 floor: the estimate collapses far below sigma_max
     tiny = jnp.full((1, 8, 8), 1e-15 / 8, jnp.float32)  # sigma_max = 1e-15
-    est = float(release_power_norms(tiny, key, 5)[0])
+    est = float(release_power_norm(tiny, v0[:1], 5)[0])
     assert est < 1e-12 * 1e-15
 
 
 def test_release_norm_keeps_float32_subnormal_squares_like_pytorch(x64):
-    from gatezoo.experiments.s1 import _release_norm
-
     # PyTorch on a CPU: norm of 64 entries of 1e-21 is 8.0021e-21 (squares are float32
     # subnormals); of 1e-25 it is 0 (squares below the smallest subnormal)
     for value, want in ((1e-21, 8.0021e-21), (1e-25, 0.0), (0.5, 4.0)):
@@ -105,18 +112,21 @@ def test_release_norm_keeps_float32_subnormal_squares_like_pytorch(x64):
         assert got == pytest.approx(want, rel=1e-4, abs=0.0)
 
 
-def test_lag_profile_power_fit_recovers_exponent():
+def test_lag_profile_power_fit_recovers_exponent(x64):
     rng = np.random.default_rng(0)
     T = 12
-    t, k = np.meshgrid(np.arange(T + 1), np.arange(T + 1), indexing="ij")
-    lag = (t - k).astype(float)
-    P = np.where(k < t, 0.8**lag, np.nan)[None] * np.ones((3, 1, 1))
-    P = P * np.exp(0.01 * rng.standard_normal(P.shape))
-    S = P**1.7
-    out = lag_profile(S, P, trim=0.0)
-    assert out["slope"] == pytest.approx(1.7, abs=1e-6)
-    assert out["r2"] == pytest.approx(1.0, abs=1e-6)
+    lag = np.arange(1, T + 1)[:, None, None]
+    end = np.arange(1, T + 1)[None, :, None]
+    valid = np.broadcast_to(end - lag >= 0, (T, T, 3))
+    P = np.where(valid, 0.8**lag * np.exp(0.01 * rng.standard_normal((T, T, 3))), np.nan)
+    sens = Sensitivity(jnp.asarray(P**1.7), jnp.log(jnp.asarray(P)), None, jnp.asarray(valid),
+                       jnp.arange(1, T + 1))
+    out = lag_profile(sens, trim=0.0)
+    assert float(out["slope"]) == pytest.approx(1.7, abs=1e-6)
+    assert float(out["r2"]) == pytest.approx(1.0, abs=1e-6)
     np.testing.assert_allclose(out["profile"][:3], 0.8 ** (1.7 * np.arange(3)), rtol=0.05)
+    with pytest.raises(ValueError, match="retention"):
+        lag_profile(sens, predictor="retention")
 
 
 def test_paper_code_floor_caps_the_anisotropy_of_tiny_spectra(x64):
@@ -206,24 +216,23 @@ def test_bad_names_are_clear_errors():
         S1Config(steps=10)
 
 
-def test_spectral_norm_survives_tiny_products():
-    from gatezoo.experiments.s1 import _spectral_norms
-
+def test_power_iteration_survives_tiny_products():
     P = 1e-25 * jax.random.normal(jax.random.key(3), (2, 8, 8), jnp.float32)
     v = jnp.ones((2, 8), jnp.float32) / jnp.sqrt(8.0)
-    s, _ = _spectral_norms(P, v, 60)
+    s, _ = power_iteration(P, v, 60)
     want = np.linalg.norm(np.asarray(P, np.float64), 2, axis=(-2, -1))
     np.testing.assert_allclose(np.asarray(s), want, rtol=1e-3)
 
 
 def test_default_power_iterations_give_the_converged_profile():
     models = SeededModels.build("vector", 4, 16, [1])
-    cell = models.model(jax.tree_util.tree_map(lambda p: p[0], models.params)).cell
+    params = jax.tree_util.tree_map(lambda p: p[0], models.params)
+    fns, _ = gz.model_fns(models.model(params), make_task("adding", seq_len=30))
     xs = jax.random.uniform(jax.random.key(4), (3, 30, 4))
+    ys = jnp.zeros((3, 1))
     default = S1Config().power_iters
-    S, P = jax.vmap(lambda x: sensitivity_probe(cell, x, "exact", default))(xs)
-    S_ref, _ = jax.vmap(lambda x: sensitivity_probe(cell, x, "exact", 100))(xs)
-    a = lag_profile(np.asarray(S, np.float64), np.asarray(P, np.float64), 0.01)
-    b = lag_profile(np.asarray(S_ref, np.float64), np.asarray(P, np.float64), 0.01)
+    sens = lag_sensitivity(fns, params, xs, ys, norm="power", power_iters=default)
+    exact = lag_sensitivity(fns, params, xs, ys, norm="svd")
+    a, b = lag_profile(sens, 0.01), lag_profile(exact, 0.01)
     np.testing.assert_allclose(a["profile"], b["profile"], rtol=0.01)
-    assert a["slope"] == pytest.approx(b["slope"], rel=1e-3)
+    assert float(a["slope"]) == pytest.approx(float(b["slope"]), rel=1e-3)

@@ -110,7 +110,7 @@ def test_checkpoint_training_counts_every_seed_and_step_like_one_grad():
     models = SeededModels.build("vector", task.input_dim, 8, seeds=[1, 2, 3])
     run = train_with_checkpoints(
         models, task, "sgd", 1e-2, [0, 4, 7], batch_size=5,
-        batch_key=lambda s, i: jax.random.fold_in(stream_key(s, "train"), i))
+        batch_key=lambda s, i: jax.random.fold_in(stream_key(s, "batches"), i))
     one = jax.tree_util.tree_map(lambda p: p[0], models.params)
     xs, ys = task.sample(jax.random.key(0), 5)
     grad = count_flops(jax.grad(lambda p: task.loss(models.predict(p, xs), ys)), one)

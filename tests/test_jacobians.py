@@ -136,13 +136,13 @@ def test_state_jacobians_under_jit_and_vmap_and_dtype():
 def test_bad_inputs_are_clear_errors():
     cell = gz.make_cell("vector", D_IN, D_H, rngs=nnx.Rngs(0))
     h, x = jnp.zeros(D_H), jnp.zeros(D_IN)
-    with pytest.raises(ValueError, match="unknown convention 'paper'"):
-        gz.state_jacobians(cell, h, x, convention="paper")
+    with pytest.raises(ValueError, match="unknown compat 'paper'"):
+        gz.state_jacobians(cell, h, x, compat="paper")
     with pytest.raises(ValueError, match="unbatched"):
         gz.state_jacobians(cell, jnp.zeros((2, D_H)), jnp.zeros((2, D_IN)))
     lstm = gz.make_cell("lstm", D_IN, D_H, rngs=nnx.Rngs(0))
     with pytest.raises(ValueError, match="paper-code.*not for LSTM"):
-        gz.state_jacobians(lstm, (h, h), x, convention="paper-code")
+        gz.state_jacobians(lstm, (h, h), x, compat="paper-code")
     adapter = gz.make_cell("flax-gru", D_IN, D_H, rngs=nnx.Rngs(0))
     assert gz.has_closed_form(cell) and not gz.has_closed_form(adapter)
     with pytest.raises(ValueError, match="autodiff_split"):
@@ -150,8 +150,8 @@ def test_bad_inputs_are_clear_errors():
     with pytest.raises(ValueError, match="FlaxGRU"):
         gz.param_jacobians(adapter, h, x)
     As = jnp.zeros((3, 4, 4))
-    with pytest.raises(ValueError, match="unknown product order 'forward'"):
-        gz.transport(As, order="forward")
+    with pytest.raises(ValueError, match="unknown compat 'forward'"):
+        gz.transport(As, compat="forward")
     with pytest.raises(ValueError, match="same shape"):
         gz.first_order(As, jnp.zeros((3, 4, 5)))
     with pytest.raises(ValueError, match="unknown norm"):
@@ -185,7 +185,7 @@ def test_paper_code_convention(name, x64):
         cell = random_cell(name, seed)
         h, x = random_example(cell, seed)
         A, B = gz.state_jacobians(cell, h, x)
-        A_c, B_c = gz.state_jacobians(cell, h, x, convention="paper-code")
+        A_c, B_c = gz.state_jacobians(cell, h, x, compat="paper-code")
         np.testing.assert_array_equal(A_c, A)
         alpha = cell.time_scale(h, x)
         # independent: B_exact - B_code = diag(h_t - h_{t-1}) ∂alpha/∂h (the term through alpha)
@@ -267,17 +267,17 @@ def test_reversed_order_is_the_paper_code_product(x64):
     cell = random_cell("vector", 3)
     As, Bs, Js, _ = trajectory_factors(cell, 3, T=6)
     np.testing.assert_allclose(
-        gz.transport(Js, order="reversed"), brute_product(Js, "reversed"), rtol=1e-12, atol=1e-14
+        gz.transport(Js, compat="paper-code"), brute_product(Js, "reversed"), rtol=1e-12, atol=1e-14
     )
-    _, L1r = gz.first_order(As, Bs, order="reversed")
+    _, L1r = gz.first_order(As, Bs, compat="paper-code")
     _, L1r_jvp = jax.jvp(
-        lambda e: gz.deformed_product(As, Bs, e, order="reversed"), (0.0,), (1.0,)
+        lambda e: gz.deformed_product(As, Bs, e, compat="paper-code"), (0.0,), (1.0,)
     )
     assert rel(L1r, L1r_jvp) <= 1e-10
     # the two orders differ in general (THEORY §2.3 item 2)
-    assert rel(gz.transport(Js, order="reversed"), gz.transport(Js)) > 1e-3
+    assert rel(gz.transport(Js, compat="paper-code"), gz.transport(Js)) > 1e-3
     eps = jnp.logspace(-5, -3, 5)
-    slope = gz.loglog_slope(eps, gz.truncation_error(As, Bs, eps, order="reversed", norm="2"))
+    slope = gz.loglog_slope(eps, gz.truncation_error(As, Bs, eps, compat="paper-code", norm="2"))
     assert abs(float(slope) - 2.0) <= 0.05
 
 
@@ -303,3 +303,19 @@ def test_products_edge_cases_and_no_retrace(x64):
         l1(As, Bs)
     assert float(gz.loglog_slope(jnp.array([1.0, 10.0, 100.0]), jnp.array([2.0, 200.0, 2e4]))) \
         == pytest.approx(2.0)
+
+
+def test_old_switch_names_warn_and_name_compat():
+    cell = gz.make_cell("vector", D_IN, D_H, rngs=nnx.Rngs(0))
+    h, x = jnp.full(D_H, 0.1), jnp.full(D_IN, 0.2)
+    with pytest.warns(DeprecationWarning, match="use compat"):
+        old = gz.state_jacobians(cell, h, x, convention="paper-code")
+    for a, b in zip(old, gz.state_jacobians(cell, h, x, compat="paper-code"), strict=True):
+        assert jnp.array_equal(a, b)
+    As = jax.random.normal(jax.random.key(0), (3, 4, 4))
+    Bs = jax.random.normal(jax.random.key(1), (3, 4, 4))
+    for fn in (gz.transport, gz.frechet_l1):
+        args = (As,) if fn is gz.transport else (As, Bs)
+        with pytest.warns(DeprecationWarning, match="compat='paper-code'"):
+            old = fn(*args, order="reversed")
+        assert jnp.array_equal(old, fn(*args, compat="paper-code"))

@@ -204,7 +204,7 @@ def test_lag_products_equal_products_of_retentions(name, x64):
     examples = jnp.array([0, 1, 1])
     n_lags = T - 1
     _, per_lag, valid = jax.jit(lambda: lag_products(
-        fns, cp, prev, xs_t, ends, examples, n_lags, per_lag=lambda p: p
+        fns, cp, prev, xs_t, ends, examples, n_lags, per_lag=lambda p, aux: (p, aux)
     ))()
     for n in range(3):
         t, b = int(ends[n]), int(examples[n])

@@ -36,7 +36,7 @@ def test_paper_code_trains_each_seed_on_its_own_fixed_batch(tmp_path, x64):
     own, shared = [], []
     for i, s in enumerate(seeds):
         p = jax.tree_util.tree_map(lambda a, i=i: a[i], models.params)
-        own.append(after_one_step(p, stream_key(s, "train")))
+        own.append(after_one_step(p, stream_key(s, "batches")))
         shared.append(after_one_step(p, jax.random.key(0)))
     # the 1e-6 input jitter moves the loss by far less than the tolerance
     np.testing.assert_allclose(final, own, rtol=1e-4)

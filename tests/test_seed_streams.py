@@ -53,7 +53,7 @@ def trainer_streams(seed: int) -> dict[str, list[jax.Array]]:
 def reproduction_streams(seed: int) -> dict[str, list[jax.Array]]:
     """What the reproductions (appendix, S1, S2) derive for one seed."""
     out: dict[str, list[jax.Array]] = {}
-    for name in STREAMS:
+    for name in (n for n, (root, _) in STREAMS.items() if root == "seed"):
         key = stream_key(seed, name)
         # the model streams seed initialisers; every other stream is folded per step or index
         out[name] = init_draws(key) if name in ("cell", "readout") else [key, *per_step(key)]

@@ -14,11 +14,11 @@ SEEDS, STEPS, MARKS, BATCH = (1, 2, 3), 5, (0, 2, 5), 4
 
 
 def _const_key(s, i):  # THEORY.md §6.4: one fixed batch per seed for every step
-    return stream_key(s, "train")
+    return stream_key(s, "batches")
 
 
 def _step_key(s, i):
-    return jax.random.fold_in(stream_key(s, "train"), i)
+    return jax.random.fold_in(stream_key(s, "batches"), i)
 
 
 def _jitter_key(s, i):

@@ -143,19 +143,19 @@ def gate_factors(cell: nnx.Module, xs: jax.Array, compat: str = "exact"):
         return h_new, h
 
     _, h_prev = jax.lax.scan(forward, h0, xs)  # h_prev[j] = h_{j-1}
-    return jax.vmap(lambda h, x: state_jacobians(cell, h, x, convention=compat))(h_prev, xs)
+    return jax.vmap(lambda h, x: state_jacobians(cell, h, x, compat=compat))(h_prev, xs)
 
 
-def appendix_per_seed(a: jax.Array, b: jax.Array, eps_grid: jax.Array, order: str):
+def appendix_per_seed(a: jax.Array, b: jax.Array, eps_grid: jax.Array, compat: str):
     """Statistics of one window from its factors ``a, b`` ``(T, d, d)``.
 
     Returns a dict of arrays: ``E``, ``C2`` over ``eps_grid``; Frobenius norms of ``F(0)``,
     ``F(1)``, ``L1`` and ``F(0) + L1``; per-step spectral norms ``norm_A``, ``norm_B`` and
     ratios ``r``. ``L1`` is the Fréchet derivative of the product at ``eps = 0``.
     """
-    f0, l1 = first_order(a, b, order=order)
-    e = truncation_error(a, b, eps_grid, order=order, norm="fro")
-    f1 = deformed_product(a, b, 1.0, order=order)
+    f0, l1 = first_order(a, b, compat=compat)
+    e = truncation_error(a, b, eps_grid, compat=compat, norm="fro")
+    f1 = deformed_product(a, b, 1.0, compat=compat)
     norm_a = singular_values(a)[..., 0]
     norm_b = singular_values(b)[..., 0]
     return {
@@ -182,14 +182,13 @@ def _gate_stats(gate: str, config: AppendixConfig) -> tuple[dict[str, np.ndarray
     )
     # the signal's stream is not the cell's: ``nnx.Rngs(key)`` draws ``fold_in(key, i)``, so a
     # signal key ``fold_in(key(s), 1)`` would be the cell's second parameter draw
-    keys = jnp.stack([stream_key(s, "probe") for s in seeds])
-    order = "reversed" if config.compat == "paper-code" else "temporal"
+    keys = jnp.stack([stream_key(s, "probe_batch") for s in seeds])
     eps_grid = jnp.asarray(config.eps_grid, jnp.float64)
 
     def one(p, key):
         xs = appendix_signal(key, config).astype(jnp.float64)
         a, b = gate_factors(nnx.merge(graphdef, p, rest), xs, config.compat)
-        return appendix_per_seed(a, b, eps_grid, order)
+        return appendix_per_seed(a, b, eps_grid, config.compat)
 
     fn = jax.jit(jax.vmap(one))
     return {k: np.asarray(v) for k, v in fn(params, keys).items()}, count_flops(fn, params, keys)

@@ -16,9 +16,11 @@ prediction ``mu0(l) = Pbar(l) / Pbar(1)`` (``Pbar`` the lag-wise median of ``P``
 ``s`` (OLS slope of ``log S`` on ``log P`` with ``P`` trimmed to its 1%-99% quantiles), its ``R^2``
 and the fitted profile ``mu0^s``.
 
-``||.||_2`` is the largest singular value: by SVD at lag 1 (which normalises every profile), and
-for longer windows by ``power_iters`` steps of power iteration on ``P^T P`` warm-started from the
-window's previous end (converges to ``sigma_max``; tested against an SVD). Under
+The measurement is the ``sensitivity`` instrument's own
+(:func:`gatezoo.instruments.sensitivity.lag_sensitivity` and ``lag_profile``), with
+``norm="power"``: ``||.||_2`` is the largest singular value, by SVD at lag 1 (which normalises
+every profile) and for longer windows by ``power_iters`` steps of power iteration warm-started
+from the same window one lag shorter (converges to ``sigma_max``; tested against an SVD). Under
 ``compat="paper-code"`` the release's conventions apply (THEORY.md §2.3 items 1-5): products in
 reversed order, ``B`` from the post-update state, gate windows of ``l + 1`` factors, and its norm
 estimate: 5 plain power iterations ``v <- P v / (||P v|| + 1e-12)`` in the model's float32 from
@@ -45,22 +47,16 @@ from gatezoo.experiments.seeded import (
     stream_key,
     train_with_checkpoints,
 )
-from gatezoo.experiments.stats import mean_std, ols_slope
+from gatezoo.experiments.stats import mean_std
 from gatezoo.flops import count_flops
-from gatezoo.linalg import singular_values
-from gatezoo.models import cell_fn
-from gatezoo.models.jacobians import state_jacobians
+from gatezoo.instruments.model_fns import model_fns
+from gatezoo.instruments.sensitivity import lag_profile, lag_sensitivity
 from gatezoo.training.seeds import over_seeds
 
-__all__ = [
-    "S1Config", "S1_MODELS", "S1_TASKS", "sensitivity_probe", "release_power_norms",
-    "lag_profile", "run_s1_model", "run_s1",
-]
+__all__ = ["S1Config", "S1_MODELS", "S1_TASKS", "run_s1_model", "run_s1"]
 
 S1_MODELS = ("leaky", "scalar", "vector")
 S1_TASKS = ("adding", "recall", "sinmix", "short")
-_START_BLOCKS = 4
-_FRESH_ITERS = 40
 
 
 @dataclasses.dataclass(frozen=True)
@@ -110,188 +106,38 @@ class S1Config:
         )
 
 
-def _spectral_norms(P: jax.Array, v: jax.Array, iters: int):
-    """Largest singular value of each ``P (n, d, d)`` by power iteration on ``P^T P`` (converges
-    to ``sigma_max``) from start vectors ``v (n, d)``; returns the vectors for a warm start."""
+def _probe_fn(models: SeededModels, task: Any, config: S1Config):
+    """The jitted probe of every seed: the ``sensitivity`` instrument's own
+    :func:`~gatezoo.instruments.sensitivity.lag_sensitivity` (warm-started power iterations,
+    or the release's norm under paper-code) and its :func:`~gatezoo.instruments.sensitivity.
+    lag_profile` on the candidate predictor."""
+    one_seed = jax.tree_util.tree_map(lambda a: a[0], models.params)
+    fns, _ = model_fns(models.model(one_seed), task)
+    paper = config.compat == "paper-code"
+    T = config.seq_len
 
-    def body(_, v):
-        w = jnp.einsum("nij,nj->ni", P, v)
-        # normalise between P and P^T: no squared norms, so no underflow at long lags
-        w = w / (_norm(w)[:, None] + jnp.finfo(w.dtype).tiny)
-        w = jnp.einsum("nji,nj->ni", P, w)
-        return w / (_norm(w)[:, None] + jnp.finfo(w.dtype).tiny)
-
-    v = jax.lax.fori_loop(0, iters, body, v)
-    return _norm(jnp.einsum("nij,nj->ni", P, v)), v
-
-
-def release_power_norms(P: jax.Array, key: jax.Array, iters: int = 5) -> jax.Array:
-    r"""The release's estimate of ``||P||_2`` for each ``P (n, d, d)`` (THEORY.md §2.3 items 3, 5).
-
-    From a fresh Gaussian ``v``, ``iters`` times ``v <- P v / (||P v|| + 10^{-12})`` in ``P``'s
-    dtype, then ``||P v||``. Where ``||P v||`` nears the floor the vector stops being unit and
-    the estimate collapses toward 0 (about ``sigma^{iters + 1} / 10^{-12 iters}``), as in the
-    release. Its norms are PyTorch's float32 norms on a CPU (:func:`_release_norm`): the
-    estimates of the longest, most collapsed windows underflow to 0 and leave the fit.
-    """
-
-    def unit(w):
-        return w / (_release_norm(w)[..., None] + 1e-12)
-
-    v = unit(jax.random.normal(key, P.shape[:-1], P.dtype))
-    v = jax.lax.fori_loop(0, iters, lambda _, v: unit(jnp.einsum("nij,nj->ni", P, v)), v)
-    return _release_norm(jnp.einsum("nij,nj->ni", P, v))
-
-
-def _release_norm(w: jax.Array) -> jax.Array:
-    """``||w||`` over the last axis as PyTorch takes a float32 norm on a CPU: each square
-    rounded onto float32's grid *with* subnormals (XLA flushes them to zero), then summed
-    (in float64 here: the sum's rounding differs from PyTorch's by float32 rounding only).
-    Squares below half the smallest float32 subnormal are 0, so a vector of entries below
-    about ``4e-23`` has norm 0. Needs ``jax_enable_x64`` for the exact threshold (the CLI runs
-    reproductions under it); without it the squares flush below ``1e-38``."""
-    if w.dtype != jnp.float32 or not jax.config.read("jax_enable_x64"):
-        return jnp.sqrt(jnp.sum(w * w, axis=-1))
-    sq = jnp.square(w.astype(jnp.float64))
-    step = 2.0**-149  # float32's smallest subnormal: the grid below 2^-126
-    sq = jnp.where(sq < 2.0**-126, jnp.round(sq / step) * step,
-                   sq.astype(jnp.float32).astype(jnp.float64))
-    return jnp.sqrt(jnp.sum(sq, axis=-1)).astype(w.dtype)
-
-
-def _norm(w: jax.Array) -> jax.Array:
-    """Euclidean norm over the last axis, scaled by the largest entry so that tiny vectors
-    (long products of contracting Jacobians, in float32) do not underflow when squared."""
-    m = jnp.max(jnp.abs(w), axis=-1, keepdims=True)
-    safe = jnp.where(m > 0, m, 1.0)
-    return m[..., 0] * jnp.sqrt(jnp.sum((w / safe) ** 2, axis=-1))
-
-
-def sensitivity_probe(cell, xs: jax.Array, compat: str, power_iters: int, alpha_const=None,
-                      key: jax.Array | None = None):
-    """``S[t, k]`` and ``P[t, k]`` for one sequence ``xs (T, d_x)``; both ``(T + 1, T + 1)``
-    indexed by state times ``0..T``, NaN where the pair is not measured (``k >= t``; under
-    paper-code also ``k = 0``). ``key`` draws the release's start vectors (paper-code only).
-    """
-    fn = cell_fn(cell)
-    T = xs.shape[0]
-    d = cell.hidden_features
-    h0 = jnp.zeros((d,), xs.dtype)
-
-    def fwd(h, x):
-        return fn.step(fn.params, h, x)[0], h
-
-    _, h_prev = jax.lax.scan(fwd, h0, xs)
-    convention = "paper-code" if compat == "paper-code" else "exact"
-    A, B = jax.vmap(lambda h, x: state_jacobians(cell, h, x, convention=convention))(h_prev, xs)
-    J = A + B  # J[j - 1] = J_j, j = 1..T
-    alpha = jax.vmap(fn.time_scale, in_axes=(None, 0, 0))(fn.params, h_prev, xs)  # (T, d)
-    plain = compat == "paper-code"
-    if plain and key is None:
-        raise ValueError("sensitivity_probe: paper-code draws fresh start vectors; pass key")
-    # Windows starting at state k only need the end times t > k. Starts are split into blocks
-    # and each block scans only from its first start on, so about (1/2 + 1/(2 nb)) of the
-    # T x T products of one all-starts scan are formed.
-    bounds = np.linspace(0, T, min(_START_BLOCKS, T) + 1).astype(int)
-    S_rows = jnp.full((T, T), jnp.nan, J.dtype)  # [t - 1, k]
-    # a window that starts at t - 1 is the single factor J_t: its vector is converged once here
-    # (cheap, one matrix) so that longer windows start warm
-    ones = jnp.ones((T, d), J.dtype) / jnp.sqrt(d)
-    _, v_fresh = _spectral_norms(J, ones, _FRESH_ITERS)
-    for k0, k1 in zip(bounds[:-1], bounds[1:], strict=True):
-        if k1 <= k0:
-            continue
-        n = int(k1 - k0)
-        slots = jnp.arange(k0, k1)
-        eye = jnp.broadcast_to(jnp.eye(d, dtype=J.dtype), (n, d, d))
-        v0 = jnp.ones((n, d), J.dtype) / jnp.sqrt(d)
-
-        def step(carry, inp, slots=slots):
-            P, v = carry
-            Jt, t, vf = inp
-            P = jnp.where((slots < t)[:, None, None], (P @ Jt) if plain else (Jt @ P), P)
-            if plain:
-                return (P, v), release_power_norms(P, jax.random.fold_in(key, t), power_iters)
-            v = jnp.where((slots == t - 1)[:, None], vf[None], v)
-            s_t, v = _spectral_norms(P, v, power_iters)
-            return (P, v), s_t
-
-        _, blk = jax.lax.scan(
-            step, (eye, v0), (J[k0:], jnp.arange(k0 + 1, T + 1), v_fresh[k0:]))
-        S_rows = S_rows.at[k0:, k0:k1].set(blk)  # rows t = k0+1..T
-    if not plain:  # lag 1 normalises every profile: take it exactly, by SVD
-        diag = jnp.arange(T)
-        S_rows = S_rows.at[diag, diag].set(singular_values(J)[..., 0])
-    nan_row = jnp.full((1, T), jnp.nan, S_rows.dtype)
-    S = jnp.concatenate([nan_row, S_rows], axis=0)  # [t, k], t = 0..T
-    S = jnp.concatenate([S, jnp.full((T + 1, 1), jnp.nan, S.dtype)], axis=1)
-    t_idx = jnp.arange(T + 1)[:, None]
-    k_idx = jnp.arange(T + 1)[None, :]
-    valid = k_idx < t_idx
-    if compat == "paper-code":
-        valid = valid & (k_idx >= 1)
-    # predictor P[t, k] from cumulative log-gates; paper-code includes alpha_k (l + 1 factors)
-    if alpha_const is not None:
-        lag = (t_idx - k_idx).astype(J.dtype)
-        pred = jnp.power(alpha_const, lag)
-    else:
-        log_a = jnp.log(alpha)  # (T, d), row j - 1 is alpha_j
-        c = jnp.concatenate([jnp.zeros((1, d), log_a.dtype), jnp.cumsum(log_a, axis=0)])
-        lo = jnp.maximum(k_idx - 1, 0) if compat == "paper-code" else k_idx
-        lo = jnp.broadcast_to(lo, (T + 1, T + 1))
-        diff = c[:, None, :] - c[lo[0]][None, :, :]  # (t, k, d)
-        pred = jnp.mean(jnp.exp(diff), axis=-1)
-    S = jnp.where(valid, S, jnp.nan)
-    pred = jnp.where(valid, pred, jnp.nan)
-    return S, pred
-
-
-def lag_profile(S: np.ndarray, P: np.ndarray, trim: float) -> dict[str, Any]:
-    """Profiles and the power fit of one checkpoint from ``S, P`` ``(B, T + 1, T + 1)``."""
-    T = S.shape[-1] - 1
-    lags = np.arange(1, T)
-    s_med = np.full(len(lags), np.nan)
-    p_med = np.full(len(lags), np.nan)
-    for i, lag in enumerate(lags):
-        sd = np.diagonal(S, offset=-lag, axis1=-2, axis2=-1)
-        pd = np.diagonal(P, offset=-lag, axis1=-2, axis2=-1)
-        if np.isfinite(sd).any():
-            s_med[i] = np.nanmedian(sd)
-            p_med[i] = np.nanmedian(pd)
-    mu = s_med / s_med[0]
-    mu0 = p_med / p_med[0]
-    s_all, p_all = S[np.isfinite(S)], P[np.isfinite(S)]
-    ok = (s_all > 0) & (p_all > 0) & np.isfinite(p_all)
-    s_all, p_all = s_all[ok], p_all[ok]
-    lo, hi = (np.quantile(p_all, [trim, 1 - trim]) if p_all.size else (np.nan, np.nan))
-    keep = (p_all >= lo) & (p_all <= hi)
-    slope, _, r2 = ols_slope(np.log(p_all[keep]), np.log(s_all[keep]))
-    return {
-        "lags": lags, "profile": mu, "zeroth_order": mu0, "fitted": mu0 ** slope,
-        "slope": slope, "r2": r2, "trim_low": lo, "trim_high": hi,
-        "S_median_lag1": s_med[0],
-    }
-
-
-def _probe_fn(models: SeededModels, config: S1Config, alpha_const):
-    def one(params, xs, key):
-        cell = models.model(params).cell
-        keys = jax.random.split(key, xs.shape[0])
-        return jax.vmap(
-            lambda x, k: sensitivity_probe(cell, x, config.compat, config.power_iters,
-                                           alpha_const, key=k)
-        )(xs, keys)
+    def one(params, xs, ys, key):
+        sens = lag_sensitivity(fns, params, xs, ys, compat=config.compat, norm="power",
+                               power_iters=config.power_iters, key=key if paper else None)
+        prof = lag_profile(sens, config.trim)
+        # the profile's lags are 1..T-1; under the exact convention the pair (T, 0) of lag T
+        # enters the fit only
+        return {k: (v[: T - 1] if k in _PER_LAG else v) for k, v in prof.items()}
 
     # over seeds (params, probe batches and keys all have a leading seed axis)
-    return jax.jit(lambda params, xs, keys: over_seeds(lambda a: one(*a), (params, xs, keys)))
+    return jax.jit(lambda params, xs, ys, keys: over_seeds(lambda a: one(*a),
+                                                          (params, xs, ys, keys)))
+
+
+_PER_LAG = ("lags", "profile", "zeroth_order", "fitted")
 
 
 def run_s1_model(
-    task: Any, name: str, config: S1Config, probe_xs: jax.Array,
+    task: Any, name: str, config: S1Config, probe: tuple[jax.Array, jax.Array],
     log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
     """Trains and probes one model of S1 (``leaky``, ``scalar`` or ``vector``) on one task;
-    ``probe_xs (seeds, probe_batch, T, d_x)`` is the fixed probe batch of every seed."""
+    ``probe = (xs (seeds, probe_batch, T, d_x), ys)`` is the fixed probe batch of every seed."""
     t0 = time.perf_counter()
     seeds = list(range(1, config.seeds + 1))
     opts = {"alpha": config.leaky_alpha} if name == "leaky" else {}
@@ -299,20 +145,21 @@ def run_s1_model(
     run = train_with_checkpoints(
         models, task, "sgd", config.learning_rate, config.checkpoints,
         batch_size=config.batch_size,
-        batch_key=lambda s, i: jax.random.fold_in(stream_key(s, "train"), i),
+        batch_key=lambda s, i: jax.random.fold_in(stream_key(s, "batches"), i),
         progress=_every_hundred(lambda d, n: log(f"s1 {task.name}/{name}: step {d}/{n}")),
     )
-    probe = _probe_fn(models, config, config.leaky_alpha if name == "leaky" else None)
+    probe_fn = _probe_fn(models, task, config)
     per_ckpt = []
     ckpts = sorted(run.checkpoints)
     for i, c in enumerate(ckpts):
         log(f"s1 {task.name}/{name}: probe {i + 1}/{len(ckpts)} (iteration {c})")
         keys = jnp.stack([jax.random.fold_in(stream_key(s, "power"), c) for s in seeds])
+        args = (run.checkpoints[c], *probe, keys)
         if i == 0:  # every checkpoint's probe has the same shapes
-            probe_flops = count_flops(probe, run.checkpoints[c], probe_xs, keys).scaled(len(ckpts))
-        S, P = probe(run.checkpoints[c], probe_xs, keys)
-        S, P = np.asarray(S, np.float64), np.asarray(P, np.float64)
-        per_ckpt.append([lag_profile(S[i], P[i], config.trim) for i in range(len(seeds))])
+            probe_flops = count_flops(probe_fn, *args).scaled(len(ckpts))
+        prof = {k: np.asarray(v, None if k == "lags" else np.float64)
+                for k, v in probe_fn(*args).items()}
+        per_ckpt.append([{k: v[j] for k, v in prof.items()} for j in range(len(seeds))])
     out = _summarise_model(per_ckpt, ckpts, seeds, run)
     out["wall_time_s"] = time.perf_counter() - t0
     out["train_time_s"] = run.wall_time_s
@@ -384,10 +231,11 @@ def run_s1(
             continue
         task = make_task(t, seq_len=config.seq_len, channels=config.input_dim)
         entry["baseline"] = task.baseline
-        probe_xs = jnp.stack([task.sample(stream_key(s, "probe"), config.probe_batch)[0]
-                              for s in range(1, config.seeds + 1)])
+        batches = [task.sample(stream_key(s, "probe_batch"), config.probe_batch)
+                   for s in range(1, config.seeds + 1)]
+        probe = tuple(jnp.stack(part) for part in zip(*batches, strict=True))
         for name in todo:
-            entry["models"][name] = run_s1_model(task, name, config, probe_xs, log)
+            entry["models"][name] = run_s1_model(task, name, config, probe, log)
             if out_dir is not None:
                 write_parts(out_dir, "s1", config, tasks, earlier + time.perf_counter() - start)
     wall = earlier + time.perf_counter() - start

@@ -48,10 +48,10 @@ from gatezoo.experiments.seeded import (
 )
 from gatezoo.experiments.stats import as_array, median_iqr, to_list
 from gatezoo.flops import count_flops
+from gatezoo.instruments.anisotropy import window_spectra
+from gatezoo.instruments.model_fns import model_fns
 from gatezoo.instruments.stats import spectrum_stats
-from gatezoo.linalg import singular_values, symmetric_eigenvalues
-from gatezoo.models import cell_fn
-from gatezoo.models.jacobians import state_jacobians
+from gatezoo.linalg import symmetric_eigenvalues
 from gatezoo.training.seeds import over_seeds
 
 __all__ = ["S2Config", "S2_PAIRS", "S2_TASKS", "run_s2"]
@@ -105,46 +105,29 @@ class S2Config:
         )
 
 
-def _propagation(cell, xs: jax.Array, key: jax.Array, config: S2Config) -> dict[str, jax.Array]:
-    """Per-lag medians of the product anisotropy on the probe batch ``xs (B, T, d_x)``."""
-    fn = cell_fn(cell)
+def _propagation(fns, params, xs: jax.Array, ys: jax.Array, key: jax.Array,
+                 config: S2Config) -> dict[str, jax.Array]:
+    """Per-lag medians of the product anisotropy on the probe batch ``xs (B, T, d_x)``: the
+    ``anisotropy`` instrument's :func:`~gatezoo.instruments.anisotropy.window_spectra` on the
+    release's draws of windows."""
     B, T, _ = xs.shape
-    d = cell.hidden_features
-    convention = "paper-code" if config.compat == "paper-code" else "exact"
-
-    def factors(x):
-        def fwd(h, xt):
-            return fn.step(fn.params, h, xt)[0], h
-
-        _, h_prev = jax.lax.scan(fwd, jnp.zeros((d,), x.dtype), x)
-        A, Bm = jax.vmap(lambda h, xt: state_jacobians(cell, h, xt, convention=convention))(
-            h_prev, x)
-        return A + Bm
-
-    J = jax.vmap(factors)(xs)  # (B, T, d, d); J[b, j - 1] = J_j
-    out = {}
     paper = config.compat == "paper-code"
+    n = config.triples_per_lag
+    draws = []
     for i, lag in enumerate(config.lags):
         kb, kk = jax.random.split(jax.random.fold_in(key, i))
-        n = config.triples_per_lag
         b = jax.random.randint(kb, (n,), 0, B)
         # window k+1..k+lag ends at t = k + lag <= T; the release's t stops at T - 1
         k = jax.random.randint(kk, (n,), 0, T - lag + (0 if paper else 1))
-        idx = k[:, None] + jnp.arange(lag)[None, :]
-        window = J[b[:, None], idx]  # (n, lag, d, d), earliest first
-        eye = jnp.broadcast_to(jnp.eye(d, dtype=J.dtype), (n, d, d))
-
-        def mul(P, Jj):
-            return (P @ Jj if config.compat == "paper-code" else Jj @ P), None
-
-        M, _ = jax.lax.scan(mul, eye, jnp.swapaxes(window, 0, 1))
-        sv = singular_values(M.astype(jnp.float64))
-        st = spectrum_stats(sv[..., : config.svd_k], config.rank_r,
-                            floor=_PAPER_FLOOR if paper else 0.0)
-        for name, v in st.items():
-            # the release skips non-finite products
-            out.setdefault(name, []).append(jnp.nanmedian(v) if paper else jnp.median(v))
-    return {k: jnp.stack(v) for k, v in out.items()}
+        draws.append((b, k, jnp.full((n,), lag)))
+    b, k, lag_n = (jnp.concatenate(part) for part in zip(*draws, strict=True))
+    sv = window_spectra(fns, params, xs, ys, b, k, lag_n, max(config.lags),
+                        compat=config.compat, dtype=jnp.float64)
+    st = spectrum_stats(sv[..., : config.svd_k].reshape(len(config.lags), n, -1),
+                        config.rank_r, floor=_PAPER_FLOOR if paper else 0.0)
+    # the release skips non-finite products
+    return {name: (jnp.nanmedian(v, axis=1) if paper else jnp.median(v, axis=1))
+            for name, v in st.items()}
 
 
 def _grad_cov(models: SeededModels, task, params, keys: jax.Array, config: S2Config):
@@ -183,7 +166,7 @@ def _prepare_task(task_name: str, config: S2Config) -> _S2Task:
     task = make_task(task_name, seq_len=config.seq_len, channels=config.input_dim)
     seeds = list(range(1, config.seeds + 1))  # the release's numbering, like S1
     probe_xs = jnp.stack(
-        [task.sample(stream_key(s, "probe"), config.probe_batch)[0] for s in seeds])
+        [task.sample(stream_key(s, "probe_batch"), config.probe_batch)[0] for s in seeds])
     return _S2Task(task, seeds, probe_xs)
 
 
@@ -202,14 +185,14 @@ def _train(models: SeededModels, prep: _S2Task, name: str, config: S2Config, log
         marks = [min(c + 1, config.steps) for c in config.checkpoints]
         run = train_with_checkpoints(
             models, prep.task, opt, lr, marks, batch_size=config.batch_size,
-            batch_key=lambda s, i: stream_key(s, "train"), input_jitter=1e-6,
+            batch_key=lambda s, i: stream_key(s, "batches"), input_jitter=1e-6,
             jitter_key=lambda s, i: jax.random.fold_in(stream_key(s, "jitter"), i),
             progress=progress,
         )
         return run, {c: run.checkpoints[min(c + 1, config.steps)] for c in config.checkpoints}
     run = train_with_checkpoints(
         models, prep.task, opt, lr, config.checkpoints, batch_size=config.batch_size,
-        batch_key=lambda s, i: jax.random.fold_in(stream_key(s, "train"), i),
+        batch_key=lambda s, i: jax.random.fold_in(stream_key(s, "batches"), i),
         progress=progress,
     )
     return run, run.checkpoints
@@ -226,8 +209,13 @@ def run_s2_model(
     n_params = flat_size(models.params)
     run, params_at = _train(models, prep, name, config, log)
 
+    one_seed = jax.tree_util.tree_map(lambda a: a[0], models.params)
+    fns, _ = model_fns(models.model(one_seed), task)
+    y_shape = jax.eval_shape(lambda k: task.sample(k, 1)[1], jax.random.key(0)).shape[1:]
+
     def probe(params, xs, tkey, gkeys):
-        prop = _propagation(models.model(params).cell, xs, tkey, config)
+        ys = jnp.zeros(xs.shape[:1] + y_shape, xs.dtype)  # the states do not read the targets
+        prop = _propagation(fns, params, xs, ys, tkey, config)
         return prop, _grad_cov(models, task, params, gkeys, config)
 
     probe_j = jax.jit(lambda *a: over_seeds(lambda b: probe(*b), a))

@@ -12,7 +12,7 @@ Example:
   >>> models = SeededModels.build("vector", task.input_dim, 8, seeds=[1, 2])
   >>> run = train_with_checkpoints(models, task, "sgd", 1e-2, [0, 5], batch_size=4,
   ...                              batch_key=lambda s, i: jax.random.fold_in(
-  ...                                  stream_key(s, "train"), i))
+  ...                                  stream_key(s, "batches"), i))
   >>> jax.tree_util.tree_leaves(run.checkpoints[5])[0].shape[0]
   2
 """
@@ -33,25 +33,13 @@ from flax import nnx
 from gatezoo.flops import FlopCount, count_flops
 from gatezoo.instruments.attach import attach
 from gatezoo.models import InitSpec, SequenceModel, make_cell
+from gatezoo.streams import STREAMS, stream_key
 from gatezoo.training.optimizers import make_optimizer
 from gatezoo.training.sharding import place_state, run_mesh
 from gatezoo.training.step import BatchFn, make_step_fns
 
 __all__ = ["SeededModels", "CheckpointRun", "train_with_checkpoints", "flat_size",
            "stream_key", "STREAMS"]
-
-# One independent stream per use of a seed: ``fold_in(key(seed), STREAMS[name])``. Streams of
-# different seeds and of different uses never coincide (unlike ``key(seed + offset)``).
-STREAMS = {"cell": 0, "readout": 1, "train": 2, "jitter": 3, "probe": 4, "triples": 5,
-           "gradcov": 6, "power": 7}
-
-
-def stream_key(seed: int | jax.Array, name: str) -> jax.Array:
-    """The PRNG key of stream ``name`` (one of :data:`STREAMS`) of ``seed``."""
-    if name not in STREAMS:
-        raise ValueError(f"unknown key stream {name!r}; choose one of: {', '.join(STREAMS)}")
-    return jax.random.fold_in(jax.random.key(seed), STREAMS[name])
-
 
 @dataclasses.dataclass
 class SeededModels:

@@ -1,4 +1,4 @@
-"""Small statistics shared by the experiments: log-log slopes, outlier rules, robust summaries.
+"""Small statistics shared by the experiments: outlier rules and robust summaries.
 
 Everything here works on numpy arrays on the host: the experiments compute their per-seed numbers
 on the device (vmapped over seeds) and aggregate the few hundred resulting values here.
@@ -11,38 +11,12 @@ from collections.abc import Sequence
 import numpy as np
 
 __all__ = [
-    "ols_slope",
     "iqr_inliers",
     "median_iqr",
     "mean_std",
     "to_list",
     "as_array",
 ]
-
-
-def ols_slope(x: np.ndarray, y: np.ndarray) -> tuple[float, float, float]:
-    r"""Ordinary least squares of ``y`` on ``x``: returns ``(slope, intercept, R^2)``.
-
-    .. math:: s = \frac{\sum (x - \bar x)(y - \bar y)}{\sum (x - \bar x)^2}
-
-    NaN when fewer than two points or no spread in ``x``.
-    """
-    x = np.asarray(x, np.float64).ravel()
-    y = np.asarray(y, np.float64).ravel()
-    ok = np.isfinite(x) & np.isfinite(y)
-    x, y = x[ok], y[ok]
-    if x.size < 2:
-        return float("nan"), float("nan"), float("nan")
-    xc, yc = x - x.mean(), y - y.mean()
-    sxx = float(xc @ xc)
-    if sxx <= 0:
-        return float("nan"), float("nan"), float("nan")
-    slope = float(xc @ yc) / sxx
-    intercept = float(y.mean() - slope * x.mean())
-    ss_tot = float(yc @ yc)
-    resid = y - (slope * x + intercept)
-    r2 = 1.0 - float(resid @ resid) / ss_tot if ss_tot > 0 else float("nan")
-    return slope, intercept, r2
 
 
 def iqr_inliers(values: np.ndarray, k: float = 1.5) -> np.ndarray:

@@ -31,7 +31,31 @@ from gatezoo.instruments.stats import ANISOTROPY_LAGS, spectrum_stats
 from gatezoo.instruments.views import Measure, StepViews
 from gatezoo.linalg import singular_values
 
-__all__ = ["jacobian_spectra", "gradient_spectrum", "anisotropy"]
+__all__ = ["window_spectra", "jacobian_spectra", "gradient_spectrum", "anisotropy"]
+
+
+def window_spectra(
+    fns: ModelFns,
+    params: Any,
+    xs: jax.Array,
+    ys: jax.Array,
+    examples: jax.Array,
+    starts: jax.Array,
+    lags: jax.Array,
+    max_lag: int,
+    *,
+    compat: str = "exact",
+    dtype: Any = None,
+) -> jax.Array:
+    r"""Singular values ``(N, d)`` of the Jacobian products :math:`J_{k+\ell} \cdots J_{k+1}` of
+    ``N`` windows: example ``examples[n]``, start state ``k = starts[n]`` (``0 <= k``), lag
+    ``ell = lags[n] <= max_lag`` (static bound), the reversed product under paper-code; the
+    products are cast to ``dtype`` (default: the model's) before the decomposition. The one
+    implementation behind the ``anisotropy`` instrument and S2's propagation anisotropy."""
+    cp, prev, xs_t = probe_states(fns, params, xs, ys)
+    prod, _, _ = lag_products(fns, cp, prev, xs_t, starts + lags, examples, int(max_lag),
+                              stop=lags, compat=compat, first=0)
+    return singular_values(prod if dtype is None else prod.astype(dtype))
 
 
 def jacobian_spectra(
@@ -45,22 +69,20 @@ def jacobian_spectra(
     triples: int = 64,
     compat: str = "exact",
 ) -> tuple[tuple[int, ...], jax.Array]:
-    """``(lags used, singular values (len(lags), triples, d))`` of random lag-``ell`` products."""
+    """``(lags used, singular values (len(lags), triples, d))`` of random lag-``ell`` products
+    (:func:`window_spectra`)."""
     batch, T = xs.shape[:2]
     lags = tuple(ell for ell in lags if ell <= T - 1)
     if not lags:
         raise ValueError(f"sequence length {T} is too short for any anisotropy lag")
-    cp, prev, xs_t = probe_states(fns, params, xs, ys)
     lag_n = jnp.repeat(jnp.asarray(lags), triples)
     kb, kt = jax.random.split(key)
     ex_n = jax.random.randint(kb, lag_n.shape, 0, batch)
     u = jax.random.uniform(kt, lag_n.shape)
     # end t uniform in [ell + 1, T] so that k = t - ell >= 1
     end_n = lag_n + 1 + jnp.floor(u * (T - lag_n)).astype(lag_n.dtype)
-    prod, _, _ = lag_products(
-        fns, cp, prev, xs_t, end_n, ex_n, max(lags), stop=lag_n, compat=compat
-    )
-    sv = singular_values(prod)
+    sv = window_spectra(fns, params, xs, ys, ex_n, end_n - lag_n, lag_n, max(lags),
+                        compat=compat)
     return lags, sv.reshape(len(lags), triples, -1)
 
 

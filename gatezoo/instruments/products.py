@@ -6,10 +6,12 @@ For end times ``t_n`` (1-indexed states ``h_t``), examples ``b_n`` and lags ``el
     M_{t,t-\ell} = M_{t,t-\ell+1} J_{t-\ell+1}  \quad (\text{exact order } J_t \cdots J_{t-\ell+1}),
 
 or, under ``compat="paper-code"``, :math:`R_{t,t-\ell} = J_{t-\ell+1} R_{t,t-\ell+1}` (the
-authors' reversed order, THEORY.md §2.3 item 2). Each scan step computes the ``N`` Jacobians it
-needs from the stored states (``jax.jacfwd`` of the step), so memory is ``O(N d^2)`` whatever
-``T`` is. A product only grows while ``ell <= stop_n`` and the window stays inside the sequence
-(``t - ell >= 1``); ``per_lag`` reduces the current products at every lag.
+authors' reversed order, THEORY.md §2.3 item 2), both by
+:func:`gatezoo.models.jacobians.extend_product`. When the table of all ``T x batch`` step
+Jacobians fits in :data:`TABLE_LIMIT` entries it is formed once and gathered; otherwise each scan
+step computes the ``N`` Jacobians it needs from the stored states, so memory is ``O(N d^2)``
+whatever ``T`` is. A product only grows while ``ell <= stop_n`` and the window stays inside the
+sequence (``t - ell >= first``); ``per_lag`` reduces the current products at every lag.
 """
 
 from __future__ import annotations
@@ -22,8 +24,12 @@ import jax.numpy as jnp
 
 from gatezoo.instruments import steps
 from gatezoo.instruments.protocol import ModelFns
+from gatezoo.models.jacobians import extend_product
 
-__all__ = ["lag_products", "probe_states"]
+__all__ = ["lag_products", "probe_states", "TABLE_LIMIT"]
+
+#: most entries (``T * batch * d^2``) of a step-Jacobian table formed once instead of per lag
+TABLE_LIMIT = 1 << 24
 
 
 def probe_states(fns: ModelFns, params: Any, xs: jax.Array, ys: jax.Array):
@@ -45,31 +51,46 @@ def lag_products(
     *,
     stop: jax.Array | None = None,
     compat: str = "exact",
-    per_lag: Callable[[jax.Array], jax.Array] | None = None,
-) -> tuple[jax.Array, jax.Array | None, jax.Array]:
+    first: int = 1,
+    per_lag: Callable[[jax.Array, Any], tuple[Any, Any]] | None = None,
+    per_lag_init: Any = None,
+) -> tuple[jax.Array, Any, jax.Array]:
     """Jacobian products for ``N`` windows ending at ``ends`` (1-indexed) in ``examples``.
 
-    Returns ``(products (N, d, d), per_lag values (n_lags, N, ...) or None, valid (n_lags, N))``
-    where ``valid[l-1, n]`` says the lag-``l`` product of window ``n`` exists (``t - l >= 1``
-    and ``l <= stop``).
+    ``per_lag(products (N, d, d), aux) -> (values, aux)`` runs after every lag with a carried
+    ``aux`` (from ``per_lag_init``; a warm start, say). Returns ``(products (N, d, d), per_lag
+    values (n_lags, N, ...) or None, valid (n_lags, N))`` where ``valid[l-1, n]`` says the
+    lag-``l`` product of window ``n`` exists (``t - l >= first``, the earliest state a window
+    may start from, and ``l <= stop``).
     """
     n = ends.shape[0]
     d = fns.state_size
     dtype = xs_t.dtype
     stop = jnp.full((n,), n_lags) if stop is None else stop
-    jac = jax.vmap(lambda h, x: steps.split_jacobians(fns, cell_params, h, x, compat))
+    jac = jax.vmap(lambda h, x: sum(steps.split_jacobians(fns, cell_params, h, x, compat)))
+    T, batch = xs_t.shape[:2]
+    if T * batch * d * d <= TABLE_LIMIT:
+        table = jax.vmap(jac)(prev, xs_t)  # (T, batch, d, d), [i, b] = J_{i+1} of example b
 
-    def body(prod, ell):
+        def factors(ic):
+            return table[ic, examples]
+    else:
+        def factors(ic):
+            h = jax.tree_util.tree_map(lambda c: c[ic, examples], prev)
+            return jac(h, xs_t[ic, examples])
+
+    def body(carry, ell):
+        prod, aux = carry
         i = ends - ell  # 0-indexed step of J_{t-ell+1}
-        active = (i >= 1) & (ell <= stop)
-        ic = jnp.clip(i, 0)
-        h = jax.tree_util.tree_map(lambda c: c[ic, examples], prev)
-        a, b = jac(h, xs_t[ic, examples])
-        j = a + b
-        new = prod @ j if compat == "exact" else j @ prod
+        active = (i >= first) & (ell <= stop)
+        new = extend_product(prod, factors(jnp.clip(i, 0)), older=True,
+                             reverse=compat == "paper-code")
         prod = jnp.where(active[:, None, None], new, prod)
-        return prod, (None if per_lag is None else per_lag(prod), active)
+        vals = None
+        if per_lag is not None:
+            vals, aux = per_lag(prod, aux)
+        return (prod, aux), (vals, active)
 
     eye = jnp.broadcast_to(jnp.eye(d, dtype=dtype), (n, d, d))
-    prod, (vals, valid) = jax.lax.scan(body, eye, jnp.arange(1, n_lags + 1))
+    (prod, _), (vals, valid) = jax.lax.scan(body, (eye, per_lag_init), jnp.arange(1, n_lags + 1))
     return prod, vals, valid

@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 
 from gatezoo.instruments import steps
-from gatezoo.instruments.stats import spectral_norm
+from gatezoo.instruments.norms import spectral_norm
 from gatezoo.instruments.views import Measure, StepViews
 
 __all__ = ["sample_pairs", "jacobian_norms", "ratios"]

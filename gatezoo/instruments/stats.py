@@ -10,7 +10,7 @@ import math
 import jax
 import jax.numpy as jnp
 
-from gatezoo.linalg import singular_values
+from gatezoo.fits import line_fit
 
 __all__ = [
     "lag_grid",
@@ -23,8 +23,6 @@ __all__ = [
     "fast_median",
     "fast_quantiles",
     "masked_quantiles",
-    "spectral_norm",
-    "power_norm",
     "prefix_sum",
     "suffix_mean_products",
     "window_products_at",
@@ -144,17 +142,8 @@ def power_fit(
     if trim > 0:
         lo, hi = masked_quantiles(log_p.reshape(-1), ok.reshape(-1), (trim, 1.0 - trim))
         ok = ok & (log_p >= lo) & (log_p <= hi)
-    w = ok.astype(log_p.dtype)
-    n = jnp.sum(w)
-    x = jnp.where(ok, log_p, 0.0)
-    y = jnp.where(ok, log_s, 0.0)
-    mx, my = jnp.sum(x) / n, jnp.sum(y) / n
-    dx, dy = (x - mx) * w, (y - my) * w
-    sxx, syy, sxy = jnp.sum(dx * dx), jnp.sum(dy * dy), jnp.sum(dx * dy)
-    slope = sxy / sxx
-    r2 = sxy * sxy / (sxx * syy)
-    good = (n >= 3) & (sxx > 0) & (syy > 0)
-    return jnp.where(good, slope, jnp.nan), jnp.where(good, r2, jnp.nan)
+    slope, r2 = line_fit(log_p, log_s, ok, min_points=3)
+    return jnp.where(jnp.isfinite(r2), slope, jnp.nan), r2
 
 
 def spectrum_stats(
@@ -191,13 +180,6 @@ def pearson(a: jax.Array, b: jax.Array) -> jax.Array:
     """Pearson correlation of two vectors (NaN if either is constant)."""
     da, db = a - jnp.mean(a), b - jnp.mean(b)
     return jnp.sum(da * db) / jnp.sqrt(jnp.sum(da * da) * jnp.sum(db * db))
-
-
-def spectral_norm(m: jax.Array) -> jax.Array:
-    """Exact largest singular value of (a batch of) matrices, ``(..., n, k) -> (...)``, by SVD
-    (:func:`gatezoo.linalg.singular_values`, safe from the CPU thread-pool deadlock).
-    """
-    return singular_values(m)[..., 0]
 
 
 def prefix_sum(x: jax.Array, axis: int = 0) -> jax.Array:
@@ -252,17 +234,3 @@ def window_products_at(f: jax.Array, ends: jax.Array, lags: tuple[int, ...]) -> 
                 offset += 1 << k
         out.append(acc)
     return jnp.stack(out)
-
-
-def power_norm(m: jax.Array, iters: int = 5) -> jax.Array:
-    """The authors' estimate of ``||M||_2``: ``iters`` plain power iterations ``v <- Mv/||Mv||``
-    from the normalised ones vector, then ``||Mv||`` (THEORY.md §2.3 item 3; a lower bound that
-    tends to the largest ``|eigenvalue|``, kept only for ``compat="paper-code"``)."""
-    v = jnp.ones(m.shape[:-1], m.dtype) / jnp.sqrt(m.shape[-1])
-
-    def body(_, v):
-        w = jnp.einsum("...ij,...j->...i", m, v)
-        return w / jnp.linalg.norm(w, axis=-1, keepdims=True)
-
-    v = jax.lax.fori_loop(0, iters, body, v)
-    return jnp.linalg.norm(jnp.einsum("...ij,...j->...i", m, v), axis=-1)

@@ -33,6 +33,7 @@ Example:
 from __future__ import annotations
 
 import functools
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -40,6 +41,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from gatezoo.fits import line_fit
 from gatezoo.linalg import singular_values
 from gatezoo.models.gates import ScalarGate, VectorGate
 from gatezoo.models.gru import GRU
@@ -57,6 +59,7 @@ __all__ = [
     "register_param_jacobians",
     "has_closed_form",
     "autodiff_split",
+    "extend_product",
     "transport",
     "deformed_product",
     "first_order",
@@ -73,12 +76,25 @@ Array = jax.Array
 
 def _check_convention(convention: str) -> None:
     if convention not in CONVENTIONS:
-        raise ValueError(f"unknown convention {convention!r}; choose one of {CONVENTIONS}")
+        raise ValueError(f"unknown compat {convention!r}; choose one of {CONVENTIONS}")
 
 
 def _check_order(order: str) -> None:
     if order not in ORDERS:
         raise ValueError(f"unknown product order {order!r}; choose one of {ORDERS}")
+
+
+def _order_of(compat: str, order: str | None, where: str) -> str:
+    """The product order of ``compat`` ("exact": temporal, "paper-code": reversed); ``order``
+    is the old name of the same switch, accepted with a DeprecationWarning for one release."""
+    if order is not None:
+        warnings.warn(f"{where}(order=...) is deprecated: use compat='exact' (order "
+                      "'temporal') or compat='paper-code' (order 'reversed')",
+                      DeprecationWarning, stacklevel=3)
+        _check_order(order)
+        return order
+    _check_convention(compat)
+    return "temporal" if compat == "exact" else "reversed"
 
 
 def _dsigmoid(s: Array) -> Array:
@@ -153,7 +169,7 @@ def has_closed_form(cell: Any) -> bool:
 
 
 def state_jacobians(
-    cell: Any, carry: Any, x: Array, *, convention: str = "exact"
+    cell: Any, carry: Any, x: Array, *, compat: str = "exact", convention: str | None = None
 ) -> tuple[Array, Array]:
     r"""Gate-frozen and gate-induced state Jacobians ``(A_t, B_t)`` in closed form (THEORY §2.1).
 
@@ -171,20 +187,24 @@ def state_jacobians(
       cell: a built-in cell (or a class registered with :func:`register_state_jacobians`).
       carry: one example's carry, ``(hidden,)``, or ``(c, h)`` each ``(hidden,)`` for the LSTM.
       x: one input ``(in,)``.
-      convention: ``"exact"``, or ``"paper-code"`` for the authors' release (THEORY §2.3 item 1):
+      compat: ``"exact"``, or ``"paper-code"`` for the authors' release (THEORY §2.3 item 1):
         the gate term built from the post-update increment ``φ_t - h_t = (1-α_t) Δ_t``, i.e.
         ``B_code = (I - Γ_t) B_exact`` for the leaky cells. For the GRU only the update-gate term
         changes (``g - h_t = (1-z)(g - h_{t-1})``); the reset-gate term has no increment in it.
         It is not defined for the LSTM (its cell update is not a convex combination), which raises
-        ``ValueError``.
+        ``ValueError``. (``convention=`` is its deprecated name.)
 
     Returns:
       ``(A, B)``, each ``(n, n)`` with ``n`` the flattened carry size (``2 hidden`` for the LSTM,
       rows and columns ordered ``[c, h]``); ``A + B`` is the exact Jacobian for ``"exact"``.
     """
-    _check_convention(convention)
+    if convention is not None:
+        warnings.warn("state_jacobians(convention=...) is deprecated: use compat=...",
+                      DeprecationWarning, stacklevel=2)
+        compat = convention
+    _check_convention(compat)
     _check_single(carry, x)
-    return _state_rule(cell, carry, x, convention)
+    return _state_rule(cell, carry, x, compat)
 
 
 @_state_rule.register(Leaky)
@@ -428,45 +448,61 @@ def _check_factors(*mats: Array) -> None:
             raise ValueError(f"A and B factors must have the same shape, got {shape} and {m.shape}")
 
 
+def extend_product(product: Array, factor: Array, *, older: bool, reverse: bool = False) -> Array:
+    r"""``product`` with one more Jacobian ``factor`` (both ``(..., d, d)``): the one place where
+    a product of step Jacobians grows, for every instrument and reproduction.
+
+    In the temporal order :math:`J_t \cdots J_{k+1} = \partial h_t/\partial h_k` an ``older``
+    factor (:math:`J_k`) multiplies on the right and a newer one (:math:`J_{t+1}`) on the left;
+    ``reverse=True``, the release's :math:`J_{k+1} \cdots J_t` (THEORY.md §2.3 item 2), swaps
+    the sides.
+    """
+    return product @ factor if older != reverse else factor @ product
+
+
 @functools.partial(jax.jit, static_argnames="order")
 def _transport(Js: Array, order: str) -> Array:
     def body(P, J):
-        return (J @ P if order == "temporal" else P @ J), None
+        return extend_product(P, J, older=False, reverse=order == "reversed"), None
 
     P, _ = lax.scan(body, jnp.eye(Js.shape[-1], dtype=Js.dtype), Js)
     return P
 
 
-def transport(Js: Array, *, order: str = "temporal") -> Array:
+def transport(Js: Array, *, compat: str = "exact", order: str | None = None) -> Array:
     """The product of stacked Jacobians ``Js (n, d, d)``, ``Js[0]`` the earliest step ``k+1``.
 
-    ``order="temporal"``: ``J_t ⋯ J_{k+1} = ∂h_t/∂h_k`` (the chain rule).
-    ``order="reversed"``: ``J_{k+1} ⋯ J_t``, the order of the authors' release (THEORY §2.3 item 2).
-    An empty stack gives the identity.
+    ``compat="exact"``: ``J_t ⋯ J_{k+1} = ∂h_t/∂h_k`` (the chain rule).
+    ``compat="paper-code"``: ``J_{k+1} ⋯ J_t``, the order of the authors' release (THEORY §2.3
+    item 2). An empty stack gives the identity. (``order="temporal"/"reversed"`` is the
+    deprecated name of the same switch.)
     """
     # jitted with a static order so that eager calls compile the scan once per shape
-    _check_order(order)
+    order = _order_of(compat, order, "transport")
     _check_factors(Js)
     return _transport(Js, order)
 
 
-def deformed_product(As: Array, Bs: Array, eps: Array | float, *, order: str = "temporal"):
+def deformed_product(As: Array, Bs: Array, eps: Array | float, *, compat: str = "exact",
+                     order: str | None = None):
     """``F(ε) = ∏_{j=t}^{k+1} (A_j + ε B_j)`` (THEORY §3.2); ``F(1)`` is the exact transport."""
+    order = _order_of(compat, order, "deformed_product")
     _check_factors(As, Bs)
-    return transport(As + jnp.asarray(eps, As.dtype) * Bs, order=order)
+    return _transport(As + jnp.asarray(eps, As.dtype) * Bs, order)
 
 
-def first_order(As: Array, Bs: Array, *, order: str = "temporal") -> tuple[Array, Array]:
+def first_order(As: Array, Bs: Array, *, compat: str = "exact",
+                order: str | None = None) -> tuple[Array, Array]:
     r"""``(F(0), L₁)``: the gate-frozen product and its Fréchet derivative along ``B``.
 
     ``L₁ = Σ_i S_{i+1} B_i P_{i-1}`` with prefix products ``P_i = A_i ⋯ A_{k+1}`` and suffix
     products ``S_i = A_t ⋯ A_i`` (empty ones are the identity). One ``lax.scan`` carries the
     prefix and the partial sum: ``P_j = A_j P_{j-1}`` and ``L_j = A_j L_{j-1} + B_j P_{j-1}``,
     which multiplies every earlier term by its suffix as the scan proceeds — three matrix
-    products per factor, O(lag) in all, and no stored prefixes. (``order="reversed"`` mirrors it:
-    ``P_j = P_{j-1} A_j``, ``L_j = L_{j-1} A_j + P_{j-1} B_j``.)
+    products per factor, O(lag) in all, and no stored prefixes. (``compat="paper-code"``, the
+    reversed order, mirrors it: ``P_j = P_{j-1} A_j``, ``L_j = L_{j-1} A_j + P_{j-1} B_j``.)
     """
-    _check_order(order)
+    order = _order_of(compat, order, "first_order")
     _check_factors(As, Bs)
     return _first_order(As, Bs, order)
 
@@ -486,9 +522,12 @@ def _first_order(As: Array, Bs: Array, order: str) -> tuple[Array, Array]:
     return P, L
 
 
-def frechet_l1(As: Array, Bs: Array, *, order: str = "temporal") -> Array:
+def frechet_l1(As: Array, Bs: Array, *, compat: str = "exact",
+               order: str | None = None) -> Array:
     """``L₁ = d/dε F(ε)`` at ``ε = 0`` (THEORY §3.2); see :func:`first_order`."""
-    return first_order(As, Bs, order=order)[1]
+    order = _order_of(compat, order, "frechet_l1")
+    _check_factors(As, Bs)
+    return _first_order(As, Bs, order)[1]
 
 
 def _norm(M: Array, norm: str) -> Array:
@@ -498,14 +537,15 @@ def _norm(M: Array, norm: str) -> Array:
 
 
 def truncation_error(
-    As: Array, Bs: Array, eps_grid: Array, *, order: str = "temporal", norm: str = "fro"
+    As: Array, Bs: Array, eps_grid: Array, *, compat: str = "exact", norm: str = "fro",
+    order: str | None = None,
 ) -> Array:
     """``E(ε) = ‖F(ε) - F(0) - ε L₁‖`` for each ``ε`` of ``eps_grid`` (THEORY §3.2, §7 claim 9).
 
     ``norm`` is ``"fro"`` (Frobenius) or ``"2"`` (spectral). ``E(ε) = O(ε²)``, so its log-log slope
     (:func:`loglog_slope`) is 2 and ``E(ε)/ε²`` tends to a constant.
     """
-    _check_order(order)
+    order = _order_of(compat, order, "truncation_error")
     _check_factors(As, Bs)
     if norm not in ("fro", "2"):
         raise ValueError(f"unknown norm {norm!r}; choose one of ('fro', '2')")
@@ -525,7 +565,5 @@ def _truncation_error(As: Array, Bs: Array, eps_grid: Array, order: str, norm: s
 def loglog_slope(eps: Array, E: Array) -> Array:
     """Ordinary-least-squares slope of ``log E`` on ``log ε``; NaN if a value is not positive."""
     eps, E = jnp.asarray(eps), jnp.asarray(E)
-    lx, ly = jnp.log(eps), jnp.log(E)
-    dx = lx - lx.mean()
-    slope = jnp.sum(dx * (ly - ly.mean())) / jnp.sum(dx * dx)
+    slope, _ = line_fit(jnp.log(eps), jnp.log(E))
     return jnp.where(jnp.all(eps > 0) & jnp.all(E > 0), slope, jnp.nan)

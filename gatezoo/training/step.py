@@ -33,6 +33,7 @@ from jax.sharding import PartitionSpec
 from gatezoo.instruments.attach import Attached
 from gatezoo.instruments.optimizer import learning_rate_in_force
 from gatezoo.metric_schema import metric_name
+from gatezoo.streams import data_keys, stream_tag
 from gatezoo.training.seeds import over_seeds
 from gatezoo.training.sharding import constrain_batch, gather_slots, shards_seeds
 
@@ -43,8 +44,8 @@ __all__ = ["TrainState", "StepFns", "BatchFn", "data_keys", "make_step_fns"]
 # hot K-step chunk keeps the default level.
 FAST_COMPILE = {"xla_backend_optimization_level": 0}
 
-# fold_in tags deriving the independent key streams of one seed from its root key.
-_TRAIN, _PROBE, _EVAL = 0, 1, 2
+# fold_in tags deriving the independent key streams of one seed from its root key
+_TRAIN, _PROBE, _EVAL = (stream_tag(name) for name in ("train", "probe", "eval"))
 
 BatchFn = Callable[[Any, jax.Array, Any], tuple[jax.Array, jax.Array]]
 """``batch(key, step, data) -> (xs, ys)``: one slot's training batch of update ``step``, from the
@@ -75,11 +76,6 @@ class TrainState(NamedTuple):
     keys: Any
     instruments: tuple
     model_state: Any = None
-
-
-def data_keys(seed: int) -> jax.Array:
-    """The root key of a seed's data streams (train batches, probe batch, eval batches)."""
-    return jax.random.fold_in(jax.random.PRNGKey(int(seed)), 0x6A7E)
 
 
 class StepFns(NamedTuple):
