@@ -1,8 +1,13 @@
-"""Models a user writes, shared by the test files that measure them (outside the package)."""
+"""Shared test helpers: models a user writes (outside the package), and the instrument tests'
+ModelFns, data and StepContext, all from gatezoo's own builders (``gz.model_fns``,
+:func:`gatezoo.instruments.context.step_context`)."""
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
+
+import gatezoo as gz
+from gatezoo.instruments.context import step_context
 
 
 class MGU(nnx.Module):
@@ -36,3 +41,45 @@ class MGU(nnx.Module):
 
     def time_scale(self, h, x):
         return jax.nn.sigmoid(h @ self.W_f[...] + x @ self.U_f[...] + self.b_f[...])
+
+
+def mse(pred, y):
+    return jnp.mean((pred - y) ** 2)
+
+
+def model_fns(model, loss_fn=mse, *, split=True):
+    """``(ModelFns, params)`` from gatezoo's own builder (``split=False`` drops ``split_step``
+    to exercise the two-pass path)."""
+    fns, params = gz.model_fns(model, lambda m, xs, ys: loss_fn(m(xs), ys))
+    return (fns if split else fns._replace(split_step=None)), params
+
+
+def make_model(name, d_in=3, hidden=5, out=1, readout="last", dtype=jnp.float32, seed=0,
+               init=None, **opts):
+    cell = gz.make_cell(name, d_in, hidden, rngs=nnx.Rngs(seed), param_dtype=dtype,
+                        init=init, **opts)
+    return gz.SequenceModel(cell, out, readout=readout,
+                            rngs=nnx.Rngs(jax.random.fold_in(jax.random.key(seed), 1)))
+
+
+def make_context(fns, params, xs, ys, optimizer=None, opt_state=None, probe=None, step=0):
+    """One StepContext as the trainer builds it: the library's own builder."""
+    return step_context(fns, params, xs, ys, optimizer=optimizer, opt_state=opt_state,
+                        probe=probe, step=step)
+
+
+def data(key, batch, seq_len, d_in, out=1, dtype=jnp.float32, readout="last"):
+    k1, k2 = jax.random.split(jax.random.key(key))
+    xs = jax.random.normal(k1, (batch, seq_len, d_in), dtype)
+    shape = (batch, out) if readout == "last" else (batch, seq_len, out)
+    return xs, jax.random.normal(k2, shape, dtype)
+
+
+def jit_update(inst, fns):
+    """``inst.update`` jitted with the (static) ModelFns closed over, as the trainer does."""
+
+    @jax.jit
+    def run(ctx, state):
+        return inst.update(ctx._replace(fns=fns), state)
+
+    return lambda ctx, state: run(ctx._replace(fns=None), state)

@@ -10,7 +10,7 @@ import numpy as np
 import optax
 import pytest
 from flax import nnx
-from test_instruments_fixtures import data, make_context, make_model, model_fns
+from helpers import data, make_context, make_model, model_fns
 
 import gatezoo as gz
 from gatezoo.instruments import INSTRUMENTS, PRESETS, list_section, make_instruments

@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
-from test_instruments_fixtures import data, make_context, make_model, model_fns
+from helpers import data, make_context, make_model, model_fns
 
 import gatezoo as gz
 from gatezoo.instruments import first_order_gradients, zero_offsets

@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from test_instruments_fixtures import data, jit_update, make_context, make_model, model_fns
+from helpers import data, jit_update, make_context, make_model, model_fns
 
 from gatezoo.instruments import lag_sensitivity, power_fit, spectrum_stats
 from gatezoo.instruments.anisotropy import gradient_spectrum

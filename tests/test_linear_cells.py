@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
-from test_instruments_fixtures import make_context
+from helpers import make_context
 
 import gatezoo as gz
 from gatezoo.instruments import lag_sensitivity

@@ -51,6 +51,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from gatezoo.instruments.context import layer_context
 from gatezoo.instruments.expansion import FirstOrder, first_order_gradients
 from gatezoo.instruments.model_fns import NetworkFns, network_fns, zero_offsets
 from gatezoo.instruments.protocol import Instrument, StepContext
@@ -235,7 +236,6 @@ def _step_parts(net: NetworkFns, attached: tuple, adjoint_layers: list) -> tuple
 
     def measure(live, params, state, xs, ys, step, found, updates, opt_state, probe):
         loss, records, grads, adjoints = found
-        probe_xs, probe_ys = (xs, ys) if probe is None else probe
         step = jnp.asarray(step, jnp.int32)
         # the one place metric names are built: the layer's path only where several layers
         # would otherwise share them
@@ -246,12 +246,10 @@ def _step_parts(net: NetworkFns, attached: tuple, adjoint_layers: list) -> tuple
             rec = records[inst.layer]
             _check_padding(inst, rec)
             fns = live.layers[inst.layer]
-            ctx = StepContext(
-                step=step, params=params, grads=grads, loss=loss, xs=xs, ys=ys,
-                carries=rec["carries"], adjoints=adjoints.get(inst.layer),
-                updates=updates, opt_state=opt_state, probe_xs=probe_xs,
-                probe_ys=probe_ys, fns=fns, inputs=None if fns.inputs is None else rec["inputs"],
-                carry0=rec["carry0"], lengths=rec["lengths"],
+            ctx = layer_context(
+                fns, step=step, params=params, grads=grads, loss=loss, xs=xs, ys=ys,
+                record=rec, adjoints=adjoints.get(inst.layer), updates=updates,
+                opt_state=opt_state, probe=probe,
             )
             inst_metrics, s = _measured(inst, ctx, s, step, updates is None)
             layer = inst.layer if many else None

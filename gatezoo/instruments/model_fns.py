@@ -143,12 +143,10 @@ def _bound(graphdef: Any, state: Any, loss_fn: Callable, found: list,
     def tapped(p, xs, ys, taps: dict, forward_only: bool = False):
         m = nnx.merge(graphdef, p, state)
         live = {layer_name(path): layer for path, layer in recurrent_layers(m)}
-        records: dict[str, dict] = {}
-        active = {}
-        for name, (eps, off) in taps.items():
-            records[name] = {}
-            active[id(live[name])] = LayerTap(eps, off, records[name])
-        with tapping(active):
+        records: dict[str, dict] = {name: {} for name in taps}
+        pairs = [(live[name], LayerTap(eps, off, records[name]))
+                 for name, (eps, off) in taps.items()]
+        with tapping(pairs):
             out = m(xs) if forward_only else loss_fn(m, xs, ys)
         return out, records, nnx.as_pure(nnx.state(m, nnx.Not(nnx.Param)))
 

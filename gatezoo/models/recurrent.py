@@ -39,7 +39,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any, NamedTuple
 
 import jax
@@ -72,22 +72,32 @@ class LayerTap(NamedTuple):
     record: dict
 
 
-# id(layer) -> LayerTap for the layers of the model being traced right now (trace-time only).
-_ACTIVE: list[dict[int, LayerTap]] = []
+_TAP = "_gatezoo_tap"  # the instance attribute a tapped layer reads; never a class attribute
 
 
 @contextlib.contextmanager
-def tapping(taps: dict[int, LayerTap]) -> Iterator[None]:
-    """Within the block, the layers whose ``id`` is a key of ``taps`` are tapped."""
-    _ACTIVE.append(taps)
+def tapping(taps: Iterable[tuple[Recurrent, LayerTap]]) -> Iterator[None]:
+    """Within the block, each ``layer`` of the ``(layer, tap)`` pairs is tapped.
+
+    The tap is handed to the layer object itself (the freshly merged module of the instruments'
+    pure loss, which no other trace sees) and taken back on exit, so there is no module-level
+    state: nested or concurrent traces of other models cannot see each other's taps.
+    """
+    pairs = list(taps)
+    for layer, tap in pairs:
+        if not isinstance(layer, Recurrent):
+            raise TypeError(f"tapping: only gz.Recurrent layers are tapped, got "
+                            f"{type(layer).__name__}")
+        object.__setattr__(layer, _TAP, tap)  # not a graph attribute of the module
     try:
         yield
     finally:
-        _ACTIVE.pop()
+        for layer, _ in pairs:
+            vars(layer).pop(_TAP, None)
 
 
 def _tap_of(layer: Any) -> LayerTap | None:
-    return _ACTIVE[-1].get(id(layer)) if _ACTIVE else None
+    return vars(layer).get(_TAP)
 
 
 def recurrent_layers(model: nnx.Module) -> list[tuple[tuple, Recurrent]]:
