@@ -19,6 +19,7 @@ from gatezoo.instruments import (
     make_instruments,
     model_fns,
     network_fns,
+    register_instrument,
 )
 from gatezoo.metric_schema import (
     QUANTITIES,
@@ -30,7 +31,7 @@ from gatezoo.metric_schema import (
 )
 from gatezoo.models import *  # noqa: F403
 from gatezoo.models import __all__ as _models_all
-from gatezoo.tasks import TASKS, DatasetNotPrepared, Task, make_task, task_names
+from gatezoo.tasks import TASKS, DatasetNotPrepared, Task, make_task, register_task, task_names
 from gatezoo.training import (
     RunResult,
     TrainConfig,
@@ -50,12 +51,14 @@ __all__ = [
     "DatasetNotPrepared",
     "make_task",
     "task_names",
+    "register_task",
     "Instrument",
     "StepContext",
     "ModelFns",
     "INSTRUMENTS",
     "PRESETS",
     "make_instruments",
+    "register_instrument",
     "attach",
     "attach_fns",
     "Attached",

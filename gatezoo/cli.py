@@ -15,6 +15,7 @@ import threading
 from collections.abc import Sequence
 
 from gatezoo.experiments import interrupts
+from gatezoo.registry_entry import descriptions
 
 __all__ = ["main", "UsageError"]
 
@@ -26,19 +27,19 @@ class UsageError(ValueError):
 def _list_cells() -> dict[str, str]:
     from gatezoo.models.registry import CELLS
 
-    return {name: entry.description for name, entry in CELLS.items()}
+    return descriptions(CELLS)
 
 
 def _list_tasks() -> dict[str, str]:
     from gatezoo.tasks import TASKS
 
-    return {name: entry.description for name, entry in TASKS.items()}
+    return descriptions(TASKS)
 
 
 def _list_optimizers() -> dict[str, str]:
     from gatezoo.training.optimizers import OPTIMIZERS
 
-    return {name: entry.description for name, entry in OPTIMIZERS.items()}
+    return descriptions(OPTIMIZERS)
 
 
 def _list_schedules() -> dict[str, str]:
@@ -563,7 +564,8 @@ def _build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--import", dest="imports", action="append", default=[], metavar="MODULE",
         help="import a Python module first (repeatable): one that calls gz.register_cell / "
-        "gz.register_optimizer makes its names usable by every command",
+        "register_task / register_optimizer / register_instrument makes its names usable by "
+        "every command",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     p = sub.add_parser("list", help="list the cells (and tasks, optimizers, instruments)")

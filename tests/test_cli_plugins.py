@@ -37,7 +37,7 @@ PLUGIN = textwrap.dedent('''
         def time_scale(self, h, x):
             return jax.nn.sigmoid(h @ self.W_g)
 
-    gz.register_cell(gz.CellEntry("plugin-gated", PluginGated, "a user's gated cell"))
+    gz.register_cell("plugin-gated", PluginGated, "a user's gated cell")
     gz.register_optimizer("plugin-lion", lambda lr: optax.lion(lr))
     gz.register_optimizer("plugin-adafactor", lambda lr: optax.adafactor(lr))
     gz.register_optimizer("plugin-clip-adamw", lambda lr: optax.chain(

@@ -59,7 +59,7 @@ class UserGated(nnx.Module):
 
 def _register(name, factory, options=()):
     gz.CELLS.pop(name, None)
-    return gz.register_cell(gz.CellEntry(name, factory, "test cell", options))
+    return gz.register_cell(name, factory, "test cell", options=options)
 
 
 def tiny(**changes):

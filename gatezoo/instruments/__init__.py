@@ -29,6 +29,7 @@ from gatezoo.instruments.registry import (
     instrument_names,
     list_section,
     make_instruments,
+    register_instrument,
 )
 from gatezoo.instruments.sensitivity import Sensitivity, lag_sensitivity, sensitivity_metrics
 from gatezoo.instruments.stats import power_fit, spectrum_stats
@@ -56,6 +57,7 @@ __all__ = [
     "instrument_names",
     "list_section",
     "make_instruments",
+    "register_instrument",
     "Measure",
     "StepViews",
     "first_order_gradients",

@@ -61,7 +61,7 @@ def _base_rate(ctx, views: StepViews) -> jax.Array:
     return jnp.full((ctx.fns.hidden,), base, views.alpha.dtype)
 
 
-def effective_lr(fns, *, every: int = 1) -> Measure:
+def effective_lr(fns, *, every: int | None = None) -> Measure:
     """The ``effective_lr`` instrument (gated cells; see module docstring).
 
     Metrics: ``effective_lr/base`` (mean over neurons of the base rate), and on the lag grid
@@ -82,10 +82,10 @@ def effective_lr(fns, *, every: int = 1) -> Measure:
                 out[f"anisotropy@{ell}"] = jnp.max(mu[i]) / jnp.min(mu[i])
         return out, state
 
-    return Measure("effective_lr", lambda p: (), measure, every=every, needs_gates=True)
+    return Measure("effective_lr", lambda p: (), measure, every=every)
 
 
-def analogies(fns, *, every: int = 1) -> Measure:
+def analogies(fns, *, every: int | None = None) -> Measure:
     """The ``analogies`` instrument (gated cells; see module docstring).
 
     Metrics: ``analogies/beta_gate``, ``analogies/beta_optimizer``, ``analogies/lr``,
@@ -113,4 +113,4 @@ def analogies(fns, *, every: int = 1) -> Measure:
             out["precond_corr"] = pearson(p_gate, rows.astype(p_gate.dtype))
         return out, state
 
-    return Measure("analogies", lambda p: (), measure, every=every, needs_gates=True)
+    return Measure("analogies", lambda p: (), measure, every=every)

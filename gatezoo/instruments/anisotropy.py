@@ -104,7 +104,7 @@ def gradient_spectrum(fns: ModelFns, params: Any, xs: jax.Array, ys: jax.Array) 
 
 
 def anisotropy(
-    fns, *, every: int = 50, triples: int = 64, compat: str = "exact", seed: int = 0
+    fns, *, every: int | None = None, triples: int = 64, compat: str = "exact", seed: int = 0
 ) -> Measure:
     """The ``anisotropy`` probe instrument (any cell).
 
@@ -131,4 +131,4 @@ def anisotropy(
             out[f"grad_{name}"] = val
         return out, state
 
-    return Measure("anisotropy", lambda p: (), measure, every=every, tier="probe")
+    return Measure("anisotropy", lambda p: (), measure, every=every)

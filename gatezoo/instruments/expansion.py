@@ -273,7 +273,7 @@ def _self_check(fns, params, grads, exact_cell) -> jax.Array:
     return jnp.sqrt(_sq([a - b for a, b in zip(lg, le, strict=False)]) / _sq(lg))
 
 
-def expansion(fns: ModelFns, *, every: int = 1, self_check: bool = False) -> Measure:
+def expansion(fns: ModelFns, *, every: int | None = None, self_check: bool = False) -> Measure:
     """The ``expansion`` instrument: G0, G1, G(1) ratios per parameter group every step.
 
     Metrics: ``expansion/{g1_over_g0,remainder,cos}`` over the cell's parameters and
@@ -301,6 +301,7 @@ def expansion(fns: ModelFns, *, every: int = 1, self_check: bool = False) -> Mea
         return out, state
 
     return Measure(
-        "expansion", lambda p: (), measure, every=every, needs_gates=True,
+        "expansion", lambda p: (), measure, every=every,
+        # the registry declares the rest of the record; the adjoints depend on this cell
         needs_adjoints=fns.gates_read_state or self_check,
     )

@@ -71,11 +71,11 @@ def _masked_gate_stats(alpha, valid) -> dict:
     }
 
 
-def gates(fns, *, every: int = 1) -> Measure:
+def gates(fns, *, every: int | None = None) -> Measure:
     """The ``gates`` instrument (gated cells): :func:`gate_stats` of this step's gate trace
     (:class:`StepViews`: the first 16 examples of the batch, every valid step)."""
 
     def measure(ctx, state, views: StepViews):
         return gate_stats(views.alpha, valid=views.valid), state
 
-    return Measure("gates", lambda p: (), measure, every=every, needs_gates=True)
+    return Measure("gates", lambda p: (), measure, every=every)

@@ -60,7 +60,7 @@ def window_products(factor: jax.Array) -> jax.Array:
     return jnp.moveaxis(means, 0, lead)
 
 
-def lags(fns, *, every: int = 1) -> Measure:
+def lags(fns, *, every: int | None = None) -> Measure:
     """The ``lags`` instrument (any cell): the adjoint-norm profile by lag from the last step.
 
     Metrics: ``lags/adjoint_last`` (median ``||dL/dh_T||``), ``lags/ratio@ell`` (profile at lag
@@ -80,10 +80,10 @@ def lags(fns, *, every: int = 1) -> Measure:
         out["decay_rate"] = power_fit(ell, jnp.log(prof), jnp.isfinite(prof), trim=0.0)[0]
         return out, state
 
-    return Measure("lags", lambda p: (), measure, every=every, needs_adjoints=True)
+    return Measure("lags", lambda p: (), measure, every=every)
 
 
-def gate_transport(fns, *, every: int = 1) -> Measure:
+def gate_transport(fns, *, every: int | None = None) -> Measure:
     """The ``transport`` instrument (gated cells): gate-product predictors vs the adjoint profile.
 
     Metrics ``transport/{candidate,retention}_s`` and ``..._r2`` (fitted power and R^2), and
@@ -114,6 +114,4 @@ def gate_transport(fns, *, every: int = 1) -> Measure:
                 out[f"{tag}@{ell}"] = med[i, ell - 1]
         return out, state
 
-    return Measure(
-        "transport", lambda p: (), measure, every=every, needs_gates=True, needs_adjoints=True
-    )
+    return Measure("transport", lambda p: (), measure, every=every)

@@ -174,7 +174,7 @@ def _read_state(ctx, out: dict) -> None:
         out["adam_row_anisotropy"] = jnp.max(rows) / jnp.min(rows)
 
 
-def optimizer(fns, *, every: int = 1) -> Measure:
+def optimizer(fns, *, every: int | None = None) -> Measure:
     """The ``optimizer`` instrument (any cell, any Optax optimizer).
 
     Metrics, always: ``optimizer/grad_norm``, ``optimizer/update_norm``, the effective step per

@@ -20,9 +20,12 @@ from typing import Any, NamedTuple
 
 import jax
 
-__all__ = ["ModelFns", "StepContext", "Instrument", "TIERS"]
+__all__ = ["ModelFns", "StepContext", "Instrument", "TIERS", "TIER_EVERY"]
 
 TIERS = ("step", "probe")
+#: the default cadence of each tier: a step instrument reuses the training pass (every step is
+#: cheap), a probe runs its own passes and is scheduled
+TIER_EVERY = {"step": 1, "probe": 50}
 
 
 class ModelFns(NamedTuple):

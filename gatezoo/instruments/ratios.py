@@ -33,7 +33,7 @@ def jacobian_norms(fns, cell_params, prev, xs_t, t, b, compat: str = "exact"):
     return spectral_norm(a), spectral_norm(bm)
 
 
-def ratios(fns, *, every: int = 1, samples: int = 16, compat: str = "exact") -> Measure:
+def ratios(fns, *, every: int | None = None, samples: int = 16, compat: str = "exact") -> Measure:
     """The ``ratios`` instrument (gated cells): ``r_j`` statistics on ``samples`` pairs.
 
     Metrics: ``ratios/median``, ``ratios/p90``, ``ratios/max``, ``ratios/a_norm`` and
@@ -58,4 +58,4 @@ def ratios(fns, *, every: int = 1, samples: int = 16, compat: str = "exact") -> 
             "b_norm": jnp.median(nb),
         }, state
 
-    return Measure("ratios", lambda p: (), measure, every=every, needs_gates=True)
+    return Measure("ratios", lambda p: (), measure, every=every)

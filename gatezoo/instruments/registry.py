@@ -18,7 +18,7 @@ Example:
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from gatezoo.instruments.analogies import analogies, effective_lr
@@ -27,16 +27,19 @@ from gatezoo.instruments.expansion import expansion
 from gatezoo.instruments.gates import gates
 from gatezoo.instruments.lags import gate_transport, lags
 from gatezoo.instruments.optimizer import optimizer
-from gatezoo.instruments.protocol import Instrument, ModelFns
+from gatezoo.instruments.protocol import TIER_EVERY, TIERS, Instrument, ModelFns
 from gatezoo.instruments.ratios import ratios
 from gatezoo.instruments.sensitivity import sensitivity
 from gatezoo.instruments.steps import check_compat
 from gatezoo.instruments.truncation import truncation
 from gatezoo.instruments.views import Measure
+from gatezoo.metric_schema import Quantity, declare
+from gatezoo.registry_entry import Entry, accepts, add, descriptions
 
 __all__ = [
     "InstrumentEntry",
     "INSTRUMENTS",
+    "register_instrument",
     "PRESETS",
     "instrument_names",
     "make_instruments",
@@ -45,49 +48,130 @@ __all__ = [
 
 
 @dataclasses.dataclass(frozen=True)
-class InstrumentEntry:
-    """A registered instrument: ``factory(fns, *, every=..., [compat=...]) -> Measure``."""
+class InstrumentEntry(Entry):
+    """A registered instrument and its record, declared here once.
 
-    name: str
-    factory: Callable[..., Measure]
-    description: str
+    Attributes:
+      factory: ``factory(fns, *, [every=...], [compat=...]) -> Measure`` (or an
+        :class:`Instrument`), called for each measured layer.
+      tier: ``"step"`` (reuses the training pass) or ``"probe"`` (its own passes, scheduled).
+      needs_gates: it needs the gate protocol (a preset skips it for a cell without gates).
+      takes_compat: ``make_instruments`` passes ``compat=``.
+      needs_adjoints: it reads ``ctx.adjoints`` (the trainer then computes them).
+      every: its default cadence; ``None``: its tier's (:data:`TIER_EVERY`).
+      quantities: the bare quantities it emits, as declared in :mod:`gatezoo.metric_schema`
+        (empty for gatezoo's own, which the schema lists itself).
+    """
+
     tier: str = "step"
     needs_gates: bool = False
     takes_compat: bool = False
+    needs_adjoints: bool = False
+    every: int | None = None
+    quantities: tuple[Quantity, ...] = ()
+
+    @property
+    def cadence(self) -> int:
+        """The schedule it runs on unless ``every`` says otherwise."""
+        return TIER_EVERY[self.tier] if self.every is None else self.every
 
 
-INSTRUMENTS: dict[str, InstrumentEntry] = {
-    e.name: e
-    for e in (
-        InstrumentEntry("gates", gates, "gate alpha_t mean/quantiles over batch and time, "
-                        "time constants 1/alpha", needs_gates=True),
-        InstrumentEntry("lags", lags, "error-signal norm ||dL/dh_{T-l}|| by lag l from the "
-                        "training backward pass"),
-        InstrumentEntry("transport", gate_transport, "gate-product predictors prod(alpha), "
-                        "prod(1-alpha) vs the error signal by lag: power s and R^2",
-                        needs_gates=True),
-        InstrumentEntry("optimizer", optimizer, "lr in force, momentum factor 1/(1-beta), "
-                        "Adam's per-neuron-row step lr/(sqrt(nu_hat)+eps)"),
-        InstrumentEntry("effective_lr", effective_lr, "per-neuron per-lag effective lr "
-                        "mu = Lambda x Gamma (optimizer rate x gate retention)",
-                        needs_gates=True),
-        InstrumentEntry("analogies", analogies, "leak as momentum (1 - mean alpha), gate as "
-                        "schedule, vector gate vs Adam preconditioner", needs_gates=True),
-        InstrumentEntry("expansion", expansion, "first-order gate correction G0, G1, G(1) per "
-                        "parameter group (one reverse scan)", needs_gates=True),
-        InstrumentEntry("ratios", ratios, "Jacobian ratios r_j = ||B_j||/||A_j|| (median, p90, "
-                        "max) on a subsample", needs_gates=True, takes_compat=True),
-        InstrumentEntry("sensitivity", sensitivity, "probe: exact S(t,k) = ||prod J||_2, "
-                        "normalised lag profile, fitted power and R^2", tier="probe",
-                        takes_compat=True),
-        InstrumentEntry("anisotropy", anisotropy, "probe: AI, CE10, effective rank of Jacobian "
-                        "products by lag and of per-sample gradients", tier="probe",
-                        takes_compat=True),
-        InstrumentEntry("truncation", truncation, "probe: first-order truncation error E(eps) "
-                        "and its log-log slope", tier="probe", needs_gates=True,
-                        takes_compat=True),
-    )
-}
+INSTRUMENTS: dict[str, InstrumentEntry] = {}
+
+_BUILT_IN: set[str] = set()
+
+
+def register_instrument(
+    name: str,
+    factory: Callable[..., Measure | Instrument],
+    description: str = "",
+    *,
+    tier: str = "step",
+    needs_gates: bool = False,
+    needs_adjoints: bool = False,
+    every: int | None = None,
+    takes_compat: bool | None = None,
+    quantities: Mapping[str, str] | Sequence[Quantity | str] = (),
+    replace: bool = False,
+) -> InstrumentEntry:
+    """Registers the instrument ``factory(fns, **kwargs) -> Measure`` under ``name`` (for
+    ``make_instruments``, ``TrainConfig(instruments=...)`` and ``--instruments``) and returns
+    its entry; the tier, needs and default cadence given here are the instrument's record.
+
+    ``quantities`` (``{quantity: definition}``, or :class:`~gatezoo.metric_schema.Quantity`
+    objects, or bare names) are declared in the metric schema, so the names it writes are
+    checked and defined. ``takes_compat=None`` reads whether the factory takes ``compat``.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> from gatezoo.instruments.views import Measure
+      >>> from gatezoo.metric_schema import quantities
+      >>> def carry_rms(fns, *, every=None):
+      ...     def measure(ctx, state, views):
+      ...         return {"rms": jnp.sqrt(jnp.mean(views.prev ** 2))}, state
+      ...     return Measure("doc-rms", lambda p: (), measure, every=every)
+      >>> entry = register_instrument("doc-rms", carry_rms, "RMS of the state",
+      ...                             every=10, quantities={"rms": "root mean square of h"})
+      >>> entry.cadence, [q.name for q in quantities("doc-rms")]
+      (10, ['rms'])
+      >>> _ = INSTRUMENTS.pop("doc-rms")  # the example leaves the registry as it was
+
+    Raises:
+      ValueError: a name already registered (unless ``replace``), an unknown tier, a bad
+        ``every``, or a quantity the schema refuses.
+    """
+    if tier not in TIERS:
+        raise ValueError(f"instrument {name!r}: tier must be one of {TIERS}, got {tier!r}")
+    if every is not None and (isinstance(every, bool) or not isinstance(every, int) or every < 1):
+        raise ValueError(f"instrument {name!r}: every must be a positive integer, got {every!r}")
+    if name in _BUILT_IN and name in INSTRUMENTS:
+        raise ValueError(f"instrument {name!r} is gatezoo's own; register yours under a new name")
+    if takes_compat is None:
+        takes_compat = callable(factory) and accepts(factory, "compat")
+    declared = _quantities(name, quantities)
+    entry = add(INSTRUMENTS, InstrumentEntry(
+        name, factory, description or f"user instrument {name}", tier, needs_gates,
+        takes_compat, needs_adjoints, every, declared,
+    ), kind="instrument", replace=replace)
+    if declared:
+        declare(*declared)
+    return entry
+
+
+def _quantities(name: str, given: Mapping[str, str] | Sequence[Quantity | str]
+                ) -> tuple[Quantity, ...]:
+    if isinstance(given, Mapping):
+        return tuple(Quantity(name, q, definition) for q, definition in given.items())
+    return tuple(q if isinstance(q, Quantity) else Quantity(name, q, "") for q in given)
+
+
+for _args, _record in (
+    (("gates", gates, "gate alpha_t mean/quantiles over batch and time, time constants "
+      "1/alpha"), dict(needs_gates=True)),
+    (("lags", lags, "error-signal norm ||dL/dh_{T-l}|| by lag l from the training backward "
+      "pass"), dict(needs_adjoints=True)),
+    (("transport", gate_transport, "gate-product predictors prod(alpha), prod(1-alpha) vs the "
+      "error signal by lag: power s and R^2"), dict(needs_gates=True, needs_adjoints=True)),
+    (("optimizer", optimizer, "lr in force, momentum factor 1/(1-beta), Adam's per-neuron-row "
+      "step lr/(sqrt(nu_hat)+eps)"), {}),
+    (("effective_lr", effective_lr, "per-neuron per-lag effective lr mu = Lambda x Gamma "
+      "(optimizer rate x gate retention)"), dict(needs_gates=True)),
+    (("analogies", analogies, "leak as momentum (1 - mean alpha), gate as schedule, vector "
+      "gate vs Adam preconditioner"), dict(needs_gates=True)),
+    # expansion reads the adjoints only for some cells (and its self-check): its measure says
+    (("expansion", expansion, "first-order gate correction G0, G1, G(1) per parameter group "
+      "(one reverse scan)"), dict(needs_gates=True)),
+    (("ratios", ratios, "Jacobian ratios r_j = ||B_j||/||A_j|| (median, p90, max) on a "
+      "subsample"), dict(needs_gates=True, takes_compat=True)),
+    (("sensitivity", sensitivity, "probe: exact S(t,k) = ||prod J||_2, normalised lag "
+      "profile, fitted power and R^2"), dict(tier="probe", takes_compat=True)),
+    (("anisotropy", anisotropy, "probe: AI, CE10, effective rank of Jacobian products by lag "
+      "and of per-sample gradients"), dict(tier="probe", takes_compat=True)),
+    (("truncation", truncation, "probe: first-order truncation error E(eps) and its log-log "
+      "slope"), dict(tier="probe", needs_gates=True, takes_compat=True)),
+):
+    register_instrument(*_args, **_record)
+    _BUILT_IN.add(_args[0])
 
 #: named presets; a preset silently skips the gate instruments for a cell without gates
 PRESETS: dict[str, tuple[str, ...]] = {
@@ -107,7 +191,7 @@ def instrument_names() -> list[str]:
 
 def list_section() -> dict[str, str]:
     """``name -> description`` of instruments and presets (for ``gatezoo list``)."""
-    return {**{n: e.description for n, e in INSTRUMENTS.items()}, **_PRESET_DESCRIPTIONS}
+    return {**descriptions(INSTRUMENTS), **_PRESET_DESCRIPTIONS}
 
 
 def _resolve(names: Sequence[str] | str, gated: bool) -> list[str]:
@@ -201,5 +285,23 @@ def _layer_instruments(names, fns: ModelFns, every: dict, compat: str,
             kwargs["compat"] = compat
         if name == "expansion" and self_check:
             kwargs["self_check"] = True
-        out.append(entry.factory(fns, **kwargs).instrument()._replace(layer=fns.path))
+        out.append(_built(entry, fns, kwargs)._replace(layer=fns.path))
     return out
+
+
+def _built(entry: InstrumentEntry, fns: ModelFns, kwargs: dict) -> Instrument:
+    asked = kwargs.get("every")
+    if "every" in kwargs and not accepts(entry.factory, "every"):
+        del kwargs["every"]  # a user's factory need not take it: the record's cadence applies
+    made = entry.factory(fns, **kwargs)
+    if isinstance(made, Measure):
+        inst = made.instrument()
+    elif isinstance(made, Instrument):
+        # a hand-written runtime record: the registry's declaration is its record
+        inst = made._replace(tier=entry.tier, needs_gates=entry.needs_gates,
+                             needs_adjoints=entry.needs_adjoints or made.needs_adjoints,
+                             every=entry.cadence)
+    else:
+        raise TypeError(f"instrument {entry.name!r}: its factory returned "
+                        f"{type(made).__name__}, not a Measure or an Instrument")
+    return inst if asked is None else inst._replace(every=asked)

@@ -80,7 +80,7 @@ def truncation_curve(
 
 
 def truncation(
-    fns, *, every: int = 50, window: int = 100, examples: int = 4, compat: str = "exact"
+    fns, *, every: int | None = None, window: int = 100, examples: int = 4, compat: str = "exact"
 ) -> Measure:
     """The ``truncation`` probe instrument (gated cells).
 
@@ -119,5 +119,4 @@ def truncation(
         per = jax.lax.map(one, jnp.arange(n_ex))
         return {k: jnp.median(v) for k, v in per.items()}, state
 
-    return Measure("truncation", lambda p: (), measure, every=every, tier="probe",
-                   needs_gates=True)
+    return Measure("truncation", lambda p: (), measure, every=every)

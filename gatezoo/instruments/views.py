@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 
 from gatezoo.instruments import steps
-from gatezoo.instruments.protocol import Instrument, StepContext
+from gatezoo.instruments.protocol import TIER_EVERY, Instrument, StepContext
 
 __all__ = ["StepViews", "Measure"]
 
@@ -121,24 +121,39 @@ class Measure(NamedTuple):
     ``metrics`` are keyed by bare quantity (``"alpha_mean"``), each declared in
     :mod:`gatezoo.metric_schema`; whoever writes them names them with
     :func:`~gatezoo.metric_schema.metric_name`.
+
+    The instrument's record (tier, whether it needs gates or adjoints, its default cadence) is
+    declared once, in its registry entry (:func:`gatezoo.register_instrument`); ``None`` here
+    takes it from there. A measure may still set ``every`` (the cadence it was asked for) and
+    ``needs_adjoints=True`` (when it reads the adjoints for this model only); an unregistered
+    measure's ``None`` reads as ``"step"``, ``False``, and its tier's cadence.
     """
 
     name: str
     init: Callable[[Any], Any]
     measure: Callable[[StepContext, Any, StepViews], tuple[dict[str, jax.Array], Any]]
-    every: int = 1
-    tier: str = "step"
-    needs_gates: bool = False
-    needs_adjoints: bool = False
+    every: int | None = None
+    tier: str | None = None
+    needs_gates: bool | None = None
+    needs_adjoints: bool | None = None
 
     def instrument(self) -> Instrument:
         """This measure as an :class:`Instrument` named ``name`` (its metrics are the bare
-        quantities)."""
+        quantities), its record completed from the registry entry of the same name."""
+        # imported here: the registry imports the instruments, which import this module
+        from gatezoo.instruments.registry import INSTRUMENTS
+
+        entry = INSTRUMENTS.get(self.name)
+        tier = entry.tier if entry is not None else self.tier or "step"
+        every = self.every if self.every is not None else (
+            entry.cadence if entry is not None else TIER_EVERY[tier])
+        needs_gates = entry.needs_gates if entry is not None else bool(self.needs_gates)
+        needs_adjoints = bool(self.needs_adjoints) or (entry is not None and entry.needs_adjoints)
 
         def update(ctx, state):
             return self.measure(ctx, state, StepViews(ctx))
 
         return Instrument(
-            name=self.name, init=self.init, update=update, every=self.every, tier=self.tier,
-            needs_gates=self.needs_gates, needs_adjoints=self.needs_adjoints,
+            name=self.name, init=self.init, update=update, every=every, tier=tier,
+            needs_gates=needs_gates, needs_adjoints=needs_adjoints,
         )

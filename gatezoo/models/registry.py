@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from flax import nnx
@@ -18,42 +18,55 @@ from gatezoo.models.lstm import LSTM
 from gatezoo.models.mingated import MinGRU, MinLSTM
 from gatezoo.models.rglru import RGLRU
 from gatezoo.models.s6 import S6
+from gatezoo.registry_entry import Entry, add, legacy_entry
 
 __all__ = ["CellEntry", "CELLS", "register_cell", "make_cell", "cell_names", "accepted_kwargs"]
 
 
 @dataclasses.dataclass(frozen=True)
-class CellEntry:
+class CellEntry(Entry):
     """A registered cell: its constructor, a one-line description, and its extra options."""
 
-    name: str
-    factory: Callable[..., nnx.Module]
-    description: str
     options: tuple[str, ...] = ()
 
 
 CELLS: dict[str, CellEntry] = {}
 
+_SIGNATURE = "register_cell(name, factory, description, *, options=(), replace=False)"
 
-def register_cell(entry: CellEntry) -> CellEntry:
-    """Adds a cell to the registry (names are unique).
 
-    ``entry.factory`` is called as ``factory(in_features, hidden_features, **kwargs)`` with only
-    the keywords it accepts among ``rngs``, ``init``, ``use_bias``, ``param_dtype`` and the
-    cell's options, so a cell class with its own signature (``MyCell(d_in, d_h, *, rngs)``) is
-    its own factory.
+def register_cell(
+    name: str | CellEntry,
+    factory: Callable[..., nnx.Module] | None = None,
+    description: str = "",
+    *,
+    options: Sequence[str] = (),
+    replace: bool = False,
+) -> CellEntry:
+    """Registers the cell ``factory`` under ``name`` (for ``make_cell``, ``gz.train`` and the
+    command line) and returns its entry.
+
+    ``factory`` is called as ``factory(in_features, hidden_features, **kwargs)`` with only the
+    keywords it accepts among ``rngs``, ``init``, ``use_bias``, ``param_dtype`` and the cell's
+    ``options``, so a cell class with its own signature (``MyCell(d_in, d_h, *, rngs)``) is its
+    own factory. The old form ``register_cell(CellEntry(...))`` still works, with a
+    DeprecationWarning.
+
+    Example:
+      >>> from flax import nnx
+      >>> entry = register_cell("doc-leaky", Leaky, "a leaky cell again", options=("alpha",))
+      >>> make_cell("doc-leaky", 2, 3, rngs=nnx.Rngs(0), alpha=0.5).hidden_features
+      3
+      >>> _ = CELLS.pop("doc-leaky")  # the example leaves the registry as it was
+
+    Raises:
+      ValueError: a name already registered (unless ``replace``) or an empty one.
+      TypeError: a factory that is not callable.
     """
-    if not isinstance(entry, CellEntry):
-        raise TypeError(
-            f"register_cell takes a CellEntry(name, factory, description), got "
-            f"{type(entry).__name__}"
-        )
-    if not callable(entry.factory):
-        raise TypeError(f"cell {entry.name!r}: factory must be callable, got {entry.factory!r}")
-    if entry.name in CELLS:
-        raise ValueError(f"a cell named {entry.name!r} is already registered")
-    CELLS[entry.name] = entry
-    return entry
+    entry = legacy_entry("register_cell", name, CellEntry, _SIGNATURE)
+    if entry is None:
+        entry = CellEntry(name, factory, description or f"user cell {name}", tuple(options))
+    return add(CELLS, entry, kind="cell", replace=replace)
 
 
 def cell_names() -> list[str]:
@@ -79,8 +92,8 @@ def make_cell(
     entry = CELLS.get(name) if isinstance(name, str) else None
     if entry is None:
         hint = (
-            "; register it first with gz.register_cell(gz.CellEntry(name, factory, "
-            "description)) and pass its name"
+            "; register it first with gz.register_cell(name, factory, description) and pass "
+            "its name"
         )
         raise ValueError(
             f"unknown cell {name!r}; choose one of: {', '.join(cell_names())}{hint}"
@@ -137,23 +150,21 @@ def accepted_kwargs(
     return kwargs
 
 
-for _entry in (
-    CellEntry("elman", Elman, "vanilla RNN h = tanh(W h + U x + b) (alpha = 1)"),
-    CellEntry(
-        "leaky", Leaky, "leaky integrator with a constant time scale alpha in (0, 1]", ("alpha",)
-    ),
-    CellEntry("scalar", ScalarGate, "leaky cell with one learned gate shared by all neurons"),
-    CellEntry("vector", VectorGate, "leaky cell with a learned gate per neuron (multi-gate)"),
-    CellEntry("gru", GRU, "gated recurrent unit; update gate z weights the candidate"),
-    CellEntry("lstm", LSTM, "long short-term memory on the joint (c, h) state"),
-    CellEntry("mingru", MinGRU, "minGRU: gate and candidate read x only; linear in h", ("scan",)),
-    CellEntry("minlstm", MinLSTM, "minLSTM: normalised forget/input gates read x only", ("scan",)),
-    CellEntry("rglru", RGLRU, "RG-LRU (Griffin): a_t = sigmoid(Lambda)^(8 r_t), gates read x",
-              ("scan", "c")),
-    CellEntry("s6", S6, "selective diagonal SSM (Mamba S6); (hidden, d_state) state per example",
-              ("scan", "d_state")),
+for _name, _factory, _description, *_options in (
+    ("elman", Elman, "vanilla RNN h = tanh(W h + U x + b) (alpha = 1)"),
+    ("leaky", Leaky, "leaky integrator with a constant time scale alpha in (0, 1]", ("alpha",)),
+    ("scalar", ScalarGate, "leaky cell with one learned gate shared by all neurons"),
+    ("vector", VectorGate, "leaky cell with a learned gate per neuron (multi-gate)"),
+    ("gru", GRU, "gated recurrent unit; update gate z weights the candidate"),
+    ("lstm", LSTM, "long short-term memory on the joint (c, h) state"),
+    ("mingru", MinGRU, "minGRU: gate and candidate read x only; linear in h", ("scan",)),
+    ("minlstm", MinLSTM, "minLSTM: normalised forget/input gates read x only", ("scan",)),
+    ("rglru", RGLRU, "RG-LRU (Griffin): a_t = sigmoid(Lambda)^(8 r_t), gates read x",
+     ("scan", "c")),
+    ("s6", S6, "selective diagonal SSM (Mamba S6); (hidden, d_state) state per example",
+     ("scan", "d_state")),
 ):
-    register_cell(_entry)
+    register_cell(_name, _factory, _description, options=_options[0] if _options else ())
 
 
 def _flax_factory(kind: type) -> Callable[..., nnx.Module]:
@@ -170,4 +181,4 @@ for _name, _kind, _description in (
     ("flax-optlstm", nnx.OptimizedLSTMCell, "Flax's nnx.OptimizedLSTMCell, adapted; alpha = 1 - f"),
     ("flax-simple", nnx.SimpleCell, "Flax's nnx.SimpleCell, adapted; no gate, alpha = 1"),
 ):
-    register_cell(CellEntry(_name, _flax_factory(_kind), _description))
+    register_cell(_name, _flax_factory(_kind), _description)

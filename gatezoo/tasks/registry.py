@@ -7,6 +7,7 @@ import inspect
 from collections.abc import Callable
 from typing import Any
 
+from gatezoo.registry_entry import Entry, add, legacy_entry
 from gatezoo.tasks import copy as copy_task
 from gatezoo.tasks import datasets, dynamics, memory, mqar, selective_copy, signals
 from gatezoo.tasks.protocol import Task
@@ -15,15 +16,11 @@ __all__ = ["TaskEntry", "TASKS", "register_task", "make_task", "task_names"]
 
 
 @dataclasses.dataclass(frozen=True)
-class TaskEntry:
+class TaskEntry(Entry):
     """A registered task: ``factory(seq_len=None, **options) -> Task`` and a one-line description.
 
     ``options`` are read from the factory's keyword-only parameters.
     """
-
-    name: str
-    factory: Callable[..., Task]
-    description: str
 
     @property
     def options(self) -> tuple[str, ...]:
@@ -33,13 +30,39 @@ class TaskEntry:
 
 TASKS: dict[str, TaskEntry] = {}
 
+_SIGNATURE = "register_task(name, factory, description, *, replace=False)"
 
-def register_task(entry: TaskEntry) -> TaskEntry:
-    """Adds a task to the registry (names are unique)."""
-    if entry.name in TASKS:
-        raise ValueError(f"a task named {entry.name!r} is already registered")
-    TASKS[entry.name] = entry
-    return entry
+
+def register_task(
+    name: str | TaskEntry,
+    factory: Callable[..., Task] | None = None,
+    description: str = "",
+    *,
+    replace: bool = False,
+) -> TaskEntry:
+    """Registers the task ``factory(seq_len=None, **options) -> Task`` under ``name`` (for
+    ``make_task``, ``gz.train`` and the command line) and returns its entry; the options are
+    the factory's keyword-only parameters. The old form ``register_task(TaskEntry(...))`` still
+    works, with a DeprecationWarning.
+
+    Example:
+      >>> from gatezoo.tasks import memory
+      >>> def short_adding(seq_len=None, *, channels=2):
+      ...     return memory.adding(seq_len or 5, channels=channels)
+      >>> register_task("doc-adding", short_adding, "adding, 5 steps").options
+      ('channels',)
+      >>> make_task("doc-adding").input_dim
+      2
+      >>> _ = TASKS.pop("doc-adding")  # the example leaves the registry as it was
+
+    Raises:
+      ValueError: a name already registered (unless ``replace``) or an empty one.
+      TypeError: a factory that is not callable.
+    """
+    entry = legacy_entry("register_task", name, TaskEntry, _SIGNATURE)
+    if entry is None:
+        entry = TaskEntry(name, factory, description or f"user task {name}")
+    return add(TASKS, entry, kind="task", replace=replace)
 
 
 def task_names() -> list[str]:
@@ -70,23 +93,22 @@ def make_task(name: str, seq_len: int | None = None, **options: Any) -> Task:
     return entry.factory(seq_len, **options)
 
 
-for _entry in (
-    TaskEntry("adding", memory.adding, memory.adding_description),
-    TaskEntry("recall", memory.recall, memory.recall_description),
-    TaskEntry("sinmix", signals.sinmix, signals.sinmix_description),
-    TaskEntry("short", memory.short, memory.short_description),
-    TaskEntry("ar2", dynamics.ar2, dynamics.ar2_description),
-    TaskEntry("movingavg", memory.movingavg, memory.movingavg_description),
-    TaskEntry("delaysum", memory.delaysum, memory.delaysum_description),
-    TaskEntry("narma10", dynamics.narma10, dynamics.narma10_description),
-    TaskEntry("narma20", dynamics.narma20, dynamics.narma20_description),
-    TaskEntry("copy", copy_task.copy, copy_task.copy_description),
-    TaskEntry("selective-copy", selective_copy.selective_copy,
-              selective_copy.selective_copy_description),
-    TaskEntry("mqar", mqar.mqar, mqar.mqar_description),
-    TaskEntry("smnist", datasets.smnist, datasets.smnist_description),
-    TaskEntry("psmnist", datasets.psmnist, datasets.psmnist_description),
-    TaskEntry("digits", datasets.digits, datasets.digits_description),
-    TaskEntry("digits-points", datasets.digits_points, datasets.digits_points_description),
+for _name, _factory, _description in (
+    ("adding", memory.adding, memory.adding_description),
+    ("recall", memory.recall, memory.recall_description),
+    ("sinmix", signals.sinmix, signals.sinmix_description),
+    ("short", memory.short, memory.short_description),
+    ("ar2", dynamics.ar2, dynamics.ar2_description),
+    ("movingavg", memory.movingavg, memory.movingavg_description),
+    ("delaysum", memory.delaysum, memory.delaysum_description),
+    ("narma10", dynamics.narma10, dynamics.narma10_description),
+    ("narma20", dynamics.narma20, dynamics.narma20_description),
+    ("copy", copy_task.copy, copy_task.copy_description),
+    ("selective-copy", selective_copy.selective_copy, selective_copy.selective_copy_description),
+    ("mqar", mqar.mqar, mqar.mqar_description),
+    ("smnist", datasets.smnist, datasets.smnist_description),
+    ("psmnist", datasets.psmnist, datasets.psmnist_description),
+    ("digits", datasets.digits, datasets.digits_description),
+    ("digits-points", datasets.digits_points, datasets.digits_points_description),
 ):
-    register_task(_entry)
+    register_task(_name, _factory, _description)

@@ -145,7 +145,7 @@ class TrainConfig:
         if not isinstance(self.cell, str):
             raise ValueError(
                 f"cell must be a registered name, got {self.cell!r}; register it first with "
-                "gz.register_cell(gz.CellEntry(name, factory, description)) and pass the name"
+                "gz.register_cell(name, factory, description) and pass the name"
             )
         if self.dtype not in DTYPES:
             raise ValueError(f"unknown dtype {self.dtype!r}; choose one of: {', '.join(DTYPES)}")

@@ -40,10 +40,12 @@ Example:
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import optax
+
+from gatezoo.registry_entry import Entry, add
 
 __all__ = [
     "OptimizerEntry",
@@ -58,18 +60,21 @@ __all__ = [
 
 
 @dataclasses.dataclass(frozen=True)
-class OptimizerEntry:
-    """A registered optimizer: ``build(learning_rate, **hyperparams) -> GradientTransformation``.
+class OptimizerEntry(Entry):
+    """A registered optimizer: ``factory(learning_rate, **hyperparams) -> GradientTransformation``.
 
     ``hyperparams`` names the knobs :func:`make_optimizer` passes besides the rate (and that
-    ``optax.inject_hyperparams`` then keeps readable in the state); a user's entry usually has
-    none: ``build`` is a factory from the learning rate alone.
+    ``optax.inject_hyperparams`` then keeps readable in the state); a user's entry has none: its
+    ``factory`` wraps the user's function of the learning rate alone (kept as
+    ``factory.factory``).
     """
 
-    description: str
-    build: Callable[..., optax.GradientTransformation]
     hyperparams: tuple[str, ...] = ()
 
+    @property
+    def build(self) -> Callable[..., optax.GradientTransformation]:
+        """The factory under its former name."""
+        return self.factory
 
 
 def _sgd(learning_rate, clip=None):
@@ -106,45 +111,48 @@ def _clipped(clip, inner: optax.GradientTransformation) -> optax.GradientTransfo
     return optax.chain(optax.clip_by_global_norm(clip), inner)
 
 
-_E = OptimizerEntry
-OPTIMIZERS: dict[str, OptimizerEntry] = {
-    "sgd": _E("plain gradient descent theta -= eta g", _sgd),
-    "momentum": _E("heavy-ball momentum m = beta m + g, theta -= eta m", _momentum,
-                   ("momentum",)),
-    "nesterov": _E("Nesterov momentum theta -= eta (g + beta m)", _nesterov, ("momentum",)),
-    "adam": _E("Adam (bias-corrected first and second moments)", _adam, ("b1", "b2", "eps")),
-    "adamw": _E("Adam with decoupled weight decay", _adamw, ("b1", "b2", "eps", "weight_decay")),
-    "rmsprop": _E("RMSProp nu = rho nu + (1 - rho) g^2, theta -= eta g / sqrt(nu)", _rmsprop,
-                  ("decay", "eps")),
-}
+OPTIMIZERS: dict[str, OptimizerEntry] = {}
+
 
 def register_optimizer(
     name: str,
     factory: Callable[..., optax.GradientTransformation],
     description: str = "",
+    *,
+    hyperparams: Sequence[str] | None = None,
+    replace: bool = False,
 ) -> OptimizerEntry:
     """Registers ``factory(learning_rate) -> GradientTransformation`` under ``name`` (for the CLI's
-    ``--optimizer`` and ``gatezoo compare --optimizers``; names are unique).
+    ``--optimizer`` and ``gatezoo compare --optimizers``) and returns its entry.
+
+    With ``hyperparams`` (a tuple of knob names, possibly empty), ``factory`` is instead called
+    as ``factory(learning_rate, *knobs, clip=None)`` and applies ``clip`` itself, like the
+    built-in optimizers.
 
     Example:
       >>> import optax
       >>> def lion_clipped(lr):
       ...     return optax.chain(optax.clip_by_global_norm(1.0), optax.lion(lr))
       >>> entry = register_optimizer("doc-lion", lion_clipped, "Lion after clipping")
+      >>> entry.name, entry.description
+      ('doc-lion', 'Lion after clipping')
       >>> _ = OPTIMIZERS.pop("doc-lion")  # the example leaves the registry as it was
+
+    Raises:
+      ValueError: a name already registered (unless ``replace``) or an empty one.
+      TypeError: a factory that is not callable, or an already built transformation.
     """
-    if not isinstance(name, str) or not name:
-        raise ValueError(f"optimizer name must be a non-empty string, got {name!r}")
-    if name in OPTIMIZERS:
-        raise ValueError(f"an optimizer named {name!r} is already registered")
     if not callable(factory) or isinstance(factory, optax.GradientTransformation):
         raise TypeError(
             f"optimizer {name!r}: register a factory learning_rate -> GradientTransformation, "
             f"got {type(factory).__name__}"
         )
-    entry = OptimizerEntry(description or f"user optimizer {name}", _rate_only(factory))
-    OPTIMIZERS[name] = entry
-    return entry
+    if hyperparams is None:
+        entry = OptimizerEntry(name, _rate_only(factory), description or f"user optimizer {name}")
+    else:
+        entry = OptimizerEntry(name, factory, description or f"optimizer {name}",
+                               tuple(hyperparams))
+    return add(OPTIMIZERS, entry, kind="optimizer", replace=replace)
 
 
 def _rate_only(factory: Callable[..., Any]) -> Callable[..., optax.GradientTransformation]:
@@ -161,6 +169,18 @@ def _rate_only(factory: Callable[..., Any]) -> Callable[..., optax.GradientTrans
 
     build.factory = factory  # the user's own function, e.g. for re-importing its module
     return build
+
+
+for _name, _build, _description, _knobs in (
+    ("sgd", _sgd, "plain gradient descent theta -= eta g", ()),
+    ("momentum", _momentum, "heavy-ball momentum m = beta m + g, theta -= eta m", ("momentum",)),
+    ("nesterov", _nesterov, "Nesterov momentum theta -= eta (g + beta m)", ("momentum",)),
+    ("adam", _adam, "Adam (bias-corrected first and second moments)", ("b1", "b2", "eps")),
+    ("adamw", _adamw, "Adam with decoupled weight decay", ("b1", "b2", "eps", "weight_decay")),
+    ("rmsprop", _rmsprop, "RMSProp nu = rho nu + (1 - rho) g^2, theta -= eta g / sqrt(nu)",
+     ("decay", "eps")),
+):
+    register_optimizer(_name, _build, _description, hyperparams=_knobs)
 
 
 SCHEDULES: dict[str, str] = {
@@ -272,7 +292,7 @@ def make_optimizer(
             )
         return name
     if callable(name):
-        entry = OptimizerEntry("user factory", _rate_only(name))
+        entry = OptimizerEntry("user factory", _rate_only(name), "user factory")
     else:
         entry = OPTIMIZERS.get(name)
     if entry is None:
