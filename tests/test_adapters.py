@@ -40,6 +40,7 @@ def perturb_biases(cell, seed=0):
             var[...] = var[...] + 0.4 * jax.random.normal(sub, var.shape, var.dtype)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", list(KINDS))
 def test_plain_call_is_flax_and_runs_in_rnn_and_sequence_model(name):
     adapter = gz.make_cell(name, D_IN, D_H, rngs=nnx.Rngs(0))
@@ -66,6 +67,7 @@ def test_plain_call_is_flax_and_runs_in_rnn_and_sequence_model(name):
     assert alpha.shape == (2, D_H) and bool(jnp.all((alpha > 0) & (alpha <= 1)))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", list(KINDS))
 def test_split_sums_to_the_flax_jacobian(name, x64):
     for seed in (0, 1):
@@ -162,6 +164,7 @@ def test_lstm_and_simple_splits_match_gatezoo_closed_forms(name, x64):
     np.testing.assert_allclose(adapter.time_scale(carry, x), ref.time_scale(carry, x), rtol=1e-13)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["flax-gru", "flax-lstm", "flax-optlstm"])
 def test_registry_options(name):
     zero = jnp.zeros(D_IN)

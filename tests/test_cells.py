@@ -10,6 +10,7 @@ import gatezoo as gz
 NAMES = ["elman", "leaky", "scalar", "vector", "gru", "lstm"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", NAMES)
 def test_runs_in_nnx_rnn_and_matches_sequence_model(name):
     cell = gz.make_cell(name, 3, 6, rngs=nnx.Rngs(0))
@@ -37,6 +38,7 @@ def test_split_call_keeps_value_and_time_scale_in_unit_interval(name):
     assert bool(jnp.all((alpha > 0) & (alpha <= 1)))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", NAMES)
 def test_jit_vmap_and_float64(name, x64):
     cell = gz.make_cell(name, 2, 4, rngs=nnx.Rngs(0), param_dtype=jnp.float64)
@@ -67,6 +69,7 @@ def test_wrong_input_width_is_a_clear_error():
         cell(cell.initialize_carry((1, 3)), jnp.ones((1, 5)))
 
 
+@pytest.mark.slow
 def test_initialisation_schemes_and_biases():
     torch_like = gz.VectorGate(4, 16, init=gz.InitSpec("torch"), rngs=nnx.Rngs(0))
     bound = 1 / np.sqrt(16)
@@ -80,6 +83,7 @@ def test_initialisation_schemes_and_biases():
     assert not any(n.startswith("b") for n in names)
 
 
+@pytest.mark.slow
 def test_chrono_gate_bias_gives_time_constants_up_to_tmax():
     spec = gz.InitSpec(gate_bias="chrono", chrono_tmax=50.0)
     cell = gz.VectorGate(2, 400, init=spec, rngs=nnx.Rngs(0))
@@ -92,6 +96,7 @@ def test_chrono_gate_bias_gives_time_constants_up_to_tmax():
         gz.InitSpec(gate_bias="warm")
 
 
+@pytest.mark.slow
 def test_sequence_model_runs_flax_own_cells_unadapted():
     xs = jax.random.normal(jax.random.key(0), (2, 6, 3))
     rngs = nnx.Rngs(0)

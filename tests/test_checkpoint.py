@@ -57,6 +57,7 @@ def uninterrupted(tmp_path_factory):
     return train(TrainConfig(**CONFIG), run_dir, instruments=[loss_sum()], progress=False)
 
 
+@pytest.mark.slow
 def test_interrupted_then_resumed_run_is_bit_identical(tmp_path, monkeypatch, uninterrupted):
     run_dir = tmp_path / "run"
     original = sinks_module.Progress.update
@@ -104,6 +105,7 @@ KILLER = textwrap.dedent(
 )
 
 
+@pytest.mark.slow
 def test_process_killed_during_save_restarts_from_previous_checkpoint(tmp_path, uninterrupted):
     run_dir = tmp_path / "run"
     config = {**CONFIG, "checkpoint_every": 4}
@@ -162,6 +164,7 @@ def test_checkpoint_reads_by_parameter_name_with_plain_orbax(uninterrupted):
     assert set(raw["params"]) == {"cell", "W_o", "b_o"}
 
 
+@pytest.mark.slow
 def test_damaged_newest_checkpoint_falls_back_to_the_previous_one(tmp_path, capsys,
                                                                   uninterrupted):
     run_dir = tmp_path / "run"

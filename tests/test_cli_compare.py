@@ -19,6 +19,7 @@ def compare_run(tmp_path_factory):
     return out
 
 
+@pytest.mark.slow
 def test_compare_end_to_end(compare_run):
     out = compare_run
     for name in ("scalar-sgd", "scalar-momentum"):
@@ -74,6 +75,7 @@ def test_bad_input_is_one_line(argv, message, capsys, tmp_path):
     assert message in err and len(err.splitlines()) == 1
 
 
+@pytest.mark.slow
 def test_reproduce_appendix_cli(tmp_path, capsys):
     assert main(["reproduce", "appendix", "--seeds", "2", "--out", str(tmp_path),
                  "--quiet"]) == 0

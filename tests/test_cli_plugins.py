@@ -5,6 +5,8 @@ import json
 import sys
 import textwrap
 
+import pytest
+
 import gatezoo as gz
 from gatezoo.cli import main
 
@@ -47,6 +49,7 @@ PLUGIN = textwrap.dedent('''
 NAMES = ("plugin-lion", "plugin-adafactor", "plugin-clip-adamw")
 
 
+@pytest.mark.slow
 def test_compare_with_imported_cell_and_optimizers(tmp_path, monkeypatch):
     (tmp_path / "gz_test_plugin.py").write_text(PLUGIN)
     monkeypatch.syspath_prepend(str(tmp_path))

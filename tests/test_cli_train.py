@@ -11,6 +11,7 @@ TINY = ["--task", "adding", "--seq-len", "8", "--hidden", "4", "--batch-size", "
         "--quiet"]
 
 
+@pytest.mark.slow
 def test_train_config_file_flags_and_resume(tmp_path, capsys):
     config_file = tmp_path / "run.json"
     config_file.write_text(json.dumps({"cell": "elman", "hidden": 16, "steps": 4,
@@ -59,6 +60,7 @@ def test_list_shows_tasks_and_optimizers(capsys):
     assert "warmup-cosine" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "argv, message",
     [
@@ -100,6 +102,7 @@ def test_unprepared_dataset_is_one_error_line(tmp_path, capsys):
     assert len(errors) == 1 and "not prepared" in errors[0] and "tfds build" in errors[0], err
 
 
+@pytest.mark.slow
 def test_divergence_is_one_line_and_nonzero(tmp_path, capsys):
     rc = main(["train", *TINY, "--cell", "elman", "--optimizer", "sgd", "--lr", "1e4",
                "--steps", "20", "--out", str(tmp_path / "run")])
@@ -120,6 +123,7 @@ def test_old_batch_spelling_still_works_with_a_note(tmp_path, capsys):
     assert "batch size 7 does not divide over 2 devices" in err
 
 
+@pytest.mark.slow
 def test_resume_with_no_readable_checkpoint_is_one_error_line(tmp_path, capsys):
     out = tmp_path / "run"
     assert main(["train", *TINY, "--cell", "elman", "--steps", "2", "--out", str(out)]) == 0

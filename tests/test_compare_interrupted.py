@@ -39,6 +39,7 @@ def interrupted(tmp_path_factory):
     return out
 
 
+@pytest.mark.slow
 def test_unfinished_run_is_marked_and_holds_no_measurement(interrupted):
     runs = {r["run"]: r for r in
             json.loads((interrupted / "summary.json").read_text())["compare"]["runs"]}
@@ -108,6 +109,7 @@ def _wait_training(out, names, proc, timeout=240.0):
     pytest.fail("the runs did not start training in time")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("to", ["parent", "group"])
 def test_sigterm_stops_the_workers_and_leaks_no_semaphore(tmp_path, to):
     # "parent": `kill PID`, `timeout`; "group": a job scheduler or a terminal's process group

@@ -25,6 +25,7 @@ def digits_dir(tmp_path_factory):
     return tmp_path_factory.mktemp("tfds")
 
 
+@pytest.mark.slow
 def test_importing_the_tasks_does_not_import_tensorflow():
     code = "import gatezoo.tasks, sys; assert 'tensorflow' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
@@ -74,6 +75,7 @@ def test_an_unprepared_dataset_raises_one_clear_line(tmp_path):
     assert "tfds build mnist --file_format=array_record" in message and str(tmp_path) in message
 
 
+@pytest.mark.slow
 def test_digits_builder_prepares_offline_and_matches_sklearn(digits_dir):
     from sklearn.datasets import load_digits
 

@@ -32,6 +32,7 @@ def summaries(tmp_path_factory):
     return out
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("compat", ["exact", "paper-code"])
 @pytest.mark.parametrize("gate", ["scalar", "vector"])
 def test_small_eps_slope_is_two(summaries, compat, gate):
@@ -91,6 +92,7 @@ def _jacrev_factors(cell, xs, compat):
     return jnp.stack(A), jnp.stack(B)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("compat", ["exact", "paper-code"])
 def test_factors_match_autodiff_and_F1_is_transport(x64, compat):
     cfg = AppendixConfig(seeds=1, seq_len=6, hidden=6, compat=compat)

@@ -47,6 +47,7 @@ def _s1_model(name, seed, T):
     return model.cell, fns, params, xs, jnp.zeros((1, 1), jnp.float64)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["scalar", "vector"])
 def test_s1_power_sensitivity_matches_svd_of_explicit_products(x64, name):
     T = 5
@@ -67,6 +68,7 @@ def test_s1_power_sensitivity_matches_svd_of_explicit_products(x64, name):
     assert np.isnan(sens.s[2, 1, 0]) and not bool(sens.valid[2, 1, 0])  # t = 2, lag 3
 
 
+@pytest.mark.slow
 def test_paper_code_sensitivity_reversed_order_and_window(x64):
     cell, fns, params, xs, ys = _s1_model("vector", 2, 6)
     sens = lag_sensitivity(fns, params, xs, ys, compat="paper-code", norm="power",
@@ -85,6 +87,7 @@ def test_paper_code_sensitivity_reversed_order_and_window(x64):
     assert not bool(sens.valid[2, 1, 0])  # t = 3, k = 0 is not a pair of the release
 
 
+@pytest.mark.slow
 def test_release_power_norm_matches_a_numpy_loop_and_collapses_at_the_floor():
     key = jax.random.key(5)
     P = jax.random.normal(jax.random.key(6), (3, 8, 8), jnp.float32) / 3
@@ -112,6 +115,7 @@ def test_release_norm_keeps_float32_subnormal_squares_like_pytorch(x64):
         assert got == pytest.approx(want, rel=1e-4, abs=0.0)
 
 
+@pytest.mark.slow
 def test_lag_profile_power_fit_recovers_exponent(x64):
     rng = np.random.default_rng(0)
     T = 12
@@ -152,6 +156,7 @@ S1_AGG = {"profile_mean", "profile_std", "zeroth_order_mean", "fitted_mean", "sl
           "slope_std", "r2_mean"}
 
 
+@pytest.mark.slow
 def test_s1_end_to_end(tmp_path):
     cfg = S1Config(seeds=2, steps=6, checkpoints=(0, 3, 6), seq_len=10, hidden=6,
                    batch_size=4, probe_batch=2, models=("leaky", "vector"))
@@ -181,6 +186,7 @@ def test_s1_end_to_end(tmp_path):
 S2_PROP = {"ai", "ce", "erank", "pr"}
 
 
+@pytest.mark.slow
 def test_s2_end_to_end(tmp_path, x64):
     cfg = S2Config(tasks=("delaysum",), seeds=2, steps=4, checkpoints=(0, 4), seq_len=40,
                    hidden=12, batch_size=4, probe_batch=3, lags=(1, 4, 36), triples_per_lag=4,
@@ -216,6 +222,7 @@ def test_bad_names_are_clear_errors():
         S1Config(steps=10)
 
 
+@pytest.mark.slow
 def test_power_iteration_survives_tiny_products():
     P = 1e-25 * jax.random.normal(jax.random.key(3), (2, 8, 8), jnp.float32)
     v = jnp.ones((2, 8), jnp.float32) / jnp.sqrt(8.0)
@@ -224,6 +231,7 @@ def test_power_iteration_survives_tiny_products():
     np.testing.assert_allclose(np.asarray(s), want, rtol=1e-3)
 
 
+@pytest.mark.slow
 def test_default_power_iterations_give_the_converged_profile():
     models = SeededModels.build("vector", 4, 16, [1])
     params = jax.tree_util.tree_map(lambda p: p[0], models.params)

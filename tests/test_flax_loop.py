@@ -93,6 +93,7 @@ def _assert_trees_close(got, want, rel):
                                                               scale)
 
 
+@pytest.mark.slow
 def test_bidirectional_padded_dropout_learned_carry_g0_g1_equal_brute_force(x64):
     model = BiEncoder(rngs=nnx.Rngs(params=0, dropout=1))
     lengths_py = [5, 3, 1]
@@ -138,6 +139,7 @@ class Normed(nnx.Module):
         return self.head(self.rnn(self.drop(self.norm(xs)))[:, -1])
 
 
+@pytest.mark.slow
 def test_nnx_optimizer_and_nnx_jit_loop_equals_gz_train():
     names = ("gates", "lags", "optimizer", "expansion")
     steps, seed = 3, 0
@@ -177,6 +179,7 @@ def test_nnx_optimizer_and_nnx_jit_loop_equals_gz_train():
     np.testing.assert_allclose(np.asarray(final), stats[-1], rtol=1e-6, atol=1e-7)
 
 
+@pytest.mark.slow
 def test_measure_only_nnx_update_leaves_the_parameters():
     model = Normed(nnx.Rngs(0))
     task = gz.make_task("adding", 6)
@@ -220,6 +223,7 @@ class WithCarry(nnx.Module):
         return self.head(self.rnn(xs, initial_carry=start)[:, -1])
 
 
+@pytest.mark.slow
 def test_a_nonzero_initial_carry_enters_the_gate_trace_and_the_adjoints():
     model = WithCarry(nnx.Rngs(0))
     task = gz.make_task("adding", 6)
@@ -269,6 +273,7 @@ class DropoutCell(nnx.Module):
         return self.cell.initialize_carry(input_shape, rngs)
 
 
+@pytest.mark.slow
 def test_a_cell_with_step_state_trains_but_its_step_instruments_refuse_in_one_line():
     layer = gz.Recurrent(DropoutCell(nnx.Rngs(0, dropout=1)), broadcast_rngs="dropout")
     reference = nnx.RNN(DropoutCell(nnx.Rngs(0, dropout=1)), broadcast_rngs="dropout")
@@ -278,6 +283,7 @@ def test_a_cell_with_step_state_trains_but_its_step_instruments_refuse_in_one_li
         gz.attach(layer, lambda m, x, y: jnp.mean((m(x) - y) ** 2), ["lags"])
 
 
+@pytest.mark.slow
 def test_gate_statistics_of_a_padded_batch_leave_the_padding_out():
     layer = gz.Recurrent(gz.VectorGate(2, D_H, rngs=nnx.Rngs(0)))
     xs = jax.random.normal(jax.random.key(6), (3, 6, 2))
@@ -299,6 +305,7 @@ def test_gate_statistics_of_a_padded_batch_leave_the_padding_out():
     assert gate["tau_mean"] == pytest.approx(float(jnp.mean(1 / alphas)), rel=1e-6)
 
 
+@pytest.mark.slow
 def test_variable_length_adding_trains_and_its_padding_changes_nothing():
     task = gz.make_task("adding", 8, min_len=3)
     assert task.variable_length
@@ -327,6 +334,7 @@ def test_variable_length_adding_trains_and_its_padding_changes_nothing():
     assert all(np.isfinite(ln["loss"]) and np.isfinite(ln[alpha_mean]) for ln in lines)
 
 
+@pytest.mark.slow
 def test_probe_instruments_refuse_a_padded_layer_in_one_line():
     layer = gz.Recurrent(gz.VectorGate(2, D_H, rngs=nnx.Rngs(0)))
     att = gz.attach(layer, lambda m, x, y: jnp.mean(m(x, seq_lengths=y) ** 2), ["sensitivity"])
@@ -341,6 +349,7 @@ def _valid_sum_loss(model, xs, lengths):
     return jnp.sum(jnp.where(valid, outs, 0.0) ** 2)
 
 
+@pytest.mark.slow
 def test_lag_profiles_of_a_padded_batch_count_from_each_sequence_end():
     layer = gz.Recurrent(gz.VectorGate(2, D_H, rngs=nnx.Rngs(0)))
     lengths_py = [8, 3, 6, 5]
@@ -373,6 +382,7 @@ def test_lag_profiles_of_a_padded_batch_count_from_each_sequence_end():
             profile[ell] / profile[0], rel=1e-5)
 
 
+@pytest.mark.slow
 def test_model_state_is_checkpointed_and_a_resumed_run_equals_an_uninterrupted_one(tmp_path):
     config = gz.TrainConfig(task="adding", seq_len=6, batch_size=4, steps=2, seeds=(0, 1),
                             learning_rate=1e-2, steps_per_call=2, eval_every=2, devices=1,
@@ -394,6 +404,7 @@ def test_model_state_is_checkpointed_and_a_resumed_run_equals_an_uninterrupted_o
     assert means.shape == (2, ADDING_IN) and not np.allclose(means[0], means[1])
 
 
+@pytest.mark.slow
 def test_measure_only_refuses_an_instrument_that_reads_the_optimizer_and_a_missing_state():
     model = gz.SequenceModel(gz.GRU(2, D_H, rngs=nnx.Rngs(0)), 1, rngs=nnx.Rngs(1))
     att = gz.attach(model, lambda m, x, y: jnp.mean((m(x) - y) ** 2), ["optimizer"])

@@ -102,6 +102,7 @@ def test_counts_add_and_scale():
     assert np.isclose(a.matmul, 3.0)
 
 
+@pytest.mark.slow
 def test_checkpoint_training_counts_every_seed_and_step_like_one_grad():
     from gatezoo.experiments.seeded import SeededModels, stream_key, train_with_checkpoints
     from gatezoo.tasks import make_task

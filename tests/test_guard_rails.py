@@ -70,6 +70,7 @@ def tiny(**changes):
     return gz.TrainConfig(**base)
 
 
+@pytest.mark.slow
 def test_a_cell_class_is_its_own_factory_and_trains_with_instruments():
     _register("user-gated", UserGated)
     cell = gz.make_cell("user-gated", D_IN, D_H, rngs=nnx.Rngs(0), use_bias=False,
@@ -95,6 +96,7 @@ def test_unknown_cell_names_register_cell():
         gz.TrainConfig(cell=UserGated)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", [nnx.SimpleCell, nnx.GRUCell, nnx.OptimizedLSTMCell])
 def test_model_fns_works_on_flax_cells(kind):
     task = gz.make_task("adding", 5)
@@ -107,6 +109,7 @@ def test_model_fns_works_on_flax_cells(kind):
     assert jax.tree_util.tree_leaves(carries)[-1].shape == (5, 3, D_H)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", [nnx.SimpleCell, nnx.GRUCell, nnx.OptimizedLSTMCell])
 def test_train_with_instruments_on_flax_cells_registered_as_their_own_factory(kind):
     name = f"raw-{kind.__name__}"
@@ -156,6 +159,7 @@ def test_unknown_input_width_asks_for_an_example():
         gz.model_fns(model, lambda m, x, y: jnp.mean((m(x) - y) ** 2))
 
 
+@pytest.mark.slow
 def test_self_check_from_make_instruments_config_and_cli(tmp_path):
     task = gz.make_task("adding", 5)
     model = build_model(tiny(cell="vector"), task, seed=0)

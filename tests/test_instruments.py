@@ -66,6 +66,7 @@ def _all_metrics(fns, params, xs, ys, names=("full",), every=None, opt=None):
     return {k: float(v) for k, v in run(ctx._replace(fns=None)).items()}
 
 
+@pytest.mark.slow
 def test_custom_cell_through_the_hook_matches_the_builtin(x64):
     builtin = make_model("vector", d_in=2, hidden=4, dtype=jnp.float64, seed=1)
     mine = gz.SequenceModel(MyGate(2, 4, rngs=nnx.Rngs(0)), 1, rngs=nnx.Rngs(2))
@@ -87,6 +88,7 @@ def test_custom_cell_through_the_hook_matches_the_builtin(x64):
     assert all(np.isfinite(ref[k]) for k in ref if k != precond)
 
 
+@pytest.mark.slow
 def test_cell_without_gates_gets_the_step_function_instruments():
     cell = nnx.SimpleCell(2, 4, rngs=nnx.Rngs(0))  # Flax's own cell, no gate protocol
     model = gz.SequenceModel(cell, 1, rngs=nnx.Rngs(1))
@@ -125,6 +127,7 @@ def test_registry_names_presets_and_errors():
         make_instruments(["gates"], fns, every={"nope": 2})
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["lstm"])
 def test_one_trace_under_jit_vmap_scan(name):
     """Two seeds (vmap), three steps (scan), instruments with schedules (cond): one trace."""
@@ -167,6 +170,7 @@ def test_one_trace_under_jit_vmap_scan(name):
     assert np.all(np.isfinite(sens[:, ::2])) and np.all(np.isnan(sens[:, 1]))
 
 
+@pytest.mark.slow
 def test_trainer_writes_instrument_metrics(tmp_path):
     train_mod = pytest.importorskip("gatezoo.training")
     cfg = train_mod.TrainConfig(

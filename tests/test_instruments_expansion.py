@@ -23,6 +23,7 @@ def _definition(fns, params, xs, ys):
     return jax.jvp(grad, (0.0,), (1.0,))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "name,split,readout",
     [("vector", True, "last"), ("scalar", False, "all"), ("gru", True, "all"),
@@ -52,6 +53,7 @@ def test_matches_forward_over_reverse_definition(name, split, readout, x64):
     assert _max_err(fo.exact_cell["cell"], plain["cell"]) <= 1e-10
 
 
+@pytest.mark.slow
 def test_corrections_scale_with_gate_weights(x64):
     """Scaling the recurrent gate weights by c: ||G1|| = O(c), ||G(1) - G0 - G1|| = O(c^2)."""
     model = make_model("vector", hidden=6, dtype=jnp.float64, seed=5)
@@ -80,6 +82,7 @@ def _terms(fns, params, xs, ys):
     return jnp.sqrt(sq(fo.g1)), jnp.sqrt(sq(rem))
 
 
+@pytest.mark.slow
 def test_metrics_per_group_and_totals(x64):
     model = make_model("gru", dtype=jnp.float64)
     fns, params = model_fns(model)
@@ -101,6 +104,7 @@ def test_metrics_per_group_and_totals(x64):
                                np.linalg.norm(g - g0 - g1) / np.linalg.norm(g), rtol=1e-10)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "name,readout,opts",
     [("scalar", "all", {}), ("vector", "last", {}), ("gru", "all", {}), ("lstm", "all", {}),
@@ -163,6 +167,7 @@ def _stacked(dtype):
     return Stacked(nnx.Rngs(4))
 
 
+@pytest.mark.slow
 def test_closed_form_streams_in_a_stacked_model_equal_generic(x64):
     """A layer fed by other layers: the closed-form path pulls its input cotangent back through
     the layers below, as the generic path's one VJP does (G0, G1 of every parameter)."""

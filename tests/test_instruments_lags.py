@@ -41,6 +41,7 @@ def _product(J, b, t, k, reverse=False):
     return m
 
 
+@pytest.mark.slow
 def test_adjoint_norms_by_lag_equal_explicit_products(setup):
     s = setup
     model_W_o = np.asarray(s["params"]["W_o"])
@@ -59,6 +60,7 @@ def test_adjoint_norms_by_lag_equal_explicit_products(setup):
         np.testing.assert_allclose(out[f"ratio@{ell}"], prof[ell] / prof[0], rtol=1e-10)
 
 
+@pytest.mark.slow
 def test_gate_product_predictors_and_fit(setup):
     s = setup
     cp = s["params"]["cell"]
@@ -104,6 +106,7 @@ def test_power_fit_and_spectrum_stats_match_numpy(x64):
     np.testing.assert_allclose(st["pr"], e.sum() ** 2 / (e**2).sum())
 
 
+@pytest.mark.slow
 def test_sensitivity_is_exact_spectral_norm_of_the_product(setup):
     s = setup
     sens = jax.jit(lambda p: lag_sensitivity(s["fns"], p, s["xs"], s["ys"]))(s["params"])
@@ -130,6 +133,7 @@ def test_sensitivity_is_exact_spectral_norm_of_the_product(setup):
     assert rel.max() <= 1e-12 and np.median(rel) > -1e-12 and rel.min() > -1e-2
 
 
+@pytest.mark.slow
 def test_paper_code_conventions(setup):
     """B from the post-update state, reversed order, 5 power iterations, ell + 1 gate factors."""
     s = setup
@@ -160,6 +164,7 @@ def test_paper_code_conventions(setup):
         np.testing.assert_allclose(sens.log_candidate[t - k - 1, t - 2, b], want, rtol=1e-10)
 
 
+@pytest.mark.slow
 def test_lag_products_spectra_and_gradient_spectrum(setup):
     s = setup
     cp, prev, xs_t = probe_states(s["fns"], s["params"], s["xs"], s["ys"])
@@ -182,6 +187,7 @@ def test_lag_products_spectra_and_gradient_spectrum(setup):
     np.testing.assert_allclose(sv, np.linalg.svd(rows, compute_uv=False), atol=1e-7)
 
 
+@pytest.mark.slow
 def test_truncation_check(setup):
     s = setup
     cp, prev, xs_t = probe_states(s["fns"], s["params"], s["xs"], s["ys"])
@@ -205,6 +211,7 @@ def test_truncation_check(setup):
     assert 0 < float(out["rel_err"]) < 1
 
 
+@pytest.mark.slow
 def test_optimizer_readers(x64):
     from gatezoo.instruments import adam_effective_lr, learning_rate_in_force, momentum_beta
 
@@ -231,6 +238,7 @@ def test_optimizer_readers(x64):
     assert kind == "none" and float(beta) == 0.0
 
 
+@pytest.mark.slow
 def test_retention_transport_and_order_statistics(x64):
     from gatezoo.instruments.analogies import retention_transport
     from gatezoo.instruments.stats import fast_median, fast_quantiles, masked_quantiles

@@ -64,6 +64,7 @@ def params_by_name(tree):
 # --------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("use_bias", [True, False])
 @pytest.mark.parametrize("name", NAMES)
 def test_closed_form_state_jacobians_match_jacrev(name, use_bias, x64):
@@ -112,6 +113,7 @@ def test_param_jacobians_match_jacrev(name, use_bias, x64):
         assert float(jnp.abs(value).max()) > 1e-4, key  # no parameter is trivially zero
 
 
+@pytest.mark.slow
 def test_state_jacobians_under_jit_and_vmap_and_dtype():
     # float32 in, float32 out; vmapped and jitted closed forms equal the per-example ones
     cell = gz.make_cell("lstm", D_IN, D_H, rngs=nnx.Rngs(0))
@@ -235,6 +237,7 @@ def brute_l1(As, Bs):
     return total
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["scalar", "vector", "gru", "lstm"])
 def test_deformed_product_transport_and_first_order(name, x64):
     cell = random_cell(name, 2)
@@ -281,6 +284,7 @@ def test_reversed_order_is_the_paper_code_product(x64):
     assert abs(float(slope) - 2.0) <= 0.05
 
 
+@pytest.mark.slow
 def test_products_edge_cases_and_no_retrace(x64):
     eye = np.eye(3)
     empty = jnp.zeros((0, 3, 3))

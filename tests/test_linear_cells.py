@@ -60,6 +60,7 @@ def _max_diff(a, b):
 
 # -- contract and initialisation -----------------------------------------------------------------
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", CELLS)
 def test_flax_contract_and_gate_protocol(name, x64):
     cell = _model(name).cell
@@ -84,6 +85,7 @@ def test_flax_contract_and_gate_protocol(name, x64):
     assert np.allclose(ys_flax, jnp.swapaxes(ys_ours, 0, 1), atol=1e-12)
 
 
+@pytest.mark.slow
 def test_papers_initialisations():
     rg = gz.make_cell("rglru", 3, 256, rngs=nnx.Rngs(0))
     a = np.asarray(rg.a_base())
@@ -117,6 +119,7 @@ def test_bad_options_are_one_line_errors():
 
 # -- B = 0: the first-order gate correction vanishes ---------------------------------------------
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", CELLS)
 def test_expansion_gives_g1_zero_and_g0_equal_to_the_gradient(name, x64):
     T = 6
@@ -179,6 +182,7 @@ class LeakyGateReadingState(nnx.Module):
         return 1
 
 
+@pytest.mark.slow
 def test_a_false_claim_that_gates_read_no_state_is_refused():
     cell = LeakyGateReadingState(3, 4, rngs=nnx.Rngs(0))
     with pytest.raises(gz.GateProtocolError, match="LeakyGateReadingState.*gates_read_state"):
@@ -191,6 +195,7 @@ def test_a_false_claim_that_gates_read_no_state_is_refused():
 
 # -- single layer: exact lag products are products of retentions ----------------------------------
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", CELLS)
 def test_lag_products_equal_products_of_retentions(name, x64):
     T, batch = 7, 2
@@ -226,6 +231,7 @@ def test_lag_products_equal_products_of_retentions(name, x64):
 
 # -- associative scan == sequential scan == the step-by-step cell ---------------------------------
 
+@pytest.mark.slow
 def test_linear_recurrence_scans_agree_in_values_and_gradients(x64):
     T = 19
     k1, k2, k3 = jax.random.split(jax.random.key(0), 3)
@@ -246,6 +252,7 @@ def test_linear_recurrence_scans_agree_in_values_and_gradients(x64):
         gz.linear_recurrence(a, b, h0, "fast")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", CELLS)
 def test_sequence_paths_agree_in_values_gradients_and_adjoints(name, x64):
     T = 9
@@ -265,6 +272,7 @@ def test_sequence_paths_agree_in_values_gradients_and_adjoints(name, x64):
     assert _max_abs(par.adjoints) > 1e-3
 
 
+@pytest.mark.slow
 def test_associative_scan_in_float32_on_a_long_sequence():
     T = 512
     xs = jax.random.normal(jax.random.key(0), (2, T, 3))
@@ -281,6 +289,7 @@ def test_associative_scan_in_float32_on_a_long_sequence():
 
 # -- they learn ------------------------------------------------------------------------------------
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", CELLS)
 def test_each_cell_learns_the_adding_task(name):
     config = gz.TrainConfig(
@@ -294,6 +303,7 @@ def test_each_cell_learns_the_adding_task(name):
     assert float(result.final_eval["loss"][0]) < 0.4 * baseline
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", CELLS)
 def test_closed_form_state_jacobians_match_autodiff(name, x64):
     cell = _model(name).cell
@@ -309,6 +319,7 @@ def test_closed_form_state_jacobians_match_autodiff(name, x64):
     assert float(jnp.max(jnp.abs(A - jnp.diag(jnp.diag(A))))) == 0.0
 
 
+@pytest.mark.slow
 def test_auto_scan_is_sequential_on_a_cpu_and_the_cells_default_to_it():
     a, b = jnp.full((8, 2), 0.5), jnp.ones((8, 2))
 

@@ -89,6 +89,7 @@ def written():
     return out
 
 
+@pytest.mark.slow
 def test_every_written_name_is_a_declared_quantity(written):
     for config, names in written.items():
         assert names, config

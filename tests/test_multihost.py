@@ -12,6 +12,7 @@ import textwrap
 import time
 
 import numpy as np
+import pytest
 
 from gatezoo.training import TrainConfig, train
 
@@ -94,6 +95,7 @@ def losses(lines) -> dict:
     return {(ln["step"], ln["split"], ln["seed"], ln.get("trial")): ln["loss"] for ln in lines}
 
 
+@pytest.mark.slow
 def test_two_processes_shard_the_batch_and_match_one_process(tmp_path):
     single = train(TrainConfig(**CONFIG, devices=1), progress=False)
     expected = losses(single.history)
@@ -124,6 +126,7 @@ def test_two_processes_shard_the_batch_and_match_one_process(tmp_path):
                                [expected[k] for k in sorted(got)], rtol=1e-5, atol=1e-7)
 
 
+@pytest.mark.slow
 def test_two_processes_shard_the_seeds_and_the_trials_and_match_one_process(tmp_path):
     # (b): each process holds and trains half of the slots, whole batches included; the first
     # job splits two seeds, the second two learning-rate trials of one seed

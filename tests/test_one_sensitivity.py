@@ -5,6 +5,8 @@ while each command runs, in this process, through the CLI users call)."""
 import json
 import sys
 
+import pytest
+
 import gatezoo.instruments.products as products
 import gatezoo.instruments.sensitivity as sensitivity
 from gatezoo.cli import main
@@ -34,6 +36,7 @@ def _codes_run_by(argv):
     return seen
 
 
+@pytest.mark.slow
 def test_train_sensitivity_and_reproduce_s1_run_the_same_sensitivity_code(tmp_path):
     train = _codes_run_by([
         "train", "--cell", "vector", "--task", "adding", "--seq-len", "6", "--hidden", "4",

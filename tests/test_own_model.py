@@ -58,6 +58,7 @@ def brute_force_loss(model, k, eps, xs, ys):
     return jnp.mean((model.head(h[:, -1]) - ys) ** 2)
 
 
+@pytest.mark.slow
 def test_stacked_layers_g0_g1_equal_brute_force_jvp(x64):
     model = Stacked(D_IN, D_H, 2, rngs=nnx.Rngs(0), dtype=jnp.float64)
     xs = jax.random.normal(jax.random.key(1), (3, 6, D_IN), jnp.float64)
@@ -113,6 +114,7 @@ def _user_loop(config, task, names, optimizer, steps):
     return history
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("dtype, rtol", [("float32", 1e-6), ("float64", 1e-12)])
 def test_own_loop_equals_gz_train(dtype, rtol):
     names = ("gates", "lags", "optimizer", "expansion")
@@ -142,6 +144,7 @@ def _lines(result):
     return [ln for ln in result.history if ln["split"] == "train"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("optimizer", [
     lambda lr: optax.lion(lr),
     lambda lr: optax.adafactor(lr),
@@ -170,6 +173,7 @@ def _optimizer_metrics(out) -> dict[str, float]:
             if n.instrument == "optimizer"}
 
 
+@pytest.mark.slow
 def test_effective_step_is_the_rate_for_sgd_and_correlates_with_the_gate():
     task = gz.make_task("adding", 6)
     model = build_model(gz.TrainConfig(cell="vector", hidden=D_H), task, seed=0)
@@ -195,6 +199,7 @@ def test_effective_step_is_the_rate_for_sgd_and_correlates_with_the_gate():
     assert -1.0 <= m["step_gate_corr"] <= 1.0
 
 
+@pytest.mark.slow
 def test_registered_optimizer_names_work_for_train_and_compare():
     gz.training.OPTIMIZERS.pop("test-lion", None)
     gz.register_optimizer("test-lion", lambda lr: optax.lion(lr), "Lion for the test")
@@ -212,6 +217,7 @@ def test_registered_optimizer_names_work_for_train_and_compare():
     gz.training.OPTIMIZERS.pop("test-lion")
 
 
+@pytest.mark.slow
 def test_every_instrument_runs_per_layer_of_a_stacked_model():
     model = Stacked(D_IN, D_H, 2, rngs=nnx.Rngs(0))
     xs = jax.random.normal(jax.random.key(1), (4, 6, D_IN))

@@ -3,11 +3,14 @@
 import re
 from pathlib import Path
 
+import pytest
+
 from gatezoo.metric_schema import metric_name
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 
 
+@pytest.mark.slow
 def test_readme_flax_loop_runs_and_measures_both_directions(capsys):
     text = README.read_text()
     start = text.index("## Flax's own loop")

@@ -4,6 +4,7 @@ import re
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 import gatezoo as gz
 
@@ -17,6 +18,7 @@ def readme_blocks():
     return re.findall(r"```python\n(.*?)```", text[start:end], re.S)
 
 
+@pytest.mark.slow
 def test_readme_own_model_loop_and_gz_train(capsys):
     blocks = readme_blocks()
     assert len(blocks) == 2, "the README section has its loop example and its gz.train example"

@@ -24,6 +24,7 @@ def _ce(task, x, y, recall):
     return float(task.loss(jnp.asarray(logits, jnp.float32), jnp.asarray(y)))
 
 
+@pytest.mark.slow
 def test_selective_copy_structure_and_baseline():
     M, K, T = 4, 5, 20
     task = make_task("selective-copy", T, tokens=M, vocab=K)
@@ -47,6 +48,7 @@ def test_selective_copy_structure_and_baseline():
     assert float(metrics["recall_accuracy"]) == 1.0 and float(metrics["baseline_ratio"]) < 1e-6
 
 
+@pytest.mark.slow
 def test_mqar_structure_and_baseline():
     N, K, V, T = 3, 5, 4, 15
     task = make_task("mqar", T, pairs=N, keys=K, values=V)
@@ -75,6 +77,7 @@ def test_mqar_structure_and_baseline():
     assert float(metrics["recall_accuracy"]) == 1.0
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["selective-copy", "mqar"])
 def test_deterministic_from_the_key_and_long_sequences(name):
     task = make_task(name, 4096)

@@ -395,6 +395,7 @@ def check(rnn_cls, cell_id, name):
 
 
 # -- ported: the layer against a loop over its cell -----------------------------------------------
+@pytest.mark.slow
 @layer_and_cell
 def test_outputs_and_carry_match_manual_loop(rnn_cls, cell_id):
     carry, ys = check(rnn_cls, cell_id, "initial_carry")
@@ -406,6 +407,7 @@ def test_outputs_and_carry_match_manual_loop(rnn_cls, cell_id):
     assert_close(check(rnn_cls, cell_id, "return_carry")[1], default)
 
 
+@pytest.mark.slow
 @layer_and_cell
 def test_batch_size_one_and_unroll(rnn_cls, cell_id):
     assert check(rnn_cls, cell_id, "batch1-unroll").shape[:2] == (1, T)
@@ -446,6 +448,7 @@ def test_time_major(rnn_cls, cell_id):
         assert leaf.shape[0] == B and not np.allclose(leaf, 0.0)
 
 
+@pytest.mark.slow
 @layer_and_cell
 def test_multiple_batch_dims(rnn_cls, cell_id):
     assert check(rnn_cls, cell_id, "batch2")[1].shape[:3] == (2, B, T)
@@ -458,6 +461,7 @@ def test_call_arguments_override_constructor(rnn_cls, cell_id):
     check(rnn_cls, cell_id, "overrides-on")
 
 
+@pytest.mark.slow
 @layer_and_cell
 def test_unbatched_inputs_and_vmap(rnn_cls, cell_id):
     cell = make_cell(cell_id)
@@ -546,6 +550,7 @@ def test_dropout_cell_and_broadcast_rngs(rnn_cls, cell_id, broadcast):
     assert differs(*masks)  # a new call draws new masks
 
 
+@pytest.mark.slow
 @layer_and_cell
 def test_compiled_layer_matches_loop(rnn_cls, cell_id):
     """The other tests run op by op; here the scan is traced and compiled, as users run it."""
@@ -556,6 +561,7 @@ def test_compiled_layer_matches_loop(rnn_cls, cell_id):
 
 
 # -- ported: single Flax cells and custom cells -----------------------------------------------
+@pytest.mark.slow
 @rnn_classes
 def test_recurrent_dropout_model(rnn_cls):
     class RecurrentDropoutLSTM(nnx.OptimizedLSTMCell):
@@ -589,6 +595,7 @@ def test_recurrent_dropout_model(rnn_cls):
     assert differs(first, second)
 
 
+@pytest.mark.slow
 @rnn_classes
 def test_custom_cell(rnn_cls):
     cell = ConcatCell(D_IN, D_H, nnx.Rngs(7))
@@ -609,6 +616,7 @@ def test_low_precision_dtypes(rnn_cls, dtype):
     assert_close(ys, reference(cell, xs)[1], tol=2e-2)
 
 
+@pytest.mark.slow
 @rnn_classes
 def test_two_feature_axes(rnn_cls):
     cell = PointwiseCell(2, D_H, nnx.Rngs(9))
@@ -625,6 +633,7 @@ def test_two_feature_axes(rnn_cls):
     assert_close(got, (ref_carry, time_major(ref_ys)))
 
 
+@pytest.mark.slow
 @rnn_classes
 @pytest.mark.parametrize("is_time_major", [False, True], ids=["batch-major", "time-major"])
 @pytest.mark.parametrize("features", [1, 3])

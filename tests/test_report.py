@@ -74,6 +74,7 @@ def _parse(path):
     return out
 
 
+@pytest.mark.slow
 def test_figure_data_equals_metrics(compare_dir):
     _, _, figures, tables, summary = report_figures(compare_dir)
     figs = {f.name: f for f in figures}
@@ -126,6 +127,7 @@ def test_figure_data_equals_metrics(compare_dir):
     assert len(tables[0].rows) == len(RUNS)
 
 
+@pytest.mark.slow
 def test_every_figure_has_a_caption_and_the_page_is_self_contained(compare_dir):
     page = build_report(compare_dir)
     html = page.read_text()
@@ -140,6 +142,7 @@ def test_every_figure_has_a_caption_and_the_page_is_self_contained(compare_dir):
     assert len(summary["compare"]["runs"]) == len(RUNS)
 
 
+@pytest.mark.slow
 def test_report_rebuilds_from_interrupted_run(compare_dir):
     # the last run was cut mid-write: no result.json, a truncated last line; one never started
     d = compare_dir / "gru-sgd"
@@ -160,6 +163,7 @@ def test_report_rebuilds_from_interrupted_run(compare_dir):
     assert m.steps["train"].max() == runs["gru-sgd"]["steps_done"] - 1
 
 
+@pytest.mark.slow
 def test_single_train_run_folder(tmp_path):
     _write_run(tmp_path / "run", 0, "vector", "adam")
     page = build_report(tmp_path / "run")
@@ -191,6 +195,7 @@ def _add_tuning(compare_dir):
     return tuning
 
 
+@pytest.mark.slow
 def test_tuning_figure_table_and_findings_come_from_the_numbers(compare_dir):
     tuning = _add_tuning(compare_dir)
     _, _, figures, tables, summary = report_figures(compare_dir)
@@ -229,6 +234,7 @@ def test_read_metrics_keeps_one_trial(tmp_path):
     assert "trial" not in m.names()
 
 
+@pytest.mark.slow
 def test_report_renders_in_chromium(compare_dir, tmp_path):
     import shutil
     import struct

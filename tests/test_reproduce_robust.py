@@ -38,6 +38,7 @@ def _finish(proc, timeout=1500):
     return proc.returncode, out, err
 
 
+@pytest.mark.slow
 def test_s2_on_all_five_tasks_finishes_with_claims(tmp_path):
     # paper-code: the path whose batched float64 SVDs deadlocked XLA's 2-thread pool
     proc = _cli(["reproduce", "s2", "--tasks", S2_TASKS, "--seeds", "2", "--steps", "2",
@@ -72,6 +73,7 @@ def _wait_for_part(path: Path, proc, timeout=600.0):
     pytest.fail("no part of the run was written in time")
 
 
+@pytest.mark.slow
 def test_sigterm_keeps_finished_parts_and_a_rerun_continues(tmp_path):
     args = ["reproduce", "s2", "--tasks", "adding", "--seeds", "1", "--steps", "2",
             *TINY_S2, "--out", str(tmp_path)]

@@ -7,12 +7,14 @@ import json
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from gatezoo.experiments.s2 import S2_PAIRS, S2Config, run_s2
 from gatezoo.experiments.seeded import SeededModels, stream_key
 from gatezoo.tasks import make_task
 
 
+@pytest.mark.slow
 def test_paper_code_trains_each_seed_on_its_own_fixed_batch(tmp_path, x64):
     cfg = S2Config(tasks=("adding",), models=("multi",), seeds=2, steps=2, checkpoints=(0, 2),
                    seq_len=12, hidden=6, batch_size=5, probe_batch=2, lags=(1, 2),

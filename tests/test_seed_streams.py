@@ -90,6 +90,7 @@ def test_streams_of_64_seeds_are_pairwise_distinct(family):
     assert n == len(SEEDS) * sum(len(v) for v in family(0).values())
 
 
+@pytest.mark.slow
 def test_trainer_data_streams_differ_from_every_reproduction_stream():
     # Across the two families only the trainer's model initialisation may meet a reproduction
     # stream: it draws ``fold_in(key(seed), i)`` (``nnx.Rngs(params=key(seed))``, the Flax idiom a
@@ -128,6 +129,7 @@ def test_stream_names_are_checked():
         stream_key(0, "nope")
 
 
+@pytest.mark.slow
 def test_the_trainer_samples_from_these_keys():
     # ties the derivation above to the trainer's own compiled functions: its probe batch and its
     # evaluation batches are the task's samples at those keys

@@ -50,6 +50,7 @@ def _by_hand(models, task, opt, batch_key, jitter):
     return kept, losses
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("cell, optimizer, lr, batch_key, jitter, seed_batch", [
     ("vector", "adam", 1e-2, _const_key, 1e-3, None),  # None: one seed at a time on a CPU
     ("leaky", "sgd", 0.05, _step_key, 0.0, 2),  # groups of 2 and a remainder group of 1
@@ -82,6 +83,7 @@ def test_checkpoints_and_losses_equal_a_plain_optax_loop(
         np.testing.assert_array_equal(got, ref)  # the models end at the last checkpoint
 
 
+@pytest.mark.slow
 def test_a_diverging_seed_is_applied_not_skipped(x64):
     # a step whose loss overflows is applied, as a plain optimizer loop applies it: the seed
     # ends non-finite (gz.train's trials instead keep the last finite state)
@@ -94,6 +96,7 @@ def test_a_diverging_seed_is_applied_not_skipped(x64):
     assert not all(np.isfinite(leaf).all() for leaf in leaves)
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(jax.device_count() < 2, reason="needs two devices (tests/conftest.py)")
 def test_seeds_split_over_two_devices_equal_one_device(x64):
     # each device trains its own seeds as one device trains them all: the same numbers

@@ -36,6 +36,7 @@ def _autodiff_sequence(U, W, b, xs, c0, h0, offsets=None):
     return jax.lax.scan(step, (c0, h0), (xs, offsets))[1]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("with_offsets", [False, True])
 @pytest.mark.parametrize("use_bias", [True, False])
 def test_vjp_equals_autodiff_of_the_scan(use_bias, with_offsets, x64):
@@ -86,6 +87,7 @@ def _autodiff_gru(U, W_zr, W, b, xs, h0, offsets=None):
     return jax.lax.scan(step, h0, (xs, offsets))[1]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("with_offsets", [False, True])
 @pytest.mark.parametrize("use_bias", [True, False])
 def test_gru_vjp_equals_autodiff_of_the_scan(use_bias, with_offsets, x64):
@@ -105,6 +107,7 @@ def test_gru_vjp_equals_autodiff_of_the_scan(use_bias, with_offsets, x64):
         assert (g is None) if w is None else _rel(g, w) <= 1e-12
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["lstm", "gru"])
 @pytest.mark.parametrize("readout", ["last", "all"])
 def test_sequence_model_fast_path_matches_the_generic_path(name, readout, x64):
@@ -134,6 +137,7 @@ def test_sequence_model_fast_path_matches_the_generic_path(name, readout, x64):
     np.testing.assert_allclose(loss(params, c0, None), loss(params, c0, 1.0), rtol=1e-13)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("use_bias", [True, False])
 @pytest.mark.parametrize("readout", ["last", "all"])
 @pytest.mark.parametrize("name", ["lstm", "gru"])

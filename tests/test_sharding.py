@@ -17,6 +17,7 @@ CONFIG = dict(cell="lstm", task="adding", seq_len=12, hidden=8, batch_size=8, st
               eval_batches=2)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("cell", ["lstm", "gru"])
 def test_two_devices_match_one_device(cell):
     assert jax.device_count() >= 2, "conftest forces 2 CPU devices (XLA_FLAGS)"
@@ -60,6 +61,7 @@ def _losses(result, split):
             if ln["split"] == split]
 
 
+@pytest.mark.slow
 def test_seeds_sharded_over_two_devices_match_one_device(tmp_path):
     # 4 slots: 2 seeds x 2 learning-rate trials (the trials ride the seed axis), 2 per device
     config = {**CONFIG, "cell": "gru", "steps": 4, "steps_per_call": 2, "eval_every": 2,
@@ -103,6 +105,7 @@ def test_seed_sharding_rules():
     assert resolve_devices(None, 7, slots=4) == 2  # the slots divide; the batch need not
 
 
+@pytest.mark.slow
 def test_seeds_split_with_host_spectra_is_a_clear_error_not_a_hang():
     # each CPU device's host SVD (gatezoo.linalg) would wait for the other's forever
     config = {**CONFIG, "cell": "vector", "steps": 2, "steps_per_call": 2, "eval_every": 2,

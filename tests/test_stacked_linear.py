@@ -35,6 +35,7 @@ def setup(x64):
     return model, xs.astype(jnp.float64), ys.astype(jnp.float64)
 
 
+@pytest.mark.slow
 def test_each_layer_has_g1_zero_and_its_own_metrics(setup):
     model, xs, ys = setup
     att = gz.attach(model, _loss, ["gates", "expansion"])

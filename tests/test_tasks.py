@@ -53,6 +53,7 @@ def test_unknown_names_and_options_are_clear_errors():
         make_task("adding", window=3)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "name, seq_len, options, match",
     [
@@ -88,6 +89,7 @@ def test_defaults_follow_the_paper():
     assert make_task("adding", 120, channels=6).input_dim == 6  # S2's adding
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(SYNTHETIC))
 def test_shapes_jit_keys_and_splits(name, small):
     task = small[name]
@@ -113,6 +115,7 @@ def test_shapes_jit_keys_and_splits(name, small):
     hash(task)  # usable as a static argument
 
 
+@pytest.mark.slow
 def test_splits_draw_from_different_streams(small):
     for name in ("adding", "copy"):
         task = small[name]
@@ -122,6 +125,7 @@ def test_splits_draw_from_different_streams(small):
         assert not np.array_equal(x, xt), name
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["narma10", "copy"])
 def test_sample_vmaps_over_keys_like_a_loop(name, small):
     # Seeds run side by side under vmap; narma's redraw loop must batch (lax.while_loop).
@@ -135,6 +139,7 @@ def test_sample_vmaps_over_keys_like_a_loop(name, small):
         np.testing.assert_allclose(ys[i], y, rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_adding_targets_and_markers(small, large):
     task = small["adding"]
     x, y = large("adding")
@@ -148,6 +153,7 @@ def test_adding_targets_and_markers(small, large):
     assert np.all(marker.sum(0) > 0)
 
 
+@pytest.mark.slow
 def test_recall_targets_are_five_distinct_markers_in_the_window(small, large):
     task = small["recall"]
     x, y = large("recall")
@@ -159,6 +165,7 @@ def test_recall_targets_are_five_distinct_markers_in_the_window(small, large):
     np.testing.assert_allclose(y[:, 0], (x[..., 0] * marker).sum(1), rtol=1e-6)
 
 
+@pytest.mark.slow
 def test_short_movingavg_delaysum_targets(small, large):
     x, y = large("short")
     np.testing.assert_allclose(y[:, 0], x[:, -6:, 0].sum(axis=1), rtol=1e-6)
@@ -254,6 +261,7 @@ def test_adding_mean_predictor_scores_the_baseline(large):
     assert float(loss) == pytest.approx(0.1667, abs=0.005)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["recall", "sinmix", "short", "ar2", "movingavg", "delaysum",
                                   "narma10", "narma20"])
 def test_baselines_match_the_target_variance(name, small, large):
@@ -265,6 +273,7 @@ def test_baselines_match_the_target_variance(name, small, large):
                                                 "estimated")
 
 
+@pytest.mark.slow
 def test_copy_structure_baseline_and_memoryless_predictor(small, large):
     task = small["copy"]
     T = task.option("delay")

@@ -213,6 +213,7 @@ def test_adding_baseline_is_the_mean_predictor_loss(padded_adding, large):
     assert np.mean(y) == pytest.approx(1.0, abs=0.02)
 
 
+@pytest.mark.slow
 def test_adding_sample_jits_once_and_vmaps(padded_adding):
     def step(key):  # sample, predict and score: one padded training step's forward pass
         x, ys = padded_adding.sample(key, 6)
@@ -254,6 +255,7 @@ def points_task(tmp_path_factory):
     return digits_points(data_dir=str(tmp_path_factory.mktemp("tfds")))
 
 
+@pytest.mark.slow
 def test_digits_points_pads_each_sequence_and_yields_lengths(points_task):
     from sklearn.datasets import load_digits
 

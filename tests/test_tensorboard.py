@@ -24,6 +24,7 @@ def read_events(path):
     return events
 
 
+@pytest.mark.slow
 def test_tensorboard_events_hold_every_metric_line(tmp_path):
     config = TrainConfig(cell="gru", task="adding", seq_len=8, hidden=4, batch_size=4, steps=4,
                          seeds=(0, 2), steps_per_call=2, eval_every=2, eval_batches=1,

@@ -123,6 +123,7 @@ def test_claim3_immediate_gradient_factorisation(name, x64):
 
 
 # claim 4 ---------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_claim4_leaky_alpha_one_is_elman(x64):
     elman = gz.Elman(D_IN, D_H, rngs=nnx.Rngs(0), param_dtype=jnp.float64,
                      init=gz.InitSpec(scheme="normal", std=0.5))
@@ -178,6 +179,7 @@ def _adjoints(cell, xs, targets):
     return lam[:, 0], delta
 
 
+@pytest.mark.slow
 def test_claim5_pure_leak_kernel_and_heavy_ball_adjoint(x64):
     alpha, T = 0.3, 9
     cell = make("leaky", alpha=alpha)

@@ -73,6 +73,7 @@ def learned():
     }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("cell", ["gru", "lstm"])
 def test_gated_cells_learn_the_adding_task(learned, cell):
     baseline = make_task("adding", seq_len=50).baseline
@@ -98,6 +99,7 @@ def tiny_run(tmp_path_factory):
     return train(config, run_dir, instruments=[adjoint_check(every=2)], progress=False)
 
 
+@pytest.mark.slow
 def test_instrument_gets_adjoints_of_the_same_backward_pass(tiny_run):
     train_lines = [ln for ln in tiny_run.history if ln["split"] == "train"]
     assert len(train_lines) == 12 * 2
@@ -165,6 +167,7 @@ def test_progress_line():
     assert quiet.getvalue() == ""
 
 
+@pytest.mark.slow
 def test_seeds_are_independent_runs(tiny_run):
     """Each seed of the vmapped run equals that seed run on its own (seed_batch=1 runs the
     seeds one at a time inside the compiled step): same init, same batches, same updates."""
@@ -176,6 +179,7 @@ def test_seeds_are_independent_runs(tiny_run):
     assert not np.allclose(tiny_run.final_loss[0], tiny_run.final_loss[1])
 
 
+@pytest.mark.slow
 def test_fixed_batch_reuses_the_step_zero_batch(tiny_run):
     fixed = train(small(seeds=(3, 7), steps=3, fixed_batch=True, optimizer="sgd",
                         learning_rate=1e-9), progress=False)
@@ -191,6 +195,7 @@ def test_fixed_batch_reuses_the_step_zero_batch(tiny_run):
 
 # -- divergence --------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_divergence_stops_with_step_and_seed_and_keeps_last_good_checkpoint(tmp_path):
     config = small(cell="elman", optimizer="sgd", learning_rate=60.0, steps=40,
                    steps_per_call=2, checkpoint_every=2, eval_every=100, keep_checkpoints=50)
@@ -216,6 +221,7 @@ def test_divergence_stops_with_step_and_seed_and_keeps_last_good_checkpoint(tmp_
 
 # -- one trace per run -------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_one_trace_per_run(tiny_run):
     chex.clear_trace_counter()
     config = small(seeds=(0, 1, 2))
@@ -241,6 +247,7 @@ def test_one_trace_per_run(tiny_run):
     assert tiny_run.step_fns.evaluate._cache_size() == 1
 
 
+@pytest.mark.slow
 def test_float64_runs_in_double_precision_inside_a_scope(tmp_path):
     before = jax.config.read("jax_enable_x64")
     config = small(steps=2, dtype="float64", checkpoint_every=2, eval_every=2)

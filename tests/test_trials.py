@@ -33,6 +33,7 @@ def test_log_grid_is_log_uniform_with_both_ends():
         log_grid(0.1, 1.0, 0)
 
 
+@pytest.mark.slow
 def test_trial_k_equals_the_single_run_at_that_rate(monkeypatch):
     chex.clear_trace_counter()
     # every step function of the sweep may be traced once: the trials add no compile
@@ -57,6 +58,7 @@ def test_trial_k_equals_the_single_run_at_that_rate(monkeypatch):
     assert list(sweep.diverged) == [-1] * 6
 
 
+@pytest.mark.slow
 def test_a_diverging_trial_is_recorded_and_the_others_continue():
     run = train(small(optimizer="sgd", lr_trials=(1e-2, 1e6), steps=6), progress=False)
     div = np.asarray(run.diverged)

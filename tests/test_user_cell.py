@@ -6,6 +6,7 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 from flax import nnx
 
 import gatezoo as gz
@@ -54,6 +55,7 @@ def test_readme_cell_split_sums_to_full_jacobian_and_matches_vector_gate(x64):
         np.testing.assert_allclose(cell.time_scale(h, x), ref.time_scale(h, x), rtol=1e-14)
 
 
+@pytest.mark.slow
 def test_readme_cell_runs_in_rnn_and_sequence_model():
     MyGatedCell = readme_cell_class()
     cell = MyGatedCell(D_IN, D_H, rngs=nnx.Rngs(0))

@@ -257,7 +257,7 @@ def sensitivity_metrics(sens: Sensitivity, trim: float = 0.01) -> dict[str, jax.
 def sensitivity(
     fns,
     *,
-    every: int = 50,
+    every: int | None = None,
     compat: str = "exact",
     max_lag: int | None = None,
     num_ends: int | None = 16,
@@ -283,4 +283,4 @@ def sensitivity(
         )
         return sensitivity_metrics(sens, trim), state
 
-    return Measure("sensitivity", lambda p: (), measure, every=every, tier="probe")
+    return Measure("sensitivity", lambda p: (), measure, every=every)
