@@ -126,6 +126,7 @@ def test_process_killed_during_save_restarts_from_previous_checkpoint(tmp_path, 
     assert_states_equal(resumed.opt_state, uninterrupted.opt_state)
 
 
+@pytest.mark.slow
 def test_resume_guards(uninterrupted):
     with pytest.raises(ValueError, match="already holds checkpoints; resume it"):
         train(TrainConfig(**CONFIG), uninterrupted.run_dir, progress=False)

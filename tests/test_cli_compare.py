@@ -43,12 +43,14 @@ def test_compare_end_to_end(compare_run):
     assert all(r["steps_done"] == 20 for r in summary["compare"]["runs"])
 
 
+@pytest.mark.slow
 def test_report_command_rebuilds(compare_run, tmp_path, capsys):
     assert main(["report", str(compare_run), "--out", str(tmp_path)]) == 0
     assert (tmp_path / "report.html").is_file()
     assert "report:" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_compare_continues_where_it_stopped(compare_run, capsys):
     # both runs are finished, so a second call keeps them and only rebuilds the report
     assert main(["compare", "--cells", "scalar", "--optimizers", "sgd,momentum", "--steps",

@@ -56,6 +56,7 @@ def test_unfinished_run_is_marked_and_holds_no_measurement(interrupted):
     assert rows["scalar", "sgd"][4] == "4" and "not finished" not in rows["scalar", "sgd"]
 
 
+@pytest.mark.slow
 def test_findings_count_only_finished_runs(interrupted):
     summary = json.loads((interrupted / "summary.json").read_text())
     findings = summary["findings"]
@@ -71,6 +72,7 @@ def test_findings_count_only_finished_runs(interrupted):
     assert "did not finish" in page and "not finished" in page
 
 
+@pytest.mark.slow
 def test_report_of_a_compare_where_no_run_finished(interrupted, tmp_path):
     import shutil
 

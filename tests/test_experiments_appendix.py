@@ -47,6 +47,7 @@ def test_small_eps_slope_is_two(summaries, compat, gate):
     assert 0 < g["aggregate"]["r_median_of_medians"] < 1
 
 
+@pytest.mark.slow
 def test_outputs_and_statistics_written(summaries):
     summary, d = summaries["exact"]
     doc = json.loads((d / "appendix.json").read_text())
@@ -68,6 +69,7 @@ def test_outputs_and_statistics_written(summaries):
         assert len(rows) == 1 + SMALL["seeds"] * SMALL["seq_len"]
 
 
+@pytest.mark.slow
 def test_code_convention_shrinks_ratios(summaries):
     for gate in ("scalar", "vector"):
         exact = summaries["exact"][0]["gates"][gate]["per_seed"]["r"]

@@ -104,6 +104,7 @@ def test_every_written_name_is_a_declared_quantity(written):
             assert metric_name(instrument, layer, quantity) == name
 
 
+@pytest.mark.slow
 def test_every_declared_quantity_is_written_by_some_configuration(written):
     emitted = {quantity_of(name, split) for names in written.values()
                for split, name, _ in names}

@@ -84,6 +84,7 @@ def test_gated_cells_learn_the_adding_task(learned, cell):
     assert np.all(evals < 0.3 * baseline), evals
 
 
+@pytest.mark.slow
 def test_elman_stays_on_the_plateau(learned):
     baseline = make_task("adding", seq_len=50).baseline
     evals = learned["elman"].final_eval["loss"]
@@ -126,6 +127,7 @@ def test_instrument_names_resolve_through_make_instruments_or_fail_clearly():
             train(small(instruments=("no-such-instrument",)), progress=False)
 
 
+@pytest.mark.slow
 def test_metric_lines_cover_every_step_and_seed(tiny_run):
     run_dir = tiny_run.run_dir
     lines = [json.loads(t) for t in (run_dir / "metrics.jsonl").read_text().splitlines()]
