@@ -8,7 +8,7 @@ cell, it times a compiled ``lax.scan`` of ``K`` train steps (SGD, MSE on the las
 * ``expansion``: the first-order correction ``G0, G1`` every step;
 * ``econ+exp``: both;
 * with ``--generic``, ``expansion`` once more through the generic per-step linearisation of
-  ``split_step`` (``ModelFns.first_order_streams`` removed): what a user's cell gets, and the
+  ``split_step`` (``LayerFns.first_order_streams`` removed): what a user's cell gets, and the
   built-in cells' cost before their closed-form streams;
 * the probe instruments (``sensitivity`` with its default 16 end times, and ``max_lag=64`` at
   T = 1000; ``anisotropy``; ``truncation``) once each on a probe batch of 16, in seconds per

@@ -9,7 +9,7 @@ from gatezoo.instruments import (
     Attached,
     FirstOrder,
     Instrument,
-    ModelFns,
+    LayerFns,
     NetworkFns,
     StepContext,
     StepOutput,
@@ -54,7 +54,7 @@ __all__ = [
     "register_task",
     "Instrument",
     "StepContext",
-    "ModelFns",
+    "LayerFns",
     "INSTRUMENTS",
     "PRESETS",
     "make_instruments",
@@ -83,3 +83,11 @@ __all__ = [
     "QUANTITIES",
     "__version__",
 ]
+
+
+def __getattr__(name: str):
+    if name == "ModelFns":  # deprecated alias of LayerFns, kept for one release
+        from gatezoo.instruments import protocol
+
+        return protocol.ModelFns
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

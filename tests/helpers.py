@@ -1,5 +1,5 @@
 """Shared test helpers: models a user writes (outside the package), and the instrument tests'
-ModelFns, data and StepContext, all from gatezoo's own builders (``gz.model_fns``,
+LayerFns, data and StepContext, all from gatezoo's own builders (``gz.model_fns``,
 :func:`gatezoo.instruments.context.step_context`)."""
 
 import jax
@@ -48,7 +48,7 @@ def mse(pred, y):
 
 
 def model_fns(model, loss_fn=mse, *, split=True):
-    """``(ModelFns, params)`` from gatezoo's own builder (``split=False`` drops ``split_step``
+    """``(LayerFns, params)`` from gatezoo's own builder (``split=False`` drops ``split_step``
     to exercise the two-pass path)."""
     fns, params = gz.model_fns(model, lambda m, xs, ys: loss_fn(m(xs), ys))
     return (fns if split else fns._replace(split_step=None)), params
@@ -76,7 +76,7 @@ def data(key, batch, seq_len, d_in, out=1, dtype=jnp.float32, readout="last"):
 
 
 def jit_update(inst, fns):
-    """``inst.update`` jitted with the (static) ModelFns closed over, as the trainer does."""
+    """``inst.update`` jitted with the (static) LayerFns closed over, as the trainer does."""
 
     @jax.jit
     def run(ctx, state):

@@ -38,7 +38,7 @@ def _explicit(cell, xs, compat):
 
 
 def _s1_model(name, seed, T):
-    """An S1 model (float64) with its layer's ModelFns and a batch of one sequence."""
+    """An S1 model (float64) with its layer's LayerFns and a batch of one sequence."""
     models = SeededModels.build(name, 3, 5, [seed], dtype=jnp.float64)
     params = jax.tree_util.tree_map(lambda p: p[0], models.params)
     model = models.model(params)

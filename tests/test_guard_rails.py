@@ -12,7 +12,7 @@ from flax import nnx
 
 import gatezoo as gz
 from gatezoo.cli import main as cli_main
-from gatezoo.training.model_fns import build_model
+from gatezoo.training.run_model import build_model
 
 D_IN, D_H = 2, 4
 

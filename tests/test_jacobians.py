@@ -155,7 +155,7 @@ def test_bad_inputs_are_clear_errors():
     with pytest.raises(ValueError, match="unknown compat 'forward'"):
         gz.transport(As, compat="forward")
     with pytest.raises(ValueError, match="same shape"):
-        gz.first_order(As, jnp.zeros((3, 4, 5)))
+        gz.product_first_order(As, jnp.zeros((3, 4, 5)))
     with pytest.raises(ValueError, match="unknown norm"):
         gz.truncation_error(As, As, jnp.ones(2), norm="nuc")
 
@@ -254,7 +254,7 @@ def test_deformed_product_transport_and_first_order(name, x64):
     assert rel(exact, jax.jit(jax.jacrev(unrolled))(flat0)) <= 1e-10
     np.testing.assert_allclose(exact, brute_product(Js), rtol=1e-12, atol=1e-14)
     # L1 = prefix/suffix sum = d/deps F at 0 (jvp)
-    F0, L1 = gz.first_order(As, Bs)
+    F0, L1 = gz.product_first_order(As, Bs)
     F0_jvp, L1_jvp = jax.jvp(lambda e: gz.deformed_product(As, Bs, e), (0.0,), (1.0,))
     assert rel(F0, F0_jvp) <= 1e-12 and rel(L1, L1_jvp) <= 1e-8
     assert rel(L1, brute_l1(As, Bs)) <= 1e-10
@@ -272,7 +272,7 @@ def test_reversed_order_is_the_paper_code_product(x64):
     np.testing.assert_allclose(
         gz.transport(Js, compat="paper-code"), brute_product(Js, "reversed"), rtol=1e-12, atol=1e-14
     )
-    _, L1r = gz.first_order(As, Bs, compat="paper-code")
+    _, L1r = gz.product_first_order(As, Bs, compat="paper-code")
     _, L1r_jvp = jax.jvp(
         lambda e: gz.deformed_product(As, Bs, e, compat="paper-code"), (0.0,), (1.0,)
     )
@@ -289,7 +289,7 @@ def test_products_edge_cases_and_no_retrace(x64):
     eye = np.eye(3)
     empty = jnp.zeros((0, 3, 3))
     np.testing.assert_array_equal(gz.transport(empty), eye)
-    F0, L1 = gz.first_order(empty, empty)
+    F0, L1 = gz.product_first_order(empty, empty)
     np.testing.assert_array_equal(F0, eye)
     np.testing.assert_array_equal(L1, 0 * eye)
     # a single factor: F(eps) = A + eps B exactly, L1 = B
@@ -323,3 +323,7 @@ def test_old_switch_names_warn_and_name_compat():
         with pytest.warns(DeprecationWarning, match="compat='paper-code'"):
             old = fn(*args, order="reversed")
         assert jnp.array_equal(old, fn(*args, compat="paper-code"))
+    with pytest.warns(DeprecationWarning, match="product_first_order"):
+        old = gz.first_order(As, Bs)
+    for a, b in zip(old, gz.product_first_order(As, Bs), strict=True):
+        assert jnp.array_equal(a, b)

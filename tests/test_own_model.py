@@ -13,7 +13,7 @@ from flax import nnx
 from helpers import MGU
 
 import gatezoo as gz
-from gatezoo.training.model_fns import build_model
+from gatezoo.training.run_model import build_model
 from gatezoo.training.step import data_keys
 
 D_IN, D_H = 3, 4

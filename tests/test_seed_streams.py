@@ -43,7 +43,7 @@ def trainer_streams(seed: int) -> dict[str, list[jax.Array]]:
     root = data_keys(seed)
     train, probe, evaluate = (jax.random.fold_in(root, t) for t in (_TRAIN, _PROBE, _EVAL))
     return {
-        "init": init_draws(jax.random.key(seed)),  # training/model_fns.build_model
+        "init": init_draws(jax.random.key(seed)),  # training/run_model.build_model
         "train": per_step(train),                   # step.one_step: fold_in(train, step)
         "probe": [probe],
         "eval": per_step(evaluate),                 # step.evaluate_one: fold_in(eval, j)
@@ -135,7 +135,7 @@ def test_the_trainer_samples_from_these_keys():
     # evaluation batches are the task's samples at those keys
     from gatezoo.tasks import make_task
     from gatezoo.training import TrainConfig, train
-    from gatezoo.training.model_fns import build_model
+    from gatezoo.training.run_model import build_model
 
     config = TrainConfig(cell="gru", task="adding", seq_len=6, hidden=4, batch_size=4, steps=0,
                          seeds=(3, 5), eval_batches=2, probe_batch_size=4,

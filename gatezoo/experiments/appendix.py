@@ -49,8 +49,8 @@ from gatezoo.models import InitSpec, cell_fn, make_cell
 from gatezoo.models.jacobians import (
     CONVENTIONS,
     deformed_product,
-    first_order,
     loglog_slope,
+    product_first_order,
     state_jacobians,
     truncation_error,
 )
@@ -153,7 +153,7 @@ def appendix_per_seed(a: jax.Array, b: jax.Array, eps_grid: jax.Array, compat: s
     ``F(1)``, ``L1`` and ``F(0) + L1``; per-step spectral norms ``norm_A``, ``norm_B`` and
     ratios ``r``. ``L1`` is the Fréchet derivative of the product at ``eps = 0``.
     """
-    f0, l1 = first_order(a, b, compat=compat)
+    f0, l1 = product_first_order(a, b, compat=compat)
     e = truncation_error(a, b, eps_grid, compat=compat, norm="fro")
     f1 = deformed_product(a, b, 1.0, compat=compat)
     norm_a = singular_values(a)[..., 0]

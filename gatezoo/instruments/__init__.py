@@ -21,7 +21,7 @@ from gatezoo.instruments.optimizer import (
     momentum_beta,
     state_value,
 )
-from gatezoo.instruments.protocol import TIERS, Instrument, ModelFns, StepContext
+from gatezoo.instruments.protocol import TIERS, Instrument, LayerFns, StepContext
 from gatezoo.instruments.registry import (
     INSTRUMENTS,
     PRESETS,
@@ -48,7 +48,7 @@ __all__ = [
     "zero_offsets",
     "FirstOrder",
     "Instrument",
-    "ModelFns",
+    "LayerFns",
     "StepContext",
     "TIERS",
     "INSTRUMENTS",
@@ -77,3 +77,11 @@ __all__ = [
     "momentum_beta",
     "adam_effective_lr",
 ]
+
+
+def __getattr__(name: str):
+    if name == "ModelFns":  # deprecated alias of LayerFns, kept for one release
+        from gatezoo.instruments import protocol
+
+        return protocol.ModelFns
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

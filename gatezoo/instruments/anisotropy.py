@@ -26,7 +26,7 @@ import jax.numpy as jnp
 
 from gatezoo.instruments import steps
 from gatezoo.instruments.products import lag_products, probe_states
-from gatezoo.instruments.protocol import ModelFns
+from gatezoo.instruments.protocol import LayerFns
 from gatezoo.instruments.stats import ANISOTROPY_LAGS, spectrum_stats
 from gatezoo.instruments.views import Measure, StepViews
 from gatezoo.linalg import singular_values
@@ -35,7 +35,7 @@ __all__ = ["window_spectra", "jacobian_spectra", "gradient_spectrum", "anisotrop
 
 
 def window_spectra(
-    fns: ModelFns,
+    fns: LayerFns,
     params: Any,
     xs: jax.Array,
     ys: jax.Array,
@@ -59,7 +59,7 @@ def window_spectra(
 
 
 def jacobian_spectra(
-    fns: ModelFns,
+    fns: LayerFns,
     params: Any,
     xs: jax.Array,
     ys: jax.Array,
@@ -86,7 +86,7 @@ def jacobian_spectra(
     return lags, sv.reshape(len(lags), triples, -1)
 
 
-def gradient_spectrum(fns: ModelFns, params: Any, xs: jax.Array, ys: jax.Array) -> jax.Array:
+def gradient_spectrum(fns: LayerFns, params: Any, xs: jax.Array, ys: jax.Array) -> jax.Array:
     """Singular values of the normalised, centred per-sample gradient matrix (see docstring)."""
 
     def one(x, y):

@@ -3,7 +3,7 @@
 :func:`layer_context` assembles a :class:`~gatezoo.instruments.protocol.StepContext` from one
 step's backward pass; ``gz.attach`` (so ``gz.train`` and a user's own loop) calls it for every
 measured layer. :func:`step_context` runs that backward pass for one layer's
-:class:`~gatezoo.instruments.protocol.ModelFns` and an optimizer, so that an instrument can be
+:class:`~gatezoo.instruments.protocol.LayerFns` and an optimizer, so that an instrument can be
 called outside a training loop on exactly the context the trainer would give it.
 
 Example:
@@ -31,13 +31,13 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from gatezoo.instruments.protocol import ModelFns, StepContext
+from gatezoo.instruments.protocol import LayerFns, StepContext
 
 __all__ = ["layer_context", "step_context"]
 
 
 def layer_context(
-    fns: ModelFns, *, step: Any, params: Any, grads: Any, loss: jax.Array, xs: jax.Array,
+    fns: LayerFns, *, step: Any, params: Any, grads: Any, loss: jax.Array, xs: jax.Array,
     ys: Any, record: dict, adjoints: Any, updates: Any = None, opt_state: Any = None,
     probe: tuple | None = None,
 ) -> StepContext:
@@ -55,7 +55,7 @@ def layer_context(
 
 
 def step_context(
-    fns: ModelFns, params: Any, xs: jax.Array, ys: Any, *,
+    fns: LayerFns, params: Any, xs: jax.Array, ys: Any, *,
     optimizer: optax.GradientTransformation | None = None, opt_state: Any = None,
     probe: tuple | None = None, step: int = 0,
 ) -> StepContext:

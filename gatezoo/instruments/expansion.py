@@ -32,7 +32,7 @@ import jax
 import jax.numpy as jnp
 
 from gatezoo.instruments import steps
-from gatezoo.instruments.protocol import ModelFns, StepContext
+from gatezoo.instruments.protocol import LayerFns, StepContext
 from gatezoo.instruments.views import Measure, StepViews
 
 __all__ = ["FirstOrder", "first_order_gradients", "param_group_names", "expansion"]
@@ -55,7 +55,7 @@ class FirstOrder(NamedTuple):
 
 
 def first_order_gradients(
-    fns: ModelFns,
+    fns: LayerFns,
     params: Any,
     xs: jax.Array,
     carries: Any,
@@ -130,7 +130,7 @@ def first_order_gradients(
     return FirstOrder(g0, pick(p_t, 1), pick(p_t, 2) if self_check else None)
 
 
-def _with_targets(fns: ModelFns, ys: Any) -> ModelFns:
+def _with_targets(fns: LayerFns, ys: Any) -> LayerFns:
     bind = lambda f: None if f is None else (lambda p, x: f(p, x, ys))  # noqa: E731
     return fns._replace(inputs=bind(fns.inputs), initial=bind(fns.initial))
 
@@ -139,9 +139,9 @@ def _stack(*trees: Any) -> Any:
     return jax.tree_util.tree_map(lambda *a: jnp.stack(a), *trees)
 
 
-def _closed_form(fns: ModelFns, params, xs, xs_t, prev, adjoints, self_check: bool) -> Any:
+def _closed_form(fns: LayerFns, params, xs, xs_t, prev, adjoints, self_check: bool) -> Any:
     """Parameter cotangents of ``(e, lambda1[, lambda])`` from the cell's closed-form streams
-    (:attr:`ModelFns.first_order_streams`): the cell's own cotangents are placed in the full
+    (:attr:`LayerFns.first_order_streams`): the cell's own cotangents are placed in the full
     parameter tree by the transpose of ``cell_params``; a layer fed by other layers adds the
     cotangent of its inputs pulled back through ``fns.inputs``."""
     e_all, lam1_all, immediate = fns.first_order_streams(
@@ -163,7 +163,7 @@ def _head(tree: Any) -> Any:
     return jax.tree_util.tree_map(lambda a: a[0], tree)
 
 
-def _through_initial(fns: ModelFns, params, xs, xs_t, prev, adjoints, first, self_check: bool):
+def _through_initial(fns: LayerFns, params, xs, xs_t, prev, adjoints, first, self_check: bool):
     """Parameter cotangents of ``(e_0, lambda1_0[, lambda_0])``, the streams at the initial
     carry, pulled back through ``fns.initial`` (zero when ``h_0`` does not depend on the
     parameters)."""
@@ -182,7 +182,7 @@ def _through_initial(fns: ModelFns, params, xs, xs_t, prev, adjoints, first, sel
     return jax.vmap(lambda c: pull(c)[0])(streams)
 
 
-def _generic(fns: ModelFns, params, xs, xs_t, prev, adjoints, self_check: bool) -> Any:
+def _generic(fns: LayerFns, params, xs, xs_t, prev, adjoints, self_check: bool) -> Any:
     """Parameter cotangents of ``(e, lambda1[, lambda])`` through one ``jax.vjp`` of the step per
     time step (the streams) and one over all steps at once (the parameter cotangents)."""
     tm = jax.tree_util.tree_map
@@ -229,7 +229,7 @@ def param_group_names(params: Any) -> list[str]:
     return [".".join(n for n in map(_key_name, path) if n) or "params" for path, _ in paths]
 
 
-def _cell_leaf_mask(fns: ModelFns, params: Any) -> list[bool]:
+def _cell_leaf_mask(fns: LayerFns, params: Any) -> list[bool]:
     cell_ids = {id(leaf) for leaf in jax.tree_util.tree_leaves(fns.cell_params(params))}
     return [id(leaf) in cell_ids for leaf in jax.tree_util.tree_leaves(params)]
 
@@ -243,7 +243,7 @@ def _dot(a: list[jax.Array], b: list[jax.Array]) -> jax.Array:
 
 
 def expansion_metrics(
-    fns: ModelFns, params: Any, g: Any, g0: Any, g1: Any
+    fns: LayerFns, params: Any, g: Any, g0: Any, g1: Any
 ) -> dict[str, jax.Array]:
     """Per cell parameter group and overall: ``||G1||/||G0||``, ``||G(1)-G0-G1||/||G(1)||`` and
     ``cos(G(1), G0)``."""
@@ -273,7 +273,7 @@ def _self_check(fns, params, grads, exact_cell) -> jax.Array:
     return jnp.sqrt(_sq([a - b for a, b in zip(lg, le, strict=False)]) / _sq(lg))
 
 
-def expansion(fns: ModelFns, *, every: int | None = None, self_check: bool = False) -> Measure:
+def expansion(fns: LayerFns, *, every: int | None = None, self_check: bool = False) -> Measure:
     """The ``expansion`` instrument: G0, G1, G(1) ratios per parameter group every step.
 
     Metrics: ``expansion/{g1_over_g0,remainder,cos}`` over the cell's parameters and

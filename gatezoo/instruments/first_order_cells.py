@@ -22,7 +22,7 @@ the pre-activation cotangents are elementwise in ``v`` (GRU: one more product fo
 gate), and the pre-activations, with the stored gate values, are linear in the parameters, so
 ``jax.linear_transpose`` turns them into ``H^T dA``, ``X^T dA``, ``sum dA``.
 
-Each function has the signature of :attr:`ModelFns.first_order_streams`,
+Each function has the signature of :attr:`LayerFns.first_order_streams`,
 ``streams(cell_params, xs_t, prev, adjoints) -> (e_all, lambda1_all, immediate)``, with
 ``xs_t`` ``(T, batch, in)`` the layer's inputs, ``prev`` the states before each step
 (``prev[0] = h_0``) and ``adjoints`` ``dL/dh_t``, leaves ``(T, batch, ...)``; ``e_all[i]`` and

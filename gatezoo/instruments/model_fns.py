@@ -9,7 +9,7 @@ parameters and pure functions of them:
   tapped (zero ``offsets`` per layer path, so one backward pass gives the parameter gradient
   and every layer's adjoints ``dL/dh_t``) and returns ``(loss, records)``, ``records[path]``
   holding the layer's ``carries`` and ``inputs``;
-* ``NetworkFns.layers[path]`` is the :class:`~gatezoo.instruments.protocol.ModelFns` of one
+* ``NetworkFns.layers[path]`` is the :class:`~gatezoo.instruments.protocol.LayerFns` of one
   layer: its loss deforms that layer's gate path only, its ``step``/``split_step``/
   ``time_scale`` are those of :func:`gatezoo.cell_fn` on the layer's cell.
 
@@ -34,7 +34,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from gatezoo.instruments.first_order_cells import first_order_streams
-from gatezoo.instruments.protocol import ModelFns
+from gatezoo.instruments.protocol import LayerFns
 from gatezoo.models.protocol import cell_fn, check_gate_protocol, zero_carry
 from gatezoo.models.recurrent import LayerTap, Recurrent, layer_name, recurrent_layers, tapping
 
@@ -48,7 +48,7 @@ class NetworkFns(NamedTuple):
       loss: ``loss(params, xs, ys, offsets=None) -> (loss, records)``; ``offsets`` maps a layer
         path to zeros shaped like its carries; ``records[path]`` is ``{"carries", "inputs",
         "carry0", "lengths"}`` (processing order, see :class:`gatezoo.Recurrent`).
-      layers: ``path -> ModelFns`` (``""`` is the model itself, e.g. a SequenceModel).
+      layers: ``path -> LayerFns`` (``""`` is the model itself, e.g. a SequenceModel).
       forward: ``forward(params, xs) -> model output`` (the plain model, nothing tapped).
       state: the model's state other than its parameters (RNG streams, batch statistics,
         counters; an empty ``nnx.State`` for most models) that every function above runs with.
@@ -64,7 +64,7 @@ class NetworkFns(NamedTuple):
     """
 
     loss: Callable[..., Any]
-    layers: dict[str, ModelFns]
+    layers: dict[str, LayerFns]
     forward: Callable[..., Any]
     state: Any = None
     stateful_loss: Callable[..., Any] | None = None
@@ -94,7 +94,7 @@ def _subtree(tree: Any, path: tuple) -> Any:
     return tree
 
 
-def _layer_fns(path: tuple, layer: Recurrent, tapped: Callable[..., Any]) -> ModelFns:
+def _layer_fns(path: tuple, layer: Recurrent, tapped: Callable[..., Any]) -> LayerFns:
     name = layer_name(path)
     cell = layer.cell
     fn = cell_fn(cell)
@@ -114,7 +114,7 @@ def _layer_fns(path: tuple, layer: Recurrent, tapped: Callable[..., Any]) -> Mod
 
         return read
 
-    return ModelFns(
+    return LayerFns(
         loss=loss, step=fn.step, time_scale=fn.time_scale,
         cell_params=lambda p: _subtree(p, (*path, "cell")), gated=fn.gated,
         hidden=int(leaves[-1].shape[-1]), state_size=sum(int(c.shape[-1]) for c in leaves),
@@ -232,7 +232,7 @@ def _check_cells(net: NetworkFns, layers: dict, params: Any, example: tuple | No
 
 
 def model_fns(model: nnx.Module, loss: Any, *, example: tuple | None = None):
-    """``(ModelFns, params)`` of a model with exactly one recurrent layer (a SequenceModel).
+    """``(LayerFns, params)`` of a model with exactly one recurrent layer (a SequenceModel).
 
     ``loss`` is a task or ``loss_fn(model, xs, ys)``; ``example`` as in :func:`network_fns`.
     For several layers use :func:`network_fns`.

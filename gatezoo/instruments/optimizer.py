@@ -31,7 +31,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from gatezoo.instruments.protocol import ModelFns
+from gatezoo.instruments.protocol import LayerFns
 from gatezoo.instruments.stats import pearson
 from gatezoo.instruments.views import Measure, StepViews
 
@@ -128,13 +128,13 @@ def per_neuron_rows(tree: Any, hidden: int) -> jax.Array | None:
     return None if not rows else jnp.mean(jnp.stack(rows), axis=0)
 
 
-def adam_rows(fns: ModelFns, opt_state: Any) -> jax.Array | None:
+def adam_rows(fns: LayerFns, opt_state: Any) -> jax.Array | None:
     """Adam's per-neuron preconditioner of the cell, ``(hidden,)``, or ``None`` without Adam."""
     eff = adam_effective_lr(opt_state)
     return None if eff is None else per_neuron_rows(fns.cell_params(eff), fns.hidden)
 
 
-def effective_step_rows(fns: ModelFns, grads: Any, updates: Any) -> jax.Array | None:
+def effective_step_rows(fns: LayerFns, grads: Any, updates: Any) -> jax.Array | None:
     r"""Per neuron :math:`s_q = -\sum u g / \sum g^2` over the cell kernels' rows, ``(hidden,)``
     (``None`` for a cell without ``(fan_in, hidden)`` kernels)."""
     g = _kernels(fns.cell_params(grads), fns.hidden)

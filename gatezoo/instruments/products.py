@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 
 from gatezoo.instruments import steps
-from gatezoo.instruments.protocol import ModelFns
+from gatezoo.instruments.protocol import LayerFns
 from gatezoo.models.jacobians import extend_product
 
 __all__ = ["lag_products", "probe_states", "TABLE_LIMIT"]
@@ -32,7 +32,7 @@ __all__ = ["lag_products", "probe_states", "TABLE_LIMIT"]
 TABLE_LIMIT = 1 << 24
 
 
-def probe_states(fns: ModelFns, params: Any, xs: jax.Array, ys: jax.Array):
+def probe_states(fns: LayerFns, params: Any, xs: jax.Array, ys: jax.Array):
     """``(cell_params, prev, xs_t)`` of a forward pass on ``xs`` (time-major states)."""
     _, carries = fns.loss(params, xs, ys)
     seq = xs if fns.inputs is None else fns.inputs(params, xs, ys)
@@ -41,7 +41,7 @@ def probe_states(fns: ModelFns, params: Any, xs: jax.Array, ys: jax.Array):
 
 
 def lag_products(
-    fns: ModelFns,
+    fns: LayerFns,
     cell_params: Any,
     prev: Any,
     xs_t: jax.Array,

@@ -20,7 +20,7 @@ from typing import Any, NamedTuple
 
 import jax
 
-__all__ = ["ModelFns", "StepContext", "Instrument", "TIERS", "TIER_EVERY"]
+__all__ = ["LayerFns", "StepContext", "Instrument", "TIERS", "TIER_EVERY"]
 
 TIERS = ("step", "probe")
 #: the default cadence of each tier: a step instrument reuses the training pass (every step is
@@ -28,7 +28,7 @@ TIERS = ("step", "probe")
 TIER_EVERY = {"step": 1, "probe": 50}
 
 
-class ModelFns(NamedTuple):
+class LayerFns(NamedTuple):
     """Pure functions of one sequence model, closed over its static structure.
 
     Attributes:
@@ -103,7 +103,7 @@ class StepContext(NamedTuple):
       opt_state: the optimizer state after the update (``optax.inject_hyperparams`` state, so
         ``hyperparams['learning_rate']`` is the rate in force).
       probe_xs, probe_ys: a fixed probe batch, the same at every step of a run.
-      fns: the measured layer's :class:`ModelFns` (static).
+      fns: the measured layer's :class:`LayerFns` (static).
       inputs: the measured layer's input sequence ``(batch, T, in)`` as recorded in the
         forward pass (``None``: the layer reads ``xs``).
       carry0: the layer's initial carry ``(batch, ...)`` as recorded (``None``: the cell's
@@ -124,7 +124,7 @@ class StepContext(NamedTuple):
     opt_state: Any
     probe_xs: jax.Array
     probe_ys: jax.Array
-    fns: ModelFns
+    fns: LayerFns
     inputs: Any = None
     carry0: Any = None
     lengths: Any = None
@@ -142,7 +142,7 @@ class Instrument(NamedTuple):
       every: tracking schedule: the instrument runs when ``step % every == 0``.
       tier: ``"step"`` (reuses the training pass; cheap) or ``"probe"`` (its own passes on the
         probe batch; scheduled).
-      needs_gates: True if it needs the gate protocol (``ModelFns.gated``).
+      needs_gates: True if it needs the gate protocol (``LayerFns.gated``).
       needs_adjoints: True if it reads ``ctx.adjoints`` (the trainer then injects offsets).
       layer: the path of the recurrent layer it measures (``""``: the model itself, e.g. a
         SequenceModel); its context is built for that layer.
@@ -156,3 +156,16 @@ class Instrument(NamedTuple):
     needs_gates: bool = False
     needs_adjoints: bool = False
     layer: str = ""
+
+
+def __getattr__(name: str):
+    # the old name of LayerFns, kept for one release (it read like the whole model's functions,
+    # which are NetworkFns)
+    if name == "ModelFns":
+        import warnings
+
+        warnings.warn("ModelFns is deprecated: it is LayerFns (one recurrent layer's pure "
+                      "functions; the whole model's are NetworkFns)", DeprecationWarning,
+                      stacklevel=2)
+        return LayerFns
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

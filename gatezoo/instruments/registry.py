@@ -27,7 +27,7 @@ from gatezoo.instruments.expansion import expansion
 from gatezoo.instruments.gates import gates
 from gatezoo.instruments.lags import gate_transport, lags
 from gatezoo.instruments.optimizer import optimizer
-from gatezoo.instruments.protocol import TIER_EVERY, TIERS, Instrument, ModelFns
+from gatezoo.instruments.protocol import TIER_EVERY, TIERS, Instrument, LayerFns
 from gatezoo.instruments.ratios import ratios
 from gatezoo.instruments.sensitivity import sensitivity
 from gatezoo.instruments.steps import check_compat
@@ -218,7 +218,7 @@ def _resolve(names: Sequence[str] | str, gated: bool) -> list[str]:
 
 def make_instruments(
     names: Sequence[str] | str,
-    fns: ModelFns | Any,
+    fns: LayerFns | Any,
     *,
     every: dict[str, int] | None = None,
     compat: str = "exact",
@@ -228,7 +228,7 @@ def make_instruments(
 
     Args:
       names: e.g. ``["economy"]``, ``["gates", "expansion"]`` or ``"gates,sensitivity"``.
-      fns: one layer's :class:`ModelFns`, or a :class:`~gatezoo.instruments.model_fns.NetworkFns`
+      fns: one layer's :class:`LayerFns`, or a :class:`~gatezoo.instruments.model_fns.NetworkFns`
         (every recurrent layer gets its own instruments, their ``layer`` its path; a preset
         skips the gate instruments of layers without gates).
       every: tracking schedule per instrument name or per tier (``"step"``, ``"probe"``);
@@ -266,7 +266,7 @@ def make_instruments(
     return out
 
 
-def _layer_instruments(names, fns: ModelFns, every: dict, compat: str,
+def _layer_instruments(names, fns: LayerFns, every: dict, compat: str,
                        self_check: bool) -> list[Instrument]:
     resolved = _resolve(names, fns.gated)
     if self_check:
@@ -289,7 +289,7 @@ def _layer_instruments(names, fns: ModelFns, every: dict, compat: str,
     return out
 
 
-def _built(entry: InstrumentEntry, fns: ModelFns, kwargs: dict) -> Instrument:
+def _built(entry: InstrumentEntry, fns: LayerFns, kwargs: dict) -> Instrument:
     asked = kwargs.get("every")
     if "every" in kwargs and not accepts(entry.factory, "every"):
         del kwargs["every"]  # a user's factory need not take it: the record's cadence applies

@@ -30,7 +30,7 @@ import numpy as np
 from gatezoo.instruments import steps
 from gatezoo.instruments.norms import power_iteration, release_power_norm, spectral_norm
 from gatezoo.instruments.products import lag_products, probe_states
-from gatezoo.instruments.protocol import ModelFns
+from gatezoo.instruments.protocol import LayerFns
 from gatezoo.instruments.stats import (
     LOG_FLOOR,
     lag_grid,
@@ -71,7 +71,7 @@ _FRESH_ITERS = 40  # iterations that converge a lag-1 vector before the warm-sta
 
 
 def lag_sensitivity(
-    fns: ModelFns,
+    fns: LayerFns,
     params: Any,
     xs: jax.Array,
     ys: jax.Array,

@@ -15,7 +15,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from gatezoo.instruments.protocol import ModelFns
+from gatezoo.instruments.protocol import LayerFns
 from gatezoo.models.jacobians import CONVENTIONS
 from gatezoo.models.protocol import flatten_carry, unflatten_carry
 
@@ -65,27 +65,27 @@ def _merge_lead(tree: Any, n: int) -> Any:
     return jax.tree_util.tree_map(lambda a: a.reshape((-1,) + a.shape[n:]), tree)
 
 
-def gate_trace(fns: ModelFns, cell_params: Any, prev: Any, xs_t: jax.Array) -> jax.Array:
+def gate_trace(fns: LayerFns, cell_params: Any, prev: Any, xs_t: jax.Array) -> jax.Array:
     """``alpha_t`` for every step and example, ``(T, batch, hidden)``, in one batched call.
 
     The gate does not depend on the step's own output, so all ``T`` steps are evaluated at once
     from the stored states (no scan).
     """
     if fns.time_scale is None:
-        raise ValueError("this cell has no time-scale gate (ModelFns.time_scale is None)")
+        raise ValueError("this cell has no time-scale gate (LayerFns.time_scale is None)")
     lead = xs_t.shape[:2]
     alpha = fns.time_scale(cell_params, _merge_lead(prev, 2), xs_t.reshape((-1,) + xs_t.shape[2:]))
     return alpha.reshape(lead + alpha.shape[1:])
 
 
 def split_vjp(
-    fns: ModelFns, params: Any, h: Any, x: jax.Array
+    fns: LayerFns, params: Any, h: Any, x: jax.Array
 ) -> Callable[[Any], tuple[Any, Any, Any]]:
     """The transposed Jacobians of one step, ``v -> (A^T v, B^T v, (d+h/dtheta)^T v)``.
 
     ``params`` are the *full* model parameters (the parameter cotangent has their structure,
     zero outside the cell). ``h`` and ``x`` may carry a batch axis; the parameter cotangent is
-    then summed over it. With ``ModelFns.split_step`` this is one ``jax.vjp``; otherwise two
+    then summed over it. With ``LayerFns.split_step`` this is one ``jax.vjp``; otherwise two
     (``eps = 0`` gives ``A``, ``eps = 1`` gives ``A + B``); for a cell without gates ``B = 0``.
     """
     if fns.split_step is not None:
@@ -122,14 +122,14 @@ def split_vjp(
     return two
 
 
-def plain_step(fns: ModelFns, cell_params: Any, h: Any, x: jax.Array) -> Any:
+def plain_step(fns: LayerFns, cell_params: Any, h: Any, x: jax.Array) -> Any:
     """The new carry of the undeformed step (``split_step(h, x, h)`` when available)."""
     if fns.split_step is not None:
         return fns.split_step(cell_params, h, x, h)[0]
     return fns.step(cell_params, h, x)[0]
 
 
-def transpose_a(fns: ModelFns, cell_params: Any, h: Any, x: jax.Array) -> Callable[[Any], Any]:
+def transpose_a(fns: LayerFns, cell_params: Any, h: Any, x: jax.Array) -> Callable[[Any], Any]:
     """``v -> A^T v`` at ``(h, x)`` (parameters held constant; ``A = J`` without gates)."""
     if fns.split_step is not None:
         _, vjp = jax.vjp(lambda u: fns.split_step(cell_params, u, x, h)[0], h)
@@ -140,7 +140,7 @@ def transpose_a(fns: ModelFns, cell_params: Any, h: Any, x: jax.Array) -> Callab
     return lambda v: vjp(v)[0]
 
 
-def transpose_b(fns: ModelFns, cell_params: Any, h: Any, x: jax.Array) -> Callable[[Any], Any]:
+def transpose_b(fns: LayerFns, cell_params: Any, h: Any, x: jax.Array) -> Callable[[Any], Any]:
     """``v -> B^T v`` at ``(h, x)``: through the gates' recurrent input (zero without gates;
     ``J^T v - A^T v`` from two passes when the cell gives no ``split_step``)."""
     if fns.split_step is not None:
@@ -154,7 +154,7 @@ def transpose_b(fns: ModelFns, cell_params: Any, h: Any, x: jax.Array) -> Callab
 
 
 def split_jacobians(
-    fns: ModelFns, cell_params: Any, h: Any, x: jax.Array, compat: str = "exact"
+    fns: LayerFns, cell_params: Any, h: Any, x: jax.Array, compat: str = "exact"
 ) -> tuple[jax.Array, jax.Array]:
     """``(A, B)`` of one step for ONE example, each ``(state_size, state_size)``, by forward-mode
     autodiff of the model's pure step (any cell; the closed forms of the built-in cells are

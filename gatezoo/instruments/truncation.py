@@ -21,7 +21,7 @@ import jax.numpy as jnp
 
 from gatezoo.instruments import steps
 from gatezoo.instruments.products import probe_states
-from gatezoo.instruments.protocol import ModelFns
+from gatezoo.instruments.protocol import LayerFns
 from gatezoo.instruments.stats import power_fit
 from gatezoo.instruments.views import Measure, StepViews
 
@@ -38,7 +38,7 @@ def eps_grid(dtype: Any) -> tuple[tuple[float, ...], int]:
 
 
 def window_factors(
-    fns: ModelFns, cell_params: Any, prev: Any, xs_t: jax.Array, example: int | jax.Array,
+    fns: LayerFns, cell_params: Any, prev: Any, xs_t: jax.Array, example: int | jax.Array,
     window: int, compat: str = "exact",
 ) -> tuple[jax.Array, jax.Array]:
     """``(A, B)`` of the last ``window`` steps of one example, each ``(window, d, d)``."""

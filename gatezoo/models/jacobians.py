@@ -25,7 +25,7 @@ Example:
   >>> import gatezoo as gz
   >>> cell = gz.VectorGate(3, 4, rngs=nnx.Rngs(0))
   >>> A, B = gz.state_jacobians(cell, jnp.zeros(4) + 0.1, jnp.ones(3))
-  >>> F0, L1 = gz.first_order(jnp.stack([A, A]), jnp.stack([B, B]))
+  >>> F0, L1 = gz.product_first_order(jnp.stack([A, A]), jnp.stack([B, B]))
   >>> L1.shape
   (4, 4)
 """
@@ -62,6 +62,7 @@ __all__ = [
     "extend_product",
     "transport",
     "deformed_product",
+    "product_first_order",
     "first_order",
     "frechet_l1",
     "truncation_error",
@@ -491,8 +492,8 @@ def deformed_product(As: Array, Bs: Array, eps: Array | float, *, compat: str = 
     return _transport(As + jnp.asarray(eps, As.dtype) * Bs, order)
 
 
-def first_order(As: Array, Bs: Array, *, compat: str = "exact",
-                order: str | None = None) -> tuple[Array, Array]:
+def product_first_order(As: Array, Bs: Array, *, compat: str = "exact",
+                        order: str | None = None) -> tuple[Array, Array]:
     r"""``(F(0), L₁)``: the gate-frozen product and its Fréchet derivative along ``B``.
 
     ``L₁ = Σ_i S_{i+1} B_i P_{i-1}`` with prefix products ``P_i = A_i ⋯ A_{k+1}`` and suffix
@@ -502,7 +503,7 @@ def first_order(As: Array, Bs: Array, *, compat: str = "exact",
     products per factor, O(lag) in all, and no stored prefixes. (``compat="paper-code"``, the
     reversed order, mirrors it: ``P_j = P_{j-1} A_j``, ``L_j = L_{j-1} A_j + P_{j-1} B_j``.)
     """
-    order = _order_of(compat, order, "first_order")
+    order = _order_of(compat, order, "product_first_order")
     _check_factors(As, Bs)
     return _first_order(As, Bs, order)
 
@@ -522,9 +523,18 @@ def _first_order(As: Array, Bs: Array, order: str) -> tuple[Array, Array]:
     return P, L
 
 
+def first_order(As: Array, Bs: Array, **kwargs: Any) -> tuple[Array, Array]:
+    """Deprecated name of :func:`product_first_order` (``gz.attach(...).first_order`` gives the
+    first-order *gradients* ``G0, G1``; this gives a Jacobian product's ``F(0), L₁``)."""
+    warnings.warn("gz.first_order is deprecated: use gz.product_first_order (F(0) and L1 of a "
+                  "Jacobian product); Attached.first_order gives the gradients G0, G1",
+                  DeprecationWarning, stacklevel=2)
+    return product_first_order(As, Bs, **kwargs)
+
+
 def frechet_l1(As: Array, Bs: Array, *, compat: str = "exact",
                order: str | None = None) -> Array:
-    """``L₁ = d/dε F(ε)`` at ``ε = 0`` (THEORY §3.2); see :func:`first_order`."""
+    """``L₁ = d/dε F(ε)`` at ``ε = 0`` (THEORY §3.2); see :func:`product_first_order`."""
     order = _order_of(compat, order, "frechet_l1")
     _check_factors(As, Bs)
     return _first_order(As, Bs, order)[1]

@@ -129,7 +129,7 @@ class CellFn(NamedTuple):
 
 def cell_fn(cell: nnx.Module) -> CellFn:
     """Splits ``cell`` into parameters and pure functions of them (the one builder of a cell's
-    pure functions: the instruments' :class:`~gatezoo.instruments.protocol.ModelFns` use it).
+    pure functions: the instruments' :class:`~gatezoo.instruments.protocol.LayerFns` use it).
 
     Works on an abstract cell (``nnx.eval_shape``) too: only the functions are closed over.
 

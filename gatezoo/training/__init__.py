@@ -4,7 +4,6 @@ checkpoints (orbax), metric sinks and multi-device sharding."""
 from gatezoo.training.checkpoints import CheckpointError, Checkpoints
 from gatezoo.training.config import RunResult, TrainConfig, parse_seeds
 from gatezoo.training.loop import TrainingDiverged, train
-from gatezoo.training.model_fns import build_model
 from gatezoo.training.optimizers import (
     OPTIMIZERS,
     SCHEDULES,
@@ -15,6 +14,7 @@ from gatezoo.training.optimizers import (
     register_optimizer,
     schedule_names,
 )
+from gatezoo.training.run_model import build_model
 from gatezoo.training.step import StepFns, TrainState, make_step_fns
 
 __all__ = [

@@ -42,8 +42,8 @@ from gatezoo.instruments.protocol import Instrument
 from gatezoo.metric_schema import metric_name
 from gatezoo.training.checkpoints import Checkpoints
 from gatezoo.training.config import RESUMABLE_CHANGES, RunResult, TrainConfig
-from gatezoo.training.model_fns import build_model
 from gatezoo.training.optimizers import make_optimizer
+from gatezoo.training.run_model import build_model
 from gatezoo.training.sharding import (
     initialize_distributed,
     is_writer,
