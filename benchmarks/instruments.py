@@ -7,6 +7,8 @@ cell, it times a compiled ``lax.scan`` of ``K`` train steps (SGD, MSE on the las
 * ``economy``: the ``economy`` preset every step (adjoints from the same backward pass);
 * ``expansion``: the first-order correction ``G0, G1`` every step;
 * ``econ+exp``: both;
+* ``transport``: the ``transport`` instrument alone (its reverse scan of frozen and full
+  vector-Jacobian products is the part of ``economy`` beyond the training pass);
 * with ``--generic``, ``expansion`` once more through the generic per-step linearisation of
   ``split_step`` (``LayerFns.first_order_streams`` removed): what a user's cell gets, and the
   built-in cells' cost before their closed-form streams;
@@ -138,7 +140,7 @@ def main() -> None:
           f"load={os.getloadavg()[0]:.2f} date={time.strftime('%Y-%m-%d %H:%M')}")
     print("ratios to the uninstrumented step of the same run: wall time, then process CPU time")
     header = (f"{'cell':7} {'size':9} {'base ms':>8} {'economy':>8} {'expansion':>9} "
-              f"{'econ+exp':>8} {'cpu econ':>8} {'cpu exp':>8} {'cpu e+e':>8}")
+              f"{'econ+exp':>8} {'cpu econ':>8} {'cpu exp':>8} {'cpu e+e':>8} {'cpu transp':>10}")
     if args.generic:
         header += f" {'cpu generic':>11}"
     if not args.no_probes:
@@ -157,7 +159,8 @@ def main() -> None:
             runs = {}
             for label, names in (("base", []), ("economy", ["economy"]),
                                  ("expansion", ["expansion"]),
-                                 ("econ+exp", ["economy", "expansion"])):
+                                 ("econ+exp", ["economy", "expansion"]),
+                                 ("transport", ["transport"])):
                 insts = make_instruments(names, fns) if names else []
                 runs[label] = make_run(fns, params, insts, opt, args.steps)
             if args.generic:  # the same instrument without the cell's closed-form streams
@@ -169,7 +172,8 @@ def main() -> None:
             line = (f"{cell_name:7} {size:9} {1e3 * base / args.steps:8.2f} "
                     f"{times['economy'] / base:7.2f}x {times['expansion'] / base:8.2f}x "
                     f"{times['econ+exp'] / base:7.2f}x {cpu['economy'] / cbase:7.2f}x "
-                    f"{cpu['expansion'] / cbase:7.2f}x {cpu['econ+exp'] / cbase:7.2f}x")
+                    f"{cpu['expansion'] / cbase:7.2f}x {cpu['econ+exp'] / cbase:7.2f}x "
+                    f"{cpu['transport'] / cbase:9.2f}x")
             if args.generic:
                 line += f" {cpu['generic'] / cbase:10.2f}x"
             if not args.no_probes:

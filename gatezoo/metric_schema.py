@@ -123,9 +123,12 @@ def _gates() -> list[Quantity]:
 
 def _lags() -> list[Quantity]:
     q, g = _q("lags"), _q("transport")
-    fit = (r"Fitted power :math:`s` of :math:`\log\|\lambda_{T-\ell}\| = c + s\log P_\ell` over "
-           r"all examples and lags :math:`\ell\ge 1` (1 %/99 % trim), :math:`P_\ell` the neuron "
-           "mean of ")
+
+    def fit_of(what: str) -> str:
+        return (r"Fitted power :math:`s` of :math:`\log(\|\lambda_T^\top J_T\cdots "
+                r"J_{T-\ell+1}\|/\|\lambda_T\|) = c + s\log P_\ell` over the gate trace's "
+                r"examples and lags :math:`\ell\ge 1` (1 %/99 % trim), :math:`P_\ell` (over "
+                r":math:`\|\lambda_T\|` where it is a norm) " + what)
     return [
         q("adjoint_last", r"Median over the batch of the error signal "
           r":math:`\|\partial L/\partial h_T\|` at the last step."),
@@ -133,14 +136,51 @@ def _lags() -> list[Quantity]:
           r":math:`\|\partial L/\partial h_{T-\ell}\|` over its value at lag 0."),
         q("decay_rate", r"OLS slope of the log profile on :math:`\ell`: the log-gain of the "
           "error signal per step of lag."),
-        g("candidate_s", fit + r":math:`\prod\alpha_j` (the candidate weights)."),
-        g("candidate_r2", r":math:`R^2` of the candidate-weight power fit (``candidate_s``)."),
-        g("candidate@{lag}", r"Batch median of the candidate-weight predictor "
-          r":math:`P^c_\ell = \frac1{d_h}\sum_i\prod_{j>T-\ell}\alpha^{(i)}_j`."),
-        g("retention_s", fit + r":math:`\prod(1-\alpha_j)` (the retentions)."),
-        g("retention_r2", r":math:`R^2` of the retention power fit (``retention_s``)."),
-        g("retention@{lag}", r"Batch median of the retention predictor "
-          r":math:`P^r_\ell = \frac1{d_h}\sum_i\prod_{j>T-\ell}(1-\alpha^{(i)}_j)`."),
+        g("frozen_s", fit_of("the gate-frozen transport "
+          r":math:`\|\lambda_T^\top A_T\cdots A_{T-\ell+1}\|` (the theory's zeroth-order "
+          "prediction: gates held at their values).")),
+        g("frozen_r2", r":math:`R^2` of the gate-frozen transport's power fit (``frozen_s``): "
+          "how much of the error signal's decay by lag the gates' zeroth order explains."),
+        g("frozen@{lag}", r"Batch median of the gate-frozen transport over "
+          r":math:`\|\lambda_T\|` at lag :math:`\ell`."),
+        g("weighted_s", fit_of("the adjoint-weighted retention "
+          r":math:`\|\lambda^{(r)}_T\odot\prod_j(1-\alpha_j)\|` (the diagonal of "
+          r":math:`A` the gates set, weighted by the lag-0 error signal).")),
+        g("weighted_r2", r":math:`R^2` of the adjoint-weighted retention's power fit."),
+        g("weighted@{lag}", r"Batch median of the adjoint-weighted retention over "
+          r":math:`\|\lambda_T\|` at lag :math:`\ell`."),
+        g("retention_s", fit_of(r"the neuron mean :math:`\frac1{d_h}\sum_i\prod_j"
+          r"(1-\alpha^{(i)}_j)` of the retentions (every neuron weighed alike: it drifts "
+          "below the transport once training makes the gates heterogeneous).")),
+        g("retention_r2", r":math:`R^2` of the neuron-mean retention's power fit."),
+        g("retention@{lag}", r"Batch median of the neuron mean of the retentions "
+          r":math:`\frac1{d_h}\sum_i\prod_{j>T-\ell}(1-\alpha^{(i)}_j)`."),
+        g("candidate_s", fit_of(r"the neuron mean :math:`\frac1{d_h}\sum_i\prod_j"
+          r"\alpha^{(i)}_j` of the candidate weights (the S1 code's predictor).")),
+        g("candidate_r2", r":math:`R^2` of the neuron-mean candidate weights' power fit."),
+        g("candidate@{lag}", r"Batch median of the neuron mean of the candidate weights "
+          r":math:`\frac1{d_h}\sum_i\prod_{j>T-\ell}\alpha^{(i)}_j`."),
+        g("propagated@{lag}", r"Batch median of the last step's error signal propagated "
+          r"back, :math:`\|\lambda_T^\top J_T\cdots J_{T-\ell+1}\|/\|\lambda_T\|`: the "
+          "profile the predictors are fitted to (the training error signal ``lags/ratio`` "
+          "when the loss has only a last-step term)."),
+        g("diagonal_part@{lag}", r"Mean over examples of :math:`\log(\|\lambda^{(r)}_T"
+          r"\odot\prod(1-\alpha)\|/\|\lambda_T\|)`: the log-gain the gates' diagonal "
+          "retention gives the propagated signal at this lag (nats; negative: decay)."),
+        g("mixing_part@{lag}", r"Mean of :math:`\log(\|\lambda_T^\top\prod A\|/"
+          r"\|\lambda^{(r)}_T\odot\prod(1-\alpha)\|)`: what the recurrent weights' mixing "
+          r"(:math:`A` beyond its gate diagonal) adds, in nats."),
+        g("gate_part@{lag}", r"Mean of :math:`\log(\|\lambda_T^\top\prod J\|/"
+          r"\|\lambda_T^\top\prod A\|)`: what the gate-induced part :math:`B` adds, in "
+          "nats (0 when no gate reads the state)."),
+        g("diagonal_share", "Share of the window's total log-gain of the propagated signal "
+          "(summed over lags) carried by the diagonal retention; the three shares add to 1, "
+          "a negative one sustains the signal against the others' decay."),
+        g("diagonal_gain", "Mean over the window's lags of ``diagonal_part@{lag}`` (nats)."),
+        g("mixing_gain", "Mean over the window's lags of ``mixing_part@{lag}`` (nats)."),
+        g("gate_gain", "Mean over the window's lags of ``gate_part@{lag}`` (nats)."),
+        g("mixing_share", "Share of the window's total log-gain carried by recurrent mixing."),
+        g("gate_share", r"Share of the window's total log-gain carried by :math:`B`."),
     ]
 
 

@@ -10,8 +10,9 @@ from helpers import data, jit_update, make_context, make_model, model_fns
 
 from gatezoo.instruments import lag_sensitivity, power_fit, spectrum_stats
 from gatezoo.instruments.anisotropy import gradient_spectrum
-from gatezoo.instruments.lags import gate_transport, lags
+from gatezoo.instruments.lags import lags
 from gatezoo.instruments.products import lag_products, probe_states
+from gatezoo.instruments.transport import gate_transport
 from gatezoo.instruments.truncation import truncation, truncation_curve, window_factors
 from gatezoo.instruments.views import StepViews
 
@@ -76,7 +77,7 @@ def test_gate_product_predictors_and_fit(setup):
         for b in range(B):
             for ell in range(1, T):
                 logp.append(np.log(np.mean(np.prod(f[T - ell:, b], axis=0))))
-                logs.append(np.log(norms[T - 1 - ell, b]))
+                logs.append(np.log(norms[T - 1 - ell, b] / norms[T - 1, b]))
         logp, logs = np.array(logp), np.array(logs)
         lo, hi = np.quantile(logp, [0.01, 0.99])
         keep = (logp >= lo) & (logp <= hi)

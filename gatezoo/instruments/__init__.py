@@ -33,6 +33,7 @@ from gatezoo.instruments.registry import (
 )
 from gatezoo.instruments.sensitivity import Sensitivity, lag_sensitivity, sensitivity_metrics
 from gatezoo.instruments.stats import power_fit, spectrum_stats
+from gatezoo.instruments.transport import TransportProfiles, transport_metrics, transport_profiles
 from gatezoo.instruments.truncation import truncation_curve, window_factors
 from gatezoo.instruments.views import Measure, StepViews
 
@@ -67,6 +68,9 @@ __all__ = [
     "Sensitivity",
     "jacobian_spectra",
     "gradient_spectrum",
+    "TransportProfiles",
+    "transport_profiles",
+    "transport_metrics",
     "truncation_curve",
     "window_factors",
     "power_fit",

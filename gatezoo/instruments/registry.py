@@ -25,12 +25,13 @@ from gatezoo.instruments.analogies import analogies, effective_lr
 from gatezoo.instruments.anisotropy import anisotropy
 from gatezoo.instruments.expansion import expansion
 from gatezoo.instruments.gates import gates
-from gatezoo.instruments.lags import gate_transport, lags
+from gatezoo.instruments.lags import lags
 from gatezoo.instruments.optimizer import optimizer
 from gatezoo.instruments.protocol import TIER_EVERY, TIERS, Instrument, LayerFns
 from gatezoo.instruments.ratios import ratios
 from gatezoo.instruments.sensitivity import sensitivity
 from gatezoo.instruments.steps import check_compat
+from gatezoo.instruments.transport import gate_transport
 from gatezoo.instruments.truncation import truncation
 from gatezoo.instruments.views import Measure
 from gatezoo.metric_schema import Quantity, declare
@@ -150,8 +151,9 @@ for _args, _record in (
       "1/alpha"), dict(needs_gates=True)),
     (("lags", lags, "error-signal norm ||dL/dh_{T-l}|| by lag l from the training backward "
       "pass"), dict(needs_adjoints=True)),
-    (("transport", gate_transport, "gate-product predictors prod(alpha), prod(1-alpha) vs the "
-      "error signal by lag: power s and R^2"), dict(needs_gates=True, needs_adjoints=True)),
+    (("transport", gate_transport, "the theory's predictors of the error signal by lag (gate-"
+      "frozen transport, adjoint-weighted retention, neuron means): power s, R^2, attribution"),
+     dict(needs_gates=True, needs_adjoints=True)),
     (("optimizer", optimizer, "lr in force, momentum factor 1/(1-beta), Adam's per-neuron-row "
       "step lr/(sqrt(nu_hat)+eps)"), {}),
     (("effective_lr", effective_lr, "per-neuron per-lag effective lr mu = Lambda x Gamma "

@@ -118,7 +118,8 @@ def compare_figures(cr: CompareRuns) -> list[ReportFigure]:
         return []
     base = baseline_of(cr)
     figs = [plots.loss_figure(cr, base), plots.tuning_figure(cr, base), plots.lag_figure(cr),
-            plots.gate_correction_figure(cr), plots.analogies_figure(cr),
+            plots.attribution_figure(cr), plots.gate_correction_figure(cr),
+            plots.analogies_figure(cr),
             plots.anisotropy_figure(cr)]
     return [f for f in figs if f is not None]
 
