@@ -12,7 +12,9 @@ import os
 import signal
 import sys
 import threading
+import warnings
 from collections.abc import Sequence
+from typing import Any
 
 from gatezoo.experiments import interrupts
 from gatezoo.registry_entry import descriptions
@@ -603,20 +605,40 @@ def main(argv: Sequence[str] | None = None) -> int:
     previous = None
     if threading.current_thread() is threading.main_thread():
         previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    shown = warnings.showwarning
     try:
+        warnings.showwarning = _one_line_warning(args.command, shown)
         _import_plugins(args.imports)
         return int(args.func(args) or 0)
     except (UsageError, ValueError, TypeError, FileNotFoundError) as err:
         print(f"gatezoo {args.command}: error: {err}", file=sys.stderr)
         return 2
+    except OSError as err:  # a full disk, a read-only folder: the fault, not a traceback
+        print(f"gatezoo {args.command}: error: {err}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt as err:
         terminated = isinstance(err, Terminated)
         print(f"gatezoo {args.command}: {'terminated' if terminated else 'interrupted'}",
               file=sys.stderr)
         return 143 if terminated else 130
     finally:
+        warnings.showwarning = shown
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
+
+
+def _one_line_warning(command: str, fallback: Any) -> Any:
+    """Warnings addressed to the user (a damaged run folder) as one line on stderr; others as
+    Python shows them."""
+    from gatezoo.report.runfiles import ReportWarning
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        if issubclass(category, ReportWarning):
+            print(f"gatezoo {command}: warning: {message}", file=sys.stderr)
+        else:
+            fallback(message, category, filename, lineno, file, line)
+
+    return show
 
 
 def run() -> None:

@@ -169,8 +169,10 @@ def test_nnx_optimizer_and_nnx_jit_loop_equals_gz_train():
         for name, value in {"loss": loss, **metrics}.items():
             want = lines[i].get(name, np.nan)
             # float32 rounding of two compiled programs (one vmapped over seeds): 1e-6, absolute
-            # and relative
-            assert np.isclose(float(value), want, rtol=1e-6, atol=1e-6, equal_nan=True), (
+            # and relative; Adam's per-row rates lr / (sqrt(nu_hat) + eps) divide by gradients
+            # near eps at step 0, which amplifies that rounding (2e-5 seen on another CPU)
+            rtol = 1e-4 if "adam_row" in name else 1e-6
+            assert np.isclose(float(value), want, rtol=rtol, atol=1e-6, equal_nan=True), (
                 i, name, float(value), want)
     assert int(optimizer.step[...]) == steps
     # the batch statistics moved at every step, as in a plain nnx.jit loop

@@ -215,6 +215,25 @@ def _write_status(out: Path, config: CompareConfig, status: dict[str, Any], star
     tmp.replace(out / "compare.json")
 
 
+def _previous_status(path: Path, log: Callable[[str], None]) -> dict[str, Any]:
+    """The run statuses of an earlier compare into the same folder. A compare.json that cannot
+    be read only loses those (each run's own folder says whether it finished), so it is said
+    and started afresh rather than refused."""
+    if not path.exists():
+        return {}
+    try:
+        doc = json.loads(path.read_text())
+    except OSError as err:
+        problem = f"cannot be read ({err.strerror or type(err).__name__})"
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        problem = "is not valid JSON"
+    else:
+        status = doc.get("status") if isinstance(doc, dict) else None
+        return dict(status) if isinstance(status, dict) else {}
+    log(f"{path} {problem}; the status of each run is rebuilt from its folder")
+    return {}
+
+
 def default_workers() -> int:
     """Two worker processes on a CPU-only machine with at least two cores, else one (an
     accelerator is not shared between processes)."""
@@ -290,7 +309,11 @@ def _run_entry(config_dict: dict[str, Any], entry: dict[str, Any], out: str,
         "final_loss": [float(v) for v in result.final_loss[pick]],
         "final_eval": {k: [float(x) for x in v[pick]] for k, v in result.final_eval.items()},
     }
-    (run_dir / "result.json").write_text(json.dumps(record, indent=1))
+    # a temporary file and a rename: an interruption mid-write must not leave a cut
+    # result.json, which a rerun would take for a finished run
+    tmp = run_dir / ".result.json.tmp"
+    tmp.write_text(json.dumps(record, indent=1))
+    tmp.replace(run_dir / "result.json")
     return record
 
 
@@ -388,9 +411,7 @@ def run_compare(
     start = time.perf_counter()
     cells = grid(config)
     status: dict[str, Any] = {}
-    prev = out / "compare.json"
-    if prev.exists():
-        status = json.loads(prev.read_text()).get("status", {})
+    status = _previous_status(out / "compare.json", log)
     todo = []
     for i, entry in enumerate(cells, 1):
         if (out / entry["name"] / "result.json").exists():

@@ -28,12 +28,23 @@ def resume_parts(
     """``(tasks, wall_time_s)`` of an earlier run of ``config`` in ``out_dir`` (empty if none).
 
     Raises:
-      ValueError: the folder holds a run of ``experiment`` with other settings.
+      ValueError: the folder holds a run of ``experiment`` with other settings, or a
+        ``<experiment>.json`` that is not valid JSON.
     """
     path = None if out_dir is None else Path(out_dir) / f"{experiment}.json"
     if path is None or not path.is_file():
         return {}, 0.0
-    doc = json.loads(path.read_text())
+    try:
+        doc = json.loads(path.read_text())
+    except OSError as err:
+        raise ValueError(f"{str(path)!r} cannot be read ({err.strerror or type(err).__name__})"
+                         ) from None
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        doc = None
+    if not isinstance(doc, dict) or not isinstance(doc.get("config", {}), dict):
+        # the parts in it cannot be trusted: refused, in one line, rather than overwritten
+        raise ValueError(f"{str(path)!r} is not a valid {experiment} document (not a JSON "
+                         "object); move it away to start again, or choose another --out")
     stored = doc.get("config", {})
     mine = to_list(dataclasses.asdict(config))
     diff = sorted(k for k in mine if k not in _SELECTORS and stored.get(k) != mine[k])

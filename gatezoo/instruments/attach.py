@@ -13,9 +13,9 @@ loss ``loss_fn(model, xs, ys)`` (or a task) and instrument names, and returns
   new optimizer state (apply the updates yourself), the metrics (named by
   :func:`gatezoo.metric_schema.metric_name`: ``"<instrument>/<quantity>"``, with the layer's
   path between them in a model with several recurrent layers; NaN on steps an instrument is not
-  tracked), the instruments'
-  new state and, given the model's other state (``nnx.Dropout`` RNG streams, ``nnx.BatchNorm``
-  statistics), the state the step left;
+  tracked, and every metric NaN on a step whose loss or gradient is not finite), the
+  instruments' new state and, given the model's other state (``nnx.Dropout`` RNG streams,
+  ``nnx.BatchNorm`` statistics), the state the step left;
 * ``nnx_update(model, optimizer, state, xs, ys, *, step=None, probe=None) -> StepOutput``:
   the same inside an ``@nnx.jit`` step of Flax's own loop: ``optimizer`` is an
   ``nnx.Optimizer`` (or ``None``), the model and optimizer are updated in place.
@@ -164,6 +164,7 @@ def attach_fns(
     def update(params, state, xs, ys, *, step, optimizer=None, opt_state=None, probe=None,
                model_state=None):
         _check_optimizer(optimizer, opt_state)
+        _check_batch(xs)
         live, loss, records, new_model_state, grads, adjoints = gradients(
             params, xs, ys, model_state)
         updates = new_opt_state = None
@@ -183,6 +184,7 @@ def attach_fns(
             )
         # arrays, not the model's Variables: the optimizer below updates those in place, and
         # the instruments measure at the parameters the gradient was taken at
+        _check_batch(xs)
         params = nnx.as_pure(nnx.state(model, nnx.Param))
         model_state = nnx.as_pure(nnx.state(model, nnx.Not(nnx.Param)))
         live, loss, records, new_model_state, grads, adjoints = gradients(
@@ -202,6 +204,9 @@ def attach_fns(
         return StepOutput(loss, grads, updates, opt_state, metrics, new_state, new_model_state)
 
     def first_order(params, xs, ys, model_state=None):
+        for name, fns in net.layers.items():
+            if not fns.output_is_state:
+                raise ValueError(_output_refusal("first_order", name))
         live = net if model_state is None else net.bind(model_state)
         offsets = zero_offsets(live, params, xs, ys)
         (_, records), (grads, adjoints) = jax.value_and_grad(
@@ -245,6 +250,7 @@ def _step_parts(net: NetworkFns, attached: tuple, adjoint_layers: list) -> tuple
             # one context per measured layer: its states, inputs, initial carry and adjoints
             rec = records[inst.layer]
             _check_padding(inst, rec)
+            _check_length(inst, rec)
             fns = live.layers[inst.layer]
             ctx = layer_context(
                 fns, step=step, params=params, grads=grads, loss=loss, xs=xs, ys=ys,
@@ -255,7 +261,7 @@ def _step_parts(net: NetworkFns, attached: tuple, adjoint_layers: list) -> tuple
             layer = inst.layer if many else None
             metrics.update({metric_name(inst.name, layer, k): v for k, v in inst_metrics.items()})
             new_state.append(s)
-        return metrics, tuple(new_state)
+        return _all_or_nothing(metrics, loss, grads), tuple(new_state)
 
     return gradients, measure
 
@@ -282,6 +288,21 @@ def _check_attached(net: NetworkFns, attached: list[Instrument]) -> None:
             )
         if inst.needs_gates and not net.layers[inst.layer].gated:
             raise ValueError(f"instrument {inst.name!r} needs a gated cell, but the cell is not")
+        if not fns.output_is_state and (inst.needs_adjoints or inst.name in _FIRST_ORDER):
+            raise ValueError(_output_refusal(f"instrument {inst.name!r}", inst.layer))
+
+
+# instruments built on first-order gradients, which read the adjoints of the states
+_FIRST_ORDER = frozenset({"expansion", "truncation"})
+
+
+def _output_refusal(what: str, layer: str) -> str:
+    return (
+        f"{what} cannot measure layer {layer or 'model'!r}: its cell returns an output y that is "
+        "not its new state, so the adjoints dL/dh_t would miss the loss's read of the state "
+        "through y; return the state as the output (y = h) and apply the output map after the "
+        "layer"
+    )
 
 
 # instruments whose statistics run over time or lags without reading each sequence's length yet
@@ -295,6 +316,36 @@ def _check_padding(inst: Instrument, record: dict) -> None:
             f"{inst.layer or 'model'!r} was called with seq_lengths); the per-step instruments "
             "measure padded batches"
         )
+
+
+# instruments that measure over lags and need at least two steps to have one
+_NEEDS_LAGS = frozenset({"lags", "transport", "sensitivity"})
+
+
+def _check_length(inst: Instrument, record: dict) -> None:
+    steps = jax.tree_util.tree_leaves(record["carries"])[0].shape[0]
+    if steps < 2 and inst.name in _NEEDS_LAGS:
+        raise ValueError(
+            f"instrument {inst.name!r} measures over lags and needs sequences of at least 2 "
+            f"steps; its layer {inst.layer or 'model'!r} ran on T = {steps}"
+        )
+
+
+def _check_batch(xs: Any) -> None:
+    """An empty batch has nothing to measure: refused by name before anything is traced."""
+    for leaf in jax.tree_util.tree_leaves(xs):
+        shape = jnp.shape(leaf)
+        if shape and shape[0] == 0:
+            raise ValueError(f"xs holds an empty batch (shape {tuple(shape)}); the instruments "
+                             "need at least one sequence")
+
+
+def _all_or_nothing(metrics: dict, loss: jax.Array, grads: Any) -> dict:
+    """Every metric NaN on a step whose loss or gradient is not finite: some instruments would
+    otherwise drop the bad sample and some not, a mix no reader could interpret."""
+    finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(g)) for g in
+                                [loss, *jax.tree_util.tree_leaves(grads)]]))
+    return {k: jnp.where(finite, v, jnp.nan) for k, v in metrics.items()}
 
 
 def _check_optimizer(optimizer: Any, opt_state: Any) -> None:

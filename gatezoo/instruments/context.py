@@ -32,6 +32,7 @@ import jax.numpy as jnp
 import optax
 
 from gatezoo.instruments.protocol import LayerFns, StepContext
+from gatezoo.models.init import widened
 
 __all__ = ["layer_context", "step_context"]
 
@@ -43,8 +44,19 @@ def layer_context(
 ) -> StepContext:
     """The context of one measured layer. ``record`` holds what the layer's forward pass
     recorded: ``carries`` and, when known, ``inputs``, ``carry0`` and ``lengths``; ``probe`` is
-    ``(probe_xs, probe_ys)`` (default: this step's batch)."""
+    ``(probe_xs, probe_ys)`` (default: this step's batch).
+
+    Arrays narrower than float32 (a bfloat16 model's parameters, gradients, states, adjoints)
+    reach the instruments in float32: the values are the model's, the instruments' arithmetic
+    (means and quantiles, least-squares fits, log-ratios of nearly equal numbers, the cell
+    steps and VJPs they replay) is float32, where 8 mantissa bits would round the metrics to
+    about 3 significant digits and swamp the small terms of a split. Float32 and float64
+    contexts are passed on as they are.
+    """
     probe_xs, probe_ys = (xs, ys) if probe is None else probe
+    params, grads, loss, xs, probe_xs, adjoints, updates = widened(
+        (params, grads, loss, xs, probe_xs, adjoints, updates))
+    record = widened(dict(record))
     return StepContext(
         step=jnp.asarray(step, jnp.int32), params=params, grads=grads, loss=loss, xs=xs, ys=ys,
         carries=record["carries"], adjoints=adjoints, updates=updates, opt_state=opt_state,

@@ -35,7 +35,7 @@ from flax import nnx
 
 from gatezoo.instruments.first_order_cells import first_order_streams
 from gatezoo.instruments.protocol import LayerFns
-from gatezoo.models.protocol import cell_fn, check_gate_protocol, zero_carry
+from gatezoo.models.protocol import cell_fn, check_gate_protocol, output_is_state, zero_carry
 from gatezoo.models.recurrent import LayerTap, Recurrent, layer_name, recurrent_layers, tapping
 
 __all__ = ["NetworkFns", "network_fns", "model_fns", "loss_function", "zero_offsets"]
@@ -203,6 +203,7 @@ def network_fns(
             "measure them"
         )
     graphdef, params, state = nnx.split(model, nnx.Param, ...)
+    _check_floating(params)
     evaluating = nnx.clone(model)
     evaluating.eval()  # Dropout off, BatchNorm on its running statistics: static attributes
     net = _bound(graphdef, state, loss_fn, found, (nnx.graphdef(evaluating), _predictor(loss)))
@@ -214,21 +215,40 @@ def network_fns(
     return net, params
 
 
+def _check_floating(params: Any) -> None:
+    """Every ``nnx.Param`` is differentiated (gradients, adjoints, optimizers): an integer one
+    is refused by name rather than by JAX's ``allow_int`` hint deep inside a trace."""
+    for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
+        dtype = jnp.dtype(leaf.dtype)
+        if not jnp.issubdtype(dtype, jnp.inexact):
+            keys = [str(getattr(k, "key", getattr(k, "name", k))) for k in path]
+            name = ".".join(keys[:-1] if keys[-1] == "value" and len(keys) > 1 else keys)
+            raise TypeError(
+                f"parameter {name} is {dtype}: every nnx.Param is differentiated, so it must be "
+                "floating point; keep integer state in an nnx.Variable that is not a Param"
+            )
+
+
 def _check_cells(net: NetworkFns, layers: dict, params: Any, example: tuple | None) -> None:
-    gated = {n: layer.cell for n, layer in layers.items() if net.layers[n].gated}
-    widths = {n: getattr(c, "in_features", None) for n, c in gated.items()}
+    """The gate protocol of every gated cell, and whether each cell's output is its state
+    (every cell whose input width is known)."""
+    widths = {n: getattr(layer.cell, "in_features", None) for n, layer in layers.items()}
     if example is not None and not all(isinstance(w, int) for w in widths.values()):
         xs, ys = example
         _, records = jax.eval_shape(net.loss, params, xs, ys)
-        widths = {n: int(records[n]["inputs"].shape[-1]) for n in gated}
-    for name, cell in gated.items():
-        if not isinstance(widths[name], int):
+        widths = {n: int(records[n]["inputs"].shape[-1]) for n in layers}
+    for name, layer in layers.items():
+        cell, width = layer.cell, widths[name]
+        if net.layers[name].gated and not isinstance(width, int):
             raise ValueError(
                 f"cannot check the gate protocol of cell {type(cell).__name__} (layer "
                 f"{name or 'model'!r}): its input width is unknown; give the cell an integer "
                 "in_features attribute or pass example=(xs, ys)"
             )
-        check_gate_protocol(cell, widths[name])
+        if net.layers[name].gated:
+            check_gate_protocol(cell, width)
+        if isinstance(width, int) and not output_is_state(cell, width):
+            net.layers[name] = net.layers[name]._replace(output_is_state=False)
 
 
 def model_fns(model: nnx.Module, loss: Any, *, example: tuple | None = None):

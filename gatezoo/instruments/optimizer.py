@@ -1,7 +1,8 @@
 r"""The optimizer side, for any Optax optimizer: measured from updates, read from its state.
 
 Measured (every optimizer): the per-coordinate effective step :math:`s = -\Delta\theta / g`
-from the step's ``updates`` and ``grads``. Per neuron ``q`` of the cell (THEORY.md §5: the row
+from the step's ``updates`` (for bfloat16 parameters, the float32 update of their master copy:
+:func:`optimizer_update`) and ``grads``. Per neuron ``q`` of the cell (THEORY.md §5: the row
 ``q`` of every kernel, Flax's column ``q`` of a ``(fan_in, hidden)`` kernel) its least-squares
 value
 
@@ -43,6 +44,7 @@ __all__ = [
     "per_neuron_rows",
     "adam_rows",
     "effective_step_rows",
+    "optimizer_update",
     "optimizer",
 ]
 
@@ -108,6 +110,16 @@ def adam_effective_lr(opt_state: Any) -> Any | None:
     eps = jnp.asarray(1e-8) if eps is None else eps
     bias = 1.0 - b2 ** jnp.maximum(count, 1).astype(b2.dtype)
     return jax.tree_util.tree_map(lambda v: lr / (jnp.sqrt(v / bias) + eps), nu)
+
+
+def optimizer_update(opt_state: Any, updates: Any) -> Any:
+    """The optimizer's own update of the step: ``updates``, except for narrow (bfloat16)
+    parameters optimized on a float32 master copy
+    (:class:`gatezoo.training.optimizers.Float32MasterState`), whose parameters move by the
+    rounded change of the copy; there the copy's float32 update (``last_step``), since the
+    rounding (up to an ulp, often more than the step itself) would swamp the effective step."""
+    step = state_value(opt_state, "last_step", "Float32MasterState")
+    return updates if step is None else step
 
 
 def _kernels(tree: Any, hidden: int) -> list[jax.Array]:
@@ -187,11 +199,12 @@ def optimizer(fns, *, every: int | None = None) -> Measure:
     """
 
     def measure(ctx, state, views: StepViews):
+        updates = optimizer_update(ctx.opt_state, ctx.updates)
         out = {
             "grad_norm": _norm(ctx.grads),
-            "update_norm": _norm(ctx.updates),
+            "update_norm": _norm(updates),
         }
-        steps = effective_step_rows(ctx.fns, ctx.grads, ctx.updates)
+        steps = effective_step_rows(ctx.fns, ctx.grads, updates)
         if steps is not None:
             mean = jnp.mean(steps)
             out["step_mean"] = mean

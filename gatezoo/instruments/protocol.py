@@ -70,6 +70,10 @@ class LayerFns(NamedTuple):
       stateful: the cell holds state other than parameters (an RNG stream of a dropout inside
         the cell, a counter) that its steps may change: the instruments, which re-evaluate
         single steps, cannot reproduce the step-by-step state, so they refuse such a layer.
+      output_is_state: the cell's output is its new state (or reads the offset state), as
+        :func:`gatezoo.models.protocol.output_is_state` found on a probe; when not, the
+        adjoints miss the output's own read of the state and the instruments built on them
+        refuse the layer.
     """
 
     loss: Callable[..., Any]
@@ -86,6 +90,7 @@ class LayerFns(NamedTuple):
     first_order_streams: Callable[..., Any] | None = None
     initial: Callable[..., Any] | None = None
     stateful: bool = False
+    output_is_state: bool = True
 
 
 class StepContext(NamedTuple):

@@ -26,13 +26,14 @@ Example:
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from gatezoo.models.init import InitSpec, gate_bias_init, matrix_init
+from gatezoo.models.init import InitSpec, drawn_wide, gate_bias_init, is_narrow, matrix_init
 
 __all__ = [
     "FlaxCellAdapter",
@@ -214,7 +215,9 @@ def make_flax_cell(
     * ``use_bias=False`` is rejected: Flax's cells always have biases.
     * ``init``: scheme ``"flax"`` keeps Flax's own initialisers (so the cell equals
       ``kind(in, hidden, rngs=rngs)`` exactly); ``"torch"`` and ``"normal"`` set both kernel
-      initialisers as for gatezoo's cells (biases stay zero). A non-zero or chrono ``gate_bias``
+      initialisers as for gatezoo's cells (biases stay zero). With a ``param_dtype`` narrower
+      than float32 (bfloat16) every kernel, Flax's own initialisers' too, is drawn in float32
+      and rounded (:func:`gatezoo.models.init.drawn_wide`). A non-zero or chrono ``gate_bias``
       sets the bias of the time-scale gate's pre-activation after construction, as gatezoo's GRU and
       LSTM do: Flax GRU's retention ``z`` gets ``-gate_bias``, the LSTM's forget gate ``-gate_bias``
       (chrono: also the input gate ``+gate_bias``). SimpleCell has no gate and ignores it, like
@@ -235,6 +238,11 @@ def make_flax_cell(
     if spec.scheme != "flax":
         kwargs["kernel_init"] = matrix_init(spec, recurrent=False)
         kwargs["recurrent_kernel_init"] = matrix_init(spec, recurrent=True)
+    elif is_narrow(param_dtype):
+        # Flax's defaults (its orthogonal QR has no bfloat16 kernel), drawn in float32
+        defaults = inspect.signature(kind.__init__).parameters
+        for name in ("kernel_init", "recurrent_kernel_init"):
+            kwargs[name] = drawn_wide(defaults[name].default)
     cell = kind(in_features, hidden_features, param_dtype=param_dtype, rngs=rngs, **kwargs)
     if kind is not nnx.SimpleCell and (spec.gate_bias == "chrono" or float(spec.gate_bias) != 0):
         alpha_bias = gate_bias_init(spec, rngs.params(), hidden_features, param_dtype)

@@ -46,6 +46,7 @@ __all__ = [
     "check_gate_protocol",
     "GateProtocolError",
     "zero_carry",
+    "output_is_state",
 ]
 
 Carry = Any
@@ -203,14 +204,8 @@ def check_gate_protocol(cell: nnx.Module, in_features: int, *, batch: int = 3) -
     name = type(cell).__name__
     fn = cell_fn(cell)
     dtype = param_dtype_of(cell)
-    kh, kx = jax.random.split(jax.random.key(0x6A7E))
     carry = zero_carry(cell, (batch, int(in_features)))
-    leaves, treedef = jax.tree_util.tree_flatten(carry)
-    keys = jax.random.split(kh, len(leaves))
-    h = jax.tree_util.tree_unflatten(treedef, [
-        0.5 * jax.random.normal(k, leaf.shape, dtype) for k, leaf in zip(keys, leaves, strict=True)
-    ])
-    x = jax.random.normal(kx, (batch, int(in_features)), dtype)
+    h, x = _probe(carry, batch, int(in_features), dtype, jax.random.key(0x6A7E))
     plain = flatten_carry(fn.step(fn.params, h, x)[0])
     split = flatten_carry(fn.split_step(fn.params, h, x, h)[0])
     tol = 1e-5 if jnp.finfo(dtype).bits <= 32 else 1e-10
@@ -243,6 +238,42 @@ def check_gate_protocol(cell: nnx.Module, in_features: int, *, batch: int = 3) -
             f"cell {name}: time_scale must lie in [0, 1] (the weight of the new candidate), "
             f"got values in [{lo:.3g}, {hi:.3g}] on a random probe"
         )
+
+
+def _probe(carry: Carry, batch: int, in_features: int, dtype: Any, key: jax.Array
+           ) -> tuple[Carry, jax.Array]:
+    """A random state shaped like ``carry`` (scale 0.5) and a random input ``(batch, in)``."""
+    kh, kx = jax.random.split(key)
+    leaves, treedef = jax.tree_util.tree_flatten(carry)
+    h = jax.tree_util.tree_unflatten(treedef, [
+        0.5 * jax.random.normal(k, leaf.shape, dtype)
+        for k, leaf in zip(jax.random.split(kh, len(leaves)), leaves, strict=True)
+    ])
+    return h, jax.random.normal(kx, (batch, in_features), dtype)
+
+
+def output_is_state(cell: nnx.Module, in_features: int, *, batch: int = 3) -> bool:
+    """Whether the output ``y`` of ``__call__(h, x) -> (h', y)`` is the new state ``h'`` (its
+    last carry leaf: ``h`` of an LSTM's ``(c, h)``) on a small random probe.
+
+    The adjoints :math:`\\lambda_t = dL/dh_t` are taken through offsets added to each new state,
+    after the step. When the loss reads ``y = g(h')`` rather than ``h'``, that read does not see
+    the offset, so the adjoints and the first-order gradients built on them miss the readout's
+    path. A cell whose own whole-sequence path feeds the offset state to its output (the
+    built-in S6) says so with the class attribute ``output_reads_offset_state = True``.
+    """
+    if getattr(cell, "output_reads_offset_state", False):
+        return True
+    fn = cell_fn(cell)
+    dtype = param_dtype_of(cell)
+    carry = zero_carry(cell, (batch, int(in_features)))
+    new, y = fn.step(fn.params, *_probe(carry, batch, int(in_features), dtype,
+                                        jax.random.key(0x5EED)))
+    state = jax.tree_util.tree_leaves(new)[-1]
+    if not isinstance(y, jax.Array) or y.shape != state.shape:
+        return False
+    tol = 1e-5 if jnp.finfo(dtype).bits <= 32 else 1e-10
+    return bool(jnp.max(jnp.abs(y - state)) <= tol * max(float(jnp.max(jnp.abs(state))), 1.0))
 
 
 def zero_carry(cell: Any, input_shape: tuple[int, ...]) -> Carry:

@@ -250,6 +250,7 @@ class Recurrent(nnx.Module):
         reverse = pick(reverse, self.reverse)
         keep_order = pick(keep_order, self.keep_order)
         layout = _Layout.of(inputs, time_major, _feature_axes(self.cell))
+        _check_inputs(self.cell, jnp.shape(inputs), layout)
         xs_t = layout.to_flat(inputs)  # (T, batch, *features)
         lengths = layout.flat_lengths(seq_lengths)
         if reverse:
@@ -403,6 +404,21 @@ def _one_step(cell: Any, recur: Any, carry: Any, x_t: jax.Array, eps: Any, off_t
         if y_is_state:  # the output is the state: it carries the offset too
             y = jax.tree_util.tree_leaves(new)[-1]
     return new, y
+
+
+def _check_inputs(cell: Any, shape: tuple, layout: _Layout) -> None:
+    """One line, in the caller's layout, for inputs no step can read: no time steps, or a
+    feature size other than the cell's ``in_features``."""
+    where = "(T, *batch, features)" if layout.time_major else "(*batch, T, features)"
+    if layout.steps == 0:
+        raise ValueError(f"inputs of shape {shape} {where} have no time steps; a recurrent "
+                         "layer needs T >= 1")
+    want = getattr(cell, "in_features", None)
+    if isinstance(want, int) and len(layout.features) == 1 and layout.features[0] != want:
+        raise ValueError(
+            f"{type(cell).__name__} expects inputs with {want} features in the last axis, got "
+            f"inputs of shape {shape} {where}"
+        )
 
 
 def _feature_axes(cell: Any) -> int:

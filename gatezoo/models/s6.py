@@ -63,6 +63,8 @@ class S6(InputGatedCell):
     """
 
     _input_blocks = (("U", "b"), ("U_dt", "b_dt"), ("U_B", None), ("U_C", None))
+    # its output C h + D u is not its state, but its whole-sequence path reads the offset state
+    output_reads_offset_state = True
 
     def __init__(
         self,
@@ -118,7 +120,7 @@ class S6(InputGatedCell):
         return dt[..., None] * -jnp.exp(self.A_log[...]), dt, u, B, C
 
     def _flat(self, v: jax.Array) -> jax.Array:
-        return v.reshape(v.shape[:-2] + (-1,))
+        return v.reshape(v.shape[:-2] + (v.shape[-2] * v.shape[-1],))  # -1 fails on batch 0
 
     def _alpha(self, fused, xp):
         return self._flat(-jnp.expm1(self._decay(xp)[0]))

@@ -12,28 +12,41 @@ files, so ``gatezoo report RUN_DIR`` works on a finished run, an interrupted one
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from gatezoo.experiments.verdicts import claims_of
 from gatezoo.report.figures import ReportFigure
 from gatezoo.report.page import Table, markdown_table, write_report
+from gatezoo.report.runfiles import ReportWarning, RunFileError, read_json
 
-__all__ = ["build_report", "report_figures", "ReportFigure", "Table", "markdown_table",
-           "write_report"]
+__all__ = ["build_report", "report_figures", "ReportFigure", "ReportWarning", "RunFileError",
+           "Table", "markdown_table", "write_report"]
 
 
 def report_figures(run_dir: str | Path):
-    """``(title, intro, figures, tables, summary)`` of a run folder, without writing anything."""
+    """``(title, intro, figures, tables, summary)`` of a run folder, without writing anything.
+
+    What the folder's files cannot tell is left out and said (``summary["notes"]``, and a
+    :class:`ReportWarning` each): a missing or unusable config (no baseline, target or steps
+    to it), a damaged run of a compare (left out of every figure and finding).
+
+    Raises:
+      FileNotFoundError: no such folder, a file, a folder with no run files, a train run with
+        no metric yet ("no metrics yet").
+      RunFileError: a file the whole report needs cannot be used (compare.json, a lone train
+        run's metrics.jsonl, appendix.json, s1.json, s2.json); one line naming it.
+    """
     root = Path(run_dir)
-    if not root.is_dir():
+    if not root.exists():
         raise FileNotFoundError(f"run folder {str(root)!r} does not exist")
+    if not root.is_dir():
+        raise FileNotFoundError(f"run folder {str(root)!r} is a file, not a folder")
     figures, tables, summary, parts, findings = [], [], {}, [], []
-    if (root / "compare.json").is_file() or (root / "metrics.jsonl").is_file():
+    if (root / "compare.json").exists() or (root / "metrics.jsonl").exists():
         from gatezoo.report.compare_report import compare_figures, compare_table, load_compare
 
         cr = load_compare(root)
-        if not cr.runs and not cr.unfinished:
+        if not cr.runs and not cr.unfinished and not cr.damaged:
             raise FileNotFoundError(f"{str(root)!r} holds no run with metrics yet")
         from gatezoo.report.findings import compare_findings
 
@@ -43,13 +56,17 @@ def report_figures(run_dir: str | Path):
         tables.append(table)
         summary["compare"] = {"config": cr.doc.get("config", {}),
                               "status": cr.doc.get("status", {}), "runs": records}
+        if cr.notes:
+            summary.setdefault("notes", []).extend(cr.notes)
         parts.append("compare")
     claims: list[dict] = []
     for name in ("appendix", "s1", "s2"):
         path = root / f"{name}.json"
-        if not path.is_file():
+        if not path.exists():
             continue
-        doc = json.loads(path.read_text())
+        doc, problem = read_json(path)
+        if problem:
+            raise RunFileError(problem)
         claims += claims_of(name, doc)
         if name == "appendix":
             from gatezoo.report.appendix_report import appendix_figures, appendix_table
@@ -80,6 +97,9 @@ def report_figures(run_dir: str | Path):
     if claims:
         tables.insert(0, claims_table(claims))
         summary["claims"] = claims
+    if not parts and (root / "config.json").exists():
+        raise FileNotFoundError(f"{str(root)!r}: no metrics yet (a train run folder with no "
+                                "metrics.jsonl)")
     if not parts:
         raise FileNotFoundError(
             f"{str(root)!r} holds no run files (compare.json, metrics.jsonl, appendix.json, "

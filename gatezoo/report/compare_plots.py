@@ -116,8 +116,11 @@ def loss_figure(cr, base: float | None) -> ReportFigure:
         "loss_curves", "Training loss per cell and optimizer (chosen learning rates)",
         "Training loss (mean over seeds, 10-step moving average; dots: held-out evaluation) "
         "against step, one panel per cell, one colour per optimizer, each at the learning rate "
-        "its tuning chose. The dashed line is the task's trivial baseline: a curve that stays on "
-        "it has learned nothing; the lower and earlier a curve falls below it, the better.",
+        "its tuning chose. " + (
+            "The dashed line is the task's trivial baseline: a curve that stays on it has "
+            "learned nothing; the lower and earlier a curve falls below it, the better."
+            if base is not None else "The task's trivial baseline is not known here, so none "
+            "is drawn."),
         data, png,
     )
 
@@ -164,8 +167,10 @@ def tuning_figure(cr, base: float | None) -> ReportFigure | None:
         "Per cell (panel) and optimizer (colour): the held-out loss at the end of training, "
         "mean over seeds, for each learning-rate trial of the log-uniform search; the star is "
         "the rate chosen (lowest held-out loss among trials with no diverged seed), x marks "
-        "trials that diverged. Losses above twice the trivial baseline are clipped there. A "
-        "star at the end of its grid means the search range should be widened.",
+        "trials that diverged. "
+        + ("Losses above twice the trivial baseline are clipped there. " if top is not None
+           else "")
+        + "A star at the end of its grid means the search range should be widened.",
         data, png,
     )
 

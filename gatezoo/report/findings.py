@@ -212,9 +212,23 @@ def _not_finished(cr) -> list[dict]:
                "loss_curves")]
 
 
+def _damaged(cr) -> list[dict]:
+    names = list(cr.damaged)
+    if not names:
+        return []
+    one = len(names) == 1
+    return [_f(f"{len(names)} of the {len(cr.grid)} runs of the grid {'is' if one else 'are'} "
+               f"damaged ({', '.join(names)}): {'its' if one else 'their'} files cannot be used "
+               f"(the notes say why), the table marks {'it' if one else 'them'} \"damaged\" "
+               f"and every finding and figure leaves {'it' if one else 'them'} out.",
+               {"damaged": names, "grid": len(cr.grid)}, "loss_curves")]
+
+
 def compare_findings(cr, records: list[dict]) -> list[dict[str, Any]]:
     """The findings of a compare folder, in page order. Only finished runs count: the
-    records and runs of unfinished ones are left out of every finding, which says so."""
+    records and runs of unfinished and damaged ones are left out of every finding, which
+    says so. Without a readable config the findings that need the task's baseline or the
+    target are left out (their records hold None there)."""
     records = [r for r in records if r.get("finished", True)]
-    return (_not_finished(cr) + _outcome(records) + _lag_fit(cr) + _gate_correction(cr)
-            + _analogies(cr))
+    return (_damaged(cr) + _not_finished(cr) + _outcome(records) + _lag_fit(cr)
+            + _gate_correction(cr) + _analogies(cr))

@@ -13,7 +13,15 @@ __all__ = [
 
 def mean_squared_error(pred: jax.Array, y: jax.Array) -> jax.Array:
     r""":math:`\frac{1}{N}\sum (\hat y - y)^2` over every element (no factor 1/2, so the MSE of
-    predicting the mean equals the target's variance)."""
+    predicting the mean equals the target's variance).
+
+    Raises:
+      ValueError: when ``pred`` and ``y`` differ in shape (broadcasting ``(B, 1)`` against
+        ``(B,)`` would silently average ``B x B`` wrong pairs).
+    """
+    if jnp.shape(pred) != jnp.shape(y):
+        raise ValueError(f"the prediction has shape {jnp.shape(pred)} but the targets "
+                         f"{jnp.shape(y)}; they must match")
     return jnp.mean(jnp.square(pred - y))
 
 
@@ -22,6 +30,10 @@ def softmax_cross_entropy(
 ) -> jax.Array:
     r"""Mean of :math:`-\log \mathrm{softmax}(z)_{y}` over all leading axes (nats);
     ``reduce=False`` keeps them: ``labels.shape``."""
+    if jnp.shape(logits)[:-1] != jnp.shape(labels):
+        raise ValueError(f"the logits have shape {jnp.shape(logits)} but the labels "
+                         f"{jnp.shape(labels)}; the labels must be the logits' shape without "
+                         "the class axis")
     per_position = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
     return jnp.mean(per_position) if reduce else per_position
 

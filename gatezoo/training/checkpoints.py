@@ -18,11 +18,19 @@ so a process killed during a save leaves an unfinalised temporary folder that
 :meth:`Checkpoints.latest_step` ignores (and the next manager deletes). A finalised step can
 still be damaged afterwards (files deleted, a disk that filled up): :meth:`restore_latest` then
 says which step it skips and why, moves it aside to ``damaged-<step>`` and restores the newest
-step that reads back. Saves are synchronous, so a returned ``save`` is durable.
+step that reads back. Saves are synchronous, so a returned ``save`` is durable; a save that
+cannot write (a full disk, a read-only folder, a quota) raises one :class:`OSError` naming the
+step's folder and the cause, and leaves only its unfinalised temporary folder behind.
+
+A checkpoint that reads back but holds another state (a model of another width, other
+instruments, other dtypes) is not damaged: :meth:`Checkpoints.restore` compares orbax's
+metadata of the step with the state asked for, leaf by leaf, and raises
+:class:`CheckpointMismatch` naming the first parameter that differs; nothing is moved.
 """
 
 from __future__ import annotations
 
+import os
 import re
 import sys
 from collections.abc import Callable
@@ -30,18 +38,30 @@ from pathlib import Path
 from typing import Any
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 from flax import nnx
 from jax.experimental import multihost_utils
 
-__all__ = ["Checkpoints", "CheckpointError", "named_tree"]
+from gatezoo.training.sinks import write_failure
+
+__all__ = ["Checkpoints", "CheckpointError", "CheckpointMismatch", "named_tree"]
 
 # the format of gatezoo <= 0.1.0: the flat list of leaves under zero-padded indices
 _NUMBERED = re.compile(r"^\d{5}$")
 
 
+# tensorstore (under orbax) reports an OS error as text: "... [os_error_code='28']"
+_OS_ERROR_CODE = re.compile(r"os_error_code='?(\d+)")
+
+
 class CheckpointError(ValueError):
     """A checkpoint that cannot be restored into the state asked for (one line, naming it)."""
+
+
+class CheckpointMismatch(CheckpointError):
+    """A checkpoint that reads back but holds another state (other leaves, shapes or dtypes):
+    the message names the first parameter that differs, as stored and as asked for."""
 
 
 def _key_name(key: Any) -> str:
@@ -105,6 +125,63 @@ def _read_named(item: dict, names: list[tuple[str, ...]]) -> list[Any]:
     return leaves
 
 
+def _os_errno(err: BaseException) -> int | None:
+    """The errno behind an exception of orbax: an ``OSError`` in its chain, or the
+    ``os_error_code`` that tensorstore writes into its message."""
+    seen: set[int] = set()
+    at: BaseException | None = err
+    while at is not None and id(at) not in seen:
+        seen.add(id(at))
+        if isinstance(at, OSError) and isinstance(at.errno, int):
+            return at.errno
+        found = _OS_ERROR_CODE.search(str(at))
+        if found:
+            return int(found.group(1))
+        at = at.__cause__ or at.__context__
+    return None
+
+
+def _describe(shape: Any, dtype: Any) -> str:
+    """``float32[8,24]``: a leaf as the mismatch message names it."""
+    try:
+        name = np.dtype(dtype).name
+    except TypeError:  # an extended dtype (a typed PRNG key)
+        name = str(dtype)
+    return f"{name}[{','.join(str(int(d)) for d in shape)}]"
+
+
+def _stored_leaves(metadata: Any) -> dict[tuple[str, ...], Any]:
+    """Orbax's metadata of a step: each stored leaf's name path -> its metadata."""
+    flat = jax.tree_util.tree_flatten_with_path(metadata)[0]
+    return {tuple(_key_name(k) for k in path): leaf for path, leaf in flat}
+
+
+def _first_mismatch(
+    stored: dict[tuple[str, ...], Any], names: list[tuple[str, ...]], targets: list[Any],
+    numbered: bool,
+) -> str | None:
+    """How the stored leaves differ from the state asked for (``names``, ``targets`` in leaf
+    order), first difference only; None when every leaf has its stored shape and dtype."""
+    keys = [(f"{i:05d}",) for i in range(len(targets))] if numbered else names
+    shown = [f"leaf {k[0]} ({'/'.join(n)})" if numbered else "/".join(n)
+             for k, n in zip(keys, names, strict=True)]
+    for key, label, target in zip(keys, shown, targets, strict=True):
+        if key not in stored:
+            return f"{label} ({_describe(target.shape, target.dtype)}) is not in the checkpoint"
+    extra = sorted(set(stored) - set(keys))
+    if extra:
+        return f"the checkpoint holds {'/'.join(extra[0])}, which the state to resume has not"
+    for key, label, target in zip(keys, shown, targets, strict=True):
+        meta = stored[key]
+        shape, dtype = getattr(meta, "shape", None), getattr(meta, "dtype", None)
+        if shape is None or dtype is None:
+            continue  # not an array (orbax's scalar or string metadata): nothing to compare
+        was, now = _describe(shape, dtype), _describe(target.shape, target.dtype)
+        if was != now:
+            return f"{label} is {was} in the checkpoint, {now} in this run"
+    return None
+
+
 class Checkpoints:
     """Saves numbered steps, keeps the last ``keep``, restores the newest one that reads back.
 
@@ -130,9 +207,12 @@ class Checkpoints:
             enable_async_checkpointing=False,
             cleanup_tmp_directories=True,
         )
-        self._manager = ocp.CheckpointManager(
-            self.directory, options=options, item_handlers=ocp.StandardCheckpointHandler()
-        )
+        try:
+            self._manager = ocp.CheckpointManager(
+                self.directory, options=options, item_handlers=ocp.StandardCheckpointHandler()
+            )
+        except OSError as err:  # the folder cannot be created
+            raise write_failure(self.directory, err) from err
 
     def latest_step(self) -> int | None:
         """The step of the newest finalised checkpoint (None if there is none)."""
@@ -143,33 +223,53 @@ class Checkpoints:
         return sorted(self._manager.all_steps())
 
     def save(self, step: int, state: Any) -> bool:
-        """Writes ``state`` as checkpoint ``step`` (no-op if that step is already saved)."""
+        """Writes ``state`` as checkpoint ``step`` (no-op if that step is already saved).
+
+        Raises:
+          OSError: the step cannot be written (disk full, read-only, quota): one line naming
+            its folder and the cause. The older steps are untouched; the unfinalised temporary
+            folder of this one is deleted by the next :class:`Checkpoints` of the folder.
+        """
         step = int(step)
         if step in self._manager.all_steps():
             return False
-        saved = self._manager.save(step, args=ocp.args.StandardSave(named_tree(state)), force=True)
-        self._manager.wait_until_finished()
+        try:
+            saved = self._manager.save(step, args=ocp.args.StandardSave(named_tree(state)),
+                                       force=True)
+            self._manager.wait_until_finished()
+        except Exception as err:  # orbax and tensorstore raise many types for one OS error
+            errno = _os_errno(err)
+            if errno is None:
+                raise
+            # tensorstore's message is long (it holds the whole spec): the errno's text says it
+            raise write_failure(self.directory / str(step), OSError(errno, os.strerror(errno)),
+                                f"checkpoint step {step}: {os.strerror(errno)}") from err
         return bool(saved)
 
     def restore(self, step: int, like: Any) -> Any:
         """Checkpoint ``step`` in the structure (and placement) of the state ``like``.
 
         Raises:
-          CheckpointError: the step does not read back into ``like`` (missing files, other
-            shapes); the message names the step and the cause.
+          CheckpointMismatch: the step holds other leaves, shapes or dtypes than ``like``
+            (another model width, other instruments); the message names the first parameter
+            that differs, as stored and as asked for.
+          CheckpointError: the step does not read back (missing or cut files); the message
+            names the step and the cause.
         """
         step = int(step)
         leaves, treedef = jax.tree_util.tree_flatten(like)
         targets = [ocp.utils.to_shape_dtype_struct(leaf) for leaf in leaves]
-        numbered = False
+        names = _leaf_names(like)
+        stored, numbered = self._stored(step)
+        kind = " (numbered leaves, the format of gatezoo 0.1)" if numbered else ""
+        where = f"checkpoint step {step}{kind} in {str(self.directory)!r}"
+        mismatch = _first_mismatch(stored, names, targets, numbered)
+        if mismatch is not None:
+            raise CheckpointMismatch(
+                f"{where} holds another state: {mismatch}; resume with the model and config "
+                "that wrote it, or train in a new run folder"
+            )
         try:
-            if not (self.directory / str(step) / "default").is_dir():
-                raise FileNotFoundError(f"{step}/default is missing (files deleted)")
-            metadata = self._manager.item_metadata(step)
-            if metadata is None:
-                raise FileNotFoundError("its metadata is missing (files deleted or never written)")
-            stored = list(metadata.keys())
-            numbered = bool(stored) and all(_NUMBERED.match(k) for k in stored)
             if numbered:
                 target = {f"{i:05d}": t for i, t in enumerate(targets)}
                 item = self._manager.restore(step, args=ocp.args.StandardRestore(target))
@@ -178,15 +278,29 @@ class Checkpoints:
                 item = self._manager.restore(
                     step, args=ocp.args.StandardRestore(named_tree(like, targets))
                 )
-                restored = _read_named(item, _leaf_names(like))
+                restored = _read_named(item, names)
         except Exception as err:  # orbax raises many types; each means "this step is unusable"
             cause = " ".join(str(err).split())[:300] or type(err).__name__
-            kind = " (numbered leaves, the format of gatezoo 0.1)" if numbered else ""
-            raise CheckpointError(
-                f"checkpoint step {step}{kind} in {str(self.directory)!r} does not restore: "
-                f"{cause}"
-            ) from err
+            raise CheckpointError(f"{where} does not restore: {cause}") from err
         return jax.tree_util.tree_unflatten(treedef, restored)
+
+    def _stored(self, step: int) -> tuple[dict[tuple[str, ...], Any], bool]:
+        """The stored leaves of ``step`` (name path -> orbax metadata) and whether they are
+        numbered (gatezoo 0.1); :class:`CheckpointError` if the metadata does not read."""
+        try:
+            if not (self.directory / str(step) / "default").is_dir():
+                raise FileNotFoundError(f"{step}/default is missing (files deleted)")
+            metadata = self._manager.item_metadata(step)
+            if metadata is None:
+                raise FileNotFoundError("its metadata is missing (files deleted or never written)")
+            stored = _stored_leaves(metadata)
+        except Exception as err:  # orbax raises many types; each means "this step is unusable"
+            cause = " ".join(str(err).split())[:300] or type(err).__name__
+            raise CheckpointError(
+                f"checkpoint step {step} in {str(self.directory)!r} does not restore: {cause}"
+            ) from err
+        numbered = bool(stored) and all(_NUMBERED.match(name[0]) for name in stored)
+        return stored, numbered
 
     def restore_latest(self, like: Any) -> tuple[int, Any] | None:
         """``(step, state)`` of the newest checkpoint that restores into ``like``.
@@ -197,6 +311,8 @@ class Checkpoints:
         when there are no checkpoints.
 
         Raises:
+          CheckpointMismatch: a step that reads back holds another state than ``like`` (another
+            model width...): a good checkpoint of another run, so nothing is moved or skipped.
           CheckpointError: checkpoints exist but none restores (the message lists each cause;
             nothing is moved).
         """
@@ -204,6 +320,8 @@ class Checkpoints:
         for step in reversed(self.all_steps()):
             try:
                 state = self.restore(step, like)
+            except CheckpointMismatch:
+                raise
             except CheckpointError as err:
                 print(f"gatezoo: skipping damaged checkpoint: {err}", file=sys.stderr)
                 failures.append((step, str(err)))

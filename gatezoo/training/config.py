@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
+import numbers
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from gatezoo.models.jacobians import CONVENTIONS
 from gatezoo.training.sharding import SHARD_AXES
@@ -13,6 +17,7 @@ from gatezoo.training.sharding import SHARD_AXES
 __all__ = ["TrainConfig", "RunResult", "parse_seeds"]
 
 DTYPES = ("float32", "float64", "bfloat16")
+MAX_SEED = 2**31 - 1
 
 # Fields a resumed run may change: they alter how far and how often, never what a step computes.
 RESUMABLE_CHANGES = (
@@ -94,71 +99,81 @@ class TrainConfig:
 
     def __post_init__(self):
         self.seeds = parse_seeds(self.seeds)
-        self.lr_trials = tuple(float(r) for r in self.lr_trials)
+        if isinstance(self.lr_trials, (str, bytes)) or not hasattr(self.lr_trials, "__iter__"):
+            raise ValueError(f"lr_trials must be a sequence of learning rates, got "
+                             f"{self.lr_trials!r}")
+        self.lr_trials = tuple(_number("lr_trials", r) for r in self.lr_trials)
         if isinstance(self.instruments, str):
             self.instruments = tuple(n for n in self.instruments.split(",") if n)
         self.instruments = tuple(self.instruments)
         self.validate()
 
     def validate(self) -> None:
-        """Raises ValueError (one line, naming the field) for values no run can use."""
-        def positive(name: str, allow_zero: bool = False) -> None:
-            value = getattr(self, name)
-            ok = isinstance(value, int) and not isinstance(value, bool)
-            ok = ok and (value >= 0 if allow_zero else value >= 1)
-            if not ok:
-                bound = ">= 0" if allow_zero else ">= 1"
-                raise ValueError(f"{name} must be an integer {bound}, got {value!r}")
-
-        positive("steps", allow_zero=True)
-        for name in ("hidden", "batch_size", "steps_per_call", "eval_every", "eval_batches",
-                     "checkpoint_every", "keep_checkpoints", "probe_batch_size"):
-            positive(name)
-        positive("warmup", allow_zero=True)
-        if self.seq_len is not None:
-            positive("seq_len")
-        if self.devices is not None:
-            positive("devices")
-        if self.seed_batch is not None:
-            positive("seed_batch")
-        if self.shard not in SHARD_AXES:
-            raise ValueError(
-                f"unknown shard {self.shard!r}; choose one of: {', '.join(SHARD_AXES)}"
-            )
+        """Raises ValueError (one line, naming the field, the value and what is allowed) for
+        values no run can use. Integers from numpy become Python integers."""
+        for name, low in _INTEGER_FIELDS:
+            setattr(self, name, _integer(name, getattr(self, name), low))
+        for name in ("seq_len", "devices", "seed_batch"):
+            if getattr(self, name) is not None:
+                setattr(self, name, _integer(name, getattr(self, name), 1))
+        for name in ("use_bias", "readout_bias", "self_check", "fixed_batch"):
+            setattr(self, name, _flag(name, getattr(self, name)))
+        for name in ("cell_options", "task_options", "every"):
+            if not isinstance(getattr(self, name), dict):
+                raise ValueError(f"{name} must be a dict, got {getattr(self, name)!r}")
+        self._validate_names()
+        self._validate_numbers()
         if self.shard == "seeds" and self.seed_batch is not None:
             raise ValueError("seed_batch does not apply with shard='seeds' (the slots are "
                              "vmapped all at once and split over the devices); leave it unset")
         if self.lr_trials and self.schedule != "constant":
             raise ValueError(f"lr_trials need the constant schedule, got {self.schedule!r}")
-        if not all(r > 0 and r == r for r in self.lr_trials):
-            raise ValueError(f"lr_trials must all be > 0, got {self.lr_trials!r}")
-        if not float(self.learning_rate) > 0:
-            raise ValueError(f"learning_rate must be > 0, got {self.learning_rate!r}")
-        if self.clip is not None and not float(self.clip) > 0:
-            raise ValueError(f"clip must be > 0 or null, got {self.clip!r}")
+        if not all(isinstance(k, str) and isinstance(v, int) and not isinstance(v, bool)
+                   and v >= 1 for k, v in self.every.items()):
+            raise ValueError(
+                f"every must map instrument names to integers >= 1, got {self.every!r}"
+            )
+
+    def _validate_names(self) -> None:
+        from gatezoo.models.init import INIT_SCHEMES
+        from gatezoo.training.optimizers import SCHEDULES
+
+        for name, choices in (("shard", SHARD_AXES), ("dtype", DTYPES), ("compat", CONVENTIONS),
+                              ("init", INIT_SCHEMES), ("schedule", tuple(sorted(SCHEDULES)))):
+            if getattr(self, name) not in choices:
+                raise ValueError(f"unknown {name} {getattr(self, name)!r}; choose one of: "
+                                 f"{', '.join(choices)}")
+        for name in ("cell", "task"):
+            if not isinstance(getattr(self, name), str) or not getattr(self, name):
+                register = "gz.register_cell" if name == "cell" else "gz.register_task"
+                raise ValueError(
+                    f"{name} must be a registered name, got {getattr(self, name)!r}; register "
+                    f"it first with {register}(name, factory, description) and pass the name"
+                )
+        if not all(isinstance(n, str) and n for n in self.instruments):
+            raise ValueError(f"instruments must be names (strings), got {self.instruments!r}")
         if not (isinstance(self.optimizer, str) or callable(self.optimizer)
                 or hasattr(self.optimizer, "update")):
             raise ValueError(
                 "optimizer must be a registered name, an optax.GradientTransformation or a "
                 f"factory learning_rate -> GradientTransformation, got {self.optimizer!r}"
             )
-        if not isinstance(self.cell, str):
-            raise ValueError(
-                f"cell must be a registered name, got {self.cell!r}; register it first with "
-                "gz.register_cell(name, factory, description) and pass the name"
-            )
-        if self.dtype not in DTYPES:
-            raise ValueError(f"unknown dtype {self.dtype!r}; choose one of: {', '.join(DTYPES)}")
-        if self.compat not in CONVENTIONS:
-            raise ValueError(
-                f"unknown compat {self.compat!r}; choose one of: {', '.join(CONVENTIONS)}"
-            )
-        if not isinstance(self.every, dict) or not all(
-            isinstance(v, int) and v >= 1 for v in self.every.values()
-        ):
-            raise ValueError(
-                f"every must map instrument names to integers >= 1, got {self.every!r}"
-            )
+
+    def _validate_numbers(self) -> None:
+        self.learning_rate = _number("learning_rate", self.learning_rate)
+        self.init_std = _number("init_std", self.init_std)
+        if self.clip is not None:
+            self.clip = _number("clip", self.clip)
+        momentum = _number("momentum", self.momentum, low=0.0)
+        if momentum >= 1.0:
+            raise ValueError(f"momentum must be in [0, 1), got {self.momentum!r}")
+        self.momentum = momentum
+        if self.gate_bias != "chrono":
+            try:
+                self.gate_bias = _number("gate_bias", self.gate_bias, low=-math.inf)
+            except ValueError:
+                raise ValueError(f"gate_bias must be a finite number or 'chrono', got "
+                                 f"{self.gate_bias!r}") from None
 
     # -- JSON ------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -211,6 +226,39 @@ class TrainConfig:
         return dataclasses.replace(self, **changes)
 
 
+# integer fields and their least value
+_INTEGER_FIELDS = (
+    ("steps", 0), ("warmup", 0), ("hidden", 1), ("batch_size", 1), ("steps_per_call", 1),
+    ("eval_every", 1), ("eval_batches", 1), ("checkpoint_every", 1), ("keep_checkpoints", 1),
+    ("probe_batch_size", 1),
+)
+
+
+def _integer(name: str, value: Any, low: int) -> int:
+    """``value`` as a Python int (numpy integers included; bools and floats refused)."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral) \
+            or value < low:
+        raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+    return int(value)
+
+
+def _number(name: str, value: Any, low: float | None = None) -> float:
+    """A finite real number, > 0 (or >= ``low``)."""
+    ok = isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_)) \
+        and math.isfinite(value)
+    ok = ok and (value > 0 if low is None else value >= low)
+    if not ok:
+        bound = "> 0" if low is None else f">= {low:g}"
+        raise ValueError(f"{name} must be a finite number {bound}, got {value!r}")
+    return float(value)
+
+
+def _flag(name: str, value: Any) -> bool:
+    if not isinstance(value, (bool, np.bool_)):
+        raise ValueError(f"{name} must be True or False, got {value!r}")
+    return bool(value)
+
+
 def _optimizer_label(optimizer: Any) -> str:
     if isinstance(optimizer, str):
         return optimizer
@@ -235,20 +283,25 @@ def parse_seeds(seeds: Any) -> tuple[int, ...]:
             raise ValueError(
                 f"seeds must be a count like '4' or a list like '0,1,2', got {text!r}"
             ) from None
-    if isinstance(seeds, int) and not isinstance(seeds, bool):
+    if isinstance(seeds, numbers.Integral) and not isinstance(seeds, (bool, np.bool_)):
         if seeds < 1:
             raise ValueError(f"the number of seeds must be >= 1, got {seeds}")
-        return tuple(range(seeds))
-    try:
-        out = tuple(int(s) for s in seeds)
-    except (TypeError, ValueError):
-        raise ValueError(f"seeds must be integers, got {seeds!r}") from None
+        return tuple(range(int(seeds)))
+    if not hasattr(seeds, "__iter__"):
+        raise ValueError(f"seeds must be a count or a sequence of integers, got {seeds!r}")
+    seeds = list(seeds)
+    bad = [s for s in seeds if isinstance(s, (bool, np.bool_))
+           or not isinstance(s, numbers.Integral)]
+    if bad:
+        raise ValueError(f"seeds must be integers, got {bad[0]!r} in {seeds!r}")
+    out = tuple(int(s) for s in seeds)
     if not out:
         raise ValueError("seeds must not be empty")
     if len(set(out)) != len(out):
         raise ValueError(f"seeds must be distinct, got {out}")
-    if any(s < 0 for s in out):
-        raise ValueError(f"seeds must be >= 0, got {out}")
+    if any(s < 0 or s > MAX_SEED for s in out):
+        # the trainer keys every slot with an int32 seed
+        raise ValueError(f"seeds must be in [0, {MAX_SEED}], got {out}")
     return out
 
 

@@ -13,6 +13,12 @@ into round trips, so on CPU a resumed run ends bit for bit where an uninterrupte
 Metric lines at or after the restored step are dropped from ``metrics.jsonl`` and written
 again.
 
+Write errors: a file of the run that cannot be written (a full disk, a read-only folder, a
+quota) stops the run at once with one :class:`OSError` naming the file and the cause; the newest
+finalised checkpoint is untouched, so ``resume=True`` once there is space again ends where an
+uninterrupted run does. A run folder that is a file or cannot be written is refused before
+anything is built.
+
 Divergence: a NaN or Inf in a loss or gradient raises :class:`TrainingDiverged` naming the first
 bad step and seed; the diverged state is never saved, so the newest checkpoint is the last good
 one. ``KeyboardInterrupt`` saves the state of the last completed round trip first.
@@ -26,6 +32,8 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import os
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -52,7 +60,15 @@ from gatezoo.training.sharding import (
     run_mesh,
     shards_seeds,
 )
-from gatezoo.training.sinks import JsonlSink, Progress, TensorBoardSink, clean_line, truncate_jsonl
+from gatezoo.training.sinks import (
+    JsonlSink,
+    Progress,
+    TensorBoardSink,
+    clean_line,
+    replace_file,
+    truncate_jsonl,
+    write_failure,
+)
 from gatezoo.training.step import FAST_COMPILE, StepFns, TrainState, data_keys, make_step_fns
 from gatezoo.training.trials import set_slot_learning_rates
 
@@ -137,7 +153,9 @@ def attach_run(
 
 def _check_resume_config(stored: TrainConfig, config: TrainConfig, run_dir: Path) -> None:
     a, b = stored.to_dict(), config.to_dict()
-    changed = sorted(k for k in a if a[k] != b[k] and k not in RESUMABLE_CHANGES)
+    # folders written before the task's length was recorded hold seq_len null: the task's own
+    changed = sorted(k for k in a if a[k] != b[k] and k not in RESUMABLE_CHANGES
+                     and not (k == "seq_len" and a[k] is None))
     if changed:
         raise ValueError(
             f"cannot resume {str(run_dir)!r} with a different {', '.join(changed)} "
@@ -145,13 +163,73 @@ def _check_resume_config(stored: TrainConfig, config: TrainConfig, run_dir: Path
         )
 
 
+def _task_length(task: Any) -> tuple[int | None, str]:
+    """The ``seq_len`` a config means for the task object ``task`` (None if it has none), and
+    what that number is when it is not the task's length."""
+    options = dict(getattr(task, "options", None) or ())
+    if getattr(task, "name", None) == "copy" and "delay" in options:
+        # make_task("copy", T) is a copy task of delay T, running T + 20 steps
+        return int(options["delay"]), " (copy's delay T; it runs T + 20 steps)"
+    length = getattr(task, "seq_len", None)
+    return (None if length is None else int(length)), ""
+
+
+def _config_for_task(config: TrainConfig, task: Any) -> TrainConfig:
+    """``config`` as it runs on the task object ``task``: ``seq_len=None`` becomes the task's
+    length (so ``config.json`` records what ran); another length is refused."""
+    length, note = _task_length(task)
+    if length is None or config.seq_len == length:
+        return config
+    if config.seq_len is None:
+        return dataclasses.replace(config, seq_len=length)
+    name = getattr(task, "name", type(task).__name__)
+    raise ValueError(
+        f"config.seq_len is {config.seq_len} but the task given ({name!r}) has seq_len "
+        f"{length}{note}; set seq_len={length} or None in the config, or build the task with "
+        f"seq_len={config.seq_len}"
+    )
+
+
+def _probe_writable(folder: Path, path: Path, where: str = "") -> None:
+    """Creates and removes a file in ``folder``, refusing the run folder ``path`` if that
+    fails: permission bits do not tell (root writes through them; a read-only mount or a
+    quota does not show in them)."""
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".gatezoo-write-probe-", dir=folder)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as err:
+        raise ValueError(
+            f"run folder {str(path)!r} cannot be written{where}: "
+            f"{err.strerror or type(err).__name__}"
+        ) from err
+
+
+def _check_folder(path: Path) -> None:
+    """Refuses a run folder that is a file, or that (or the folder it would be made in)
+    cannot be written, naming it."""
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"run folder {str(path)!r} is an existing file, not a folder")
+    folder = path.absolute()
+    while not folder.exists() and folder.parent != folder:
+        folder = folder.parent  # the nearest existing folder: where mkdir will create it
+    if not folder.is_dir():
+        raise ValueError(f"run folder {str(path)!r} cannot be made: {str(folder)!r} is a file")
+    made_in = "" if folder == path.absolute() else f" (its parent {str(folder)!r} is not writable)"
+    _probe_writable(folder, path, made_in)
+    if (path / "checkpoints").is_dir():
+        _probe_writable(path / "checkpoints", path, " (its checkpoints folder is not writable)")
+
+
 def _run_folder(config: TrainConfig, run_dir: str | Path | None, resume: bool) -> Path | None:
-    """The run folder, checked before anything is built: a resume keeps the stored config's
-    fixed fields, a fresh start does not overwrite checkpoints."""
+    """The run folder, checked before anything is built: a folder that can be written (not a
+    file, not read-only), a resume keeps the stored config's fixed fields, a fresh start does
+    not overwrite checkpoints."""
     path = Path(run_dir) if run_dir is not None else None
     if path is None and resume:
         raise ValueError("resume needs a run folder")
     if path is not None:
+        _check_folder(path)
         stored = path / "config.json"
         if resume and stored.exists():
             _check_resume_config(TrainConfig.from_json(stored), config, path)
@@ -221,19 +299,41 @@ def _open_outputs(
     state of the newest checkpoint that restores. Only the writer process writes files."""
     if path is None:
         return state, None, []
-    path.mkdir(parents=True, exist_ok=True)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise write_failure(path, err) from err
     ckpt = Checkpoints(path / "checkpoints", keep=config.keep_checkpoints)
-    found = ckpt.restore_latest(like=state) if resume else None
-    if found is not None:
-        state = found[1]
     sinks: list[Any] = []
-    if is_writer():
-        config.to_json(path / "config.json")
-        truncate_jsonl(path / "metrics.jsonl", int(state.step))
-        sinks.append(JsonlSink(path / "metrics.jsonl"))
-        if TensorBoardSink.available():
-            sinks.append(TensorBoardSink(path / "events"))
+    try:
+        found = ckpt.restore_latest(like=state) if resume else None
+        if found is not None:
+            state = found[1]
+        if is_writer():
+            # a config.json cut by a full disk would make the run folder unresumable
+            replace_file(path / "config.json", config.to_json)
+            truncate_jsonl(path / "metrics.jsonl", int(state.step))
+            sinks.append(JsonlSink(path / "metrics.jsonl"))
+            if TensorBoardSink.available():
+                sinks.append(TensorBoardSink(path / "events"))
+    except BaseException:
+        _close_all([*sinks, ckpt], quiet=True)
+        raise
     return state, ckpt, sinks
+
+
+def _close_all(outputs: Sequence[Any], quiet: bool) -> None:
+    """Closes every sink and checkpoint manager of ``outputs``, each even if another fails;
+    the first error is raised unless ``quiet`` (an error is already on its way up, which a
+    second one from the same full disk must not hide)."""
+    first: Exception | None = None
+    for out in outputs:
+        try:
+            out.close()
+        except Exception as err:  # every output is closed before the first error is raised
+            first = first or err
+    if first is not None and not quiet:
+        raise first
 
 
 @dataclasses.dataclass
@@ -288,6 +388,7 @@ class _HostLoop:
         ``KeyboardInterrupt`` the last completed round trip is saved first."""
         config = self.config
         step = int(self.state.step)
+        finished = False
         try:
             while True:
                 if step % config.eval_every == 0 or step == config.steps:
@@ -304,14 +405,13 @@ class _HostLoop:
                 step += n
                 if step % config.checkpoint_every == 0 or step == config.steps:
                     self.save(step)
+            finished = True
         except KeyboardInterrupt:
             self.save(int(self.state.step))  # the last completed round trip: nothing is lost
             raise
         finally:
-            for sink in self.sinks:
-                sink.close()
-            if self.ckpt is not None:
-                self.ckpt.close()
+            outputs = [*self.sinks, *([self.ckpt] if self.ckpt is not None else [])]
+            _close_all(outputs, quiet=not finished)
         self.bar.update(step, float(np.mean(self.last_loss)), self.rate, final=True)
 
     def round_trip(self, step: int, n: int) -> None:
@@ -376,7 +476,9 @@ def train(
       instruments: instrument objects to attach (besides those named in ``config``).
       progress: print the progress line on stderr.
       task: a task object to train on instead of ``make_task(config.task, ...)`` (a user's own
-        task following the Task contract; ``config.task`` then only names it).
+        task following the Task contract; ``config.task`` then only names it). Its length must
+        be ``config.seq_len``; with ``seq_len=None`` the recorded config (``config.json``,
+        ``result.config``) takes the task's.
       model: ``model(rngs) -> nnx.Module``, a model of your own with one or more
         :class:`gatezoo.Recurrent` layers, trained on the task's loss instead of the config's
         SequenceModel (``cell``, ``hidden`` and the init fields then do not apply; its metrics
@@ -387,7 +489,13 @@ def train(
 
     Raises:
       ValueError: bad config values, unknown names, a batch that does not divide over the
-        requested devices, an unprepared dataset (``DatasetNotPrepared``).
+        requested devices, an unprepared dataset (``DatasetNotPrepared``), a ``task`` whose
+        length is not ``config.seq_len``, a run folder that is a file or cannot be written
+        (all before anything is built).
+      CheckpointMismatch: (a ValueError) ``resume`` of checkpoints that hold another state
+        (a model of another width...); they are left as they are.
+      OSError: a file of the run folder could not be written (disk full, read-only, quota):
+        one line naming it and the cause; the checkpoints saved before it still resume.
       TrainingDiverged: NaN/Inf in a loss or gradient (nothing is saved after it).
 
     Example:
@@ -403,6 +511,8 @@ def train(
     if not isinstance(config, TrainConfig):
         raise TypeError(f"config must be a TrainConfig, got {type(config).__name__}")
     config.validate()
+    if task is not None:
+        config = _config_for_task(config, task)  # what config.json records is what runs
     # x64 must be on before any array of the run is built; a scope, not a global flip
     x64 = jax.enable_x64(True) if config.dtype == "float64" else contextlib.nullcontext()
     with x64:
@@ -434,4 +544,5 @@ def _write_summary(path: Path, config: TrainConfig, final_eval: dict, last_loss:
         "final_train_loss": [float(v) for v in np.asarray(last_loss)],
         "final_eval": {k: [float(x) for x in np.asarray(v)] for k, v in final_eval.items()},
     }
-    (path / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    text = json.dumps(summary, indent=2) + "\n"
+    replace_file(path / "summary.json", lambda tmp: tmp.write_text(text))

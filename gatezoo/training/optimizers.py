@@ -26,6 +26,11 @@ Schedules of ``eta_t`` over ``steps`` updates (``eta`` the peak rate):
 
 With ``clip`` the gradient is first rescaled to global norm at most ``clip``.
 
+Narrow parameters (bfloat16, float16): every optimizer :func:`make_optimizer` returns runs on a
+float32 *master copy* of them (:func:`float32_master`), so its hyperparameters, statistics,
+counts and rate are float32 while the model computes in its own dtype. Float32 and float64
+parameters are optimized as before, bit for bit, with the same state layout.
+
 Example:
   >>> import jax.numpy as jnp
   >>> from gatezoo.training.optimizers import make_optimizer
@@ -41,10 +46,13 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
+import jax
+import jax.numpy as jnp
 import optax
 
+from gatezoo.models.init import is_narrow, widened
 from gatezoo.registry_entry import Entry, add
 
 __all__ = [
@@ -56,6 +64,8 @@ __all__ = [
     "register_optimizer",
     "make_schedule",
     "make_optimizer",
+    "Float32MasterState",
+    "float32_master",
 ]
 
 
@@ -109,6 +119,75 @@ def _clipped(clip, inner: optax.GradientTransformation) -> optax.GradientTransfo
     if clip is None:
         return inner
     return optax.chain(optax.clip_by_global_norm(clip), inner)
+
+
+class Float32MasterState(NamedTuple):
+    """The state of :func:`float32_master` for a model with narrow parameters.
+
+    Attributes:
+      master: the parameters in float32 (the wider leaves as they are): what the optimizer
+        updates; the model's parameters are this copy rounded to their dtype.
+      inner: the wrapped optimizer's state, built on ``master`` (so float32 throughout).
+      last_step: the optimizer's own float32 update of ``master`` at the last step (zeros
+        before the first); the change of the rounded parameters is this plus rounding noise
+        of up to an ulp, so the ``optimizer`` instrument measures the effective step on it.
+    """
+
+    master: Any
+    inner: Any
+    last_step: Any
+
+
+def float32_master(inner: optax.GradientTransformation) -> optax.GradientTransformationExtraArgs:
+    """``inner`` run on a float32 master copy of narrow (bfloat16, float16) parameters.
+
+    Why a master copy rather than only float32 statistics: in bfloat16 (8 mantissa bits) the
+    hyperparameters themselves round (``b2 = 0.999`` becomes ``1.0``, so Adam's bias correction
+    is ``0/0`` at the first step), and an update smaller than half a unit in the last place of
+    its parameter (``2^-9 |theta|``; a plain SGD step usually is) is lost when added in
+    bfloat16, so the parameters stall. Here the optimizer sees float32 gradients and float32
+    parameters: ``optax.inject_hyperparams`` takes its dtype from the parameters it is given,
+    so rates, schedules, ``b1``/``b2``/``eps``, Adam's ``mu``/``nu`` and the momentum trace are
+    all float32 (``mu_dtype`` alone would leave ``nu`` and the hyperparameters narrow), and the
+    copy accumulates the small updates. The update it returns, float32, moves each narrow
+    parameter exactly onto its master value rounded to the parameter's dtype
+    (``optax.apply_updates`` adds in float32 and rounds), so the model stays one rounding away
+    from the float32 trajectory instead of drifting by a rounding per step. The cost is two
+    float32 copies of the parameters in the optimizer state (saved in checkpoints with it):
+    the master and its last update (:class:`Float32MasterState`).
+
+    Parameters of float32 or wider leave ``inner`` untouched: its own state (no copy) and its
+    own update, bit for bit. The choice is made by ``init`` from the parameters, so one
+    optimizer serves runs of every dtype. ``update`` needs ``params`` for narrow parameters.
+    """
+
+    def init(params: Any) -> Any:
+        if not any(is_narrow(jnp.result_type(leaf)) for leaf in jax.tree_util.tree_leaves(params)):
+            return inner.init(params)
+        master = widened(params)
+        return Float32MasterState(master, inner.init(master),
+                                  jax.tree_util.tree_map(jnp.zeros_like, master))
+
+    def update(updates: Any, state: Any, params: Any = None, **extra_args: Any):
+        apply = optax.with_extra_args_support(inner).update
+        if not isinstance(state, Float32MasterState):
+            return apply(updates, state, params, **extra_args)
+        if params is None:
+            raise ValueError("an optimizer of narrow (bfloat16) parameters needs params in "
+                             "update(grads, state, params): they are rounded from its copy")
+        steps, inner_state = apply(widened(updates), state.inner, state.master, **extra_args)
+        master = optax.apply_updates(state.master, steps)
+
+        def applied(step: Any, new: Any, old: Any) -> Any:
+            if not is_narrow(old.dtype):
+                return step
+            # exact in float32 (both terms are narrow numbers): old + applied == round(new)
+            return new.astype(old.dtype).astype(jnp.float32) - old.astype(jnp.float32)
+
+        moves = jax.tree_util.tree_map(applied, steps, master, params)
+        return moves, Float32MasterState(master, inner_state, steps)
+
+    return optax.GradientTransformationExtraArgs(init, update)
 
 
 OPTIMIZERS: dict[str, OptimizerEntry] = {}
@@ -268,7 +347,8 @@ def make_optimizer(
         ``optax.contrib``, your own), wrapped like the named ones, so the rate in force is
         optimizer state; or a built ``optax.GradientTransformation``, used as it is (its rate
         is its own: ``learning_rate``, ``schedule`` and ``clip`` do not apply and are refused
-        unless left at their defaults).
+        unless left at their defaults). Either way the result runs narrow (bfloat16)
+        parameters on a float32 master copy (:func:`float32_master`).
       learning_rate: the peak rate ``eta`` (> 0).
       schedule: one of :data:`SCHEDULES`; ``steps``, ``warmup``, ``decay_rate`` and
         ``step_size`` shape it.
@@ -279,7 +359,8 @@ def make_optimizer(
 
     Returns:
       An ``optax.GradientTransformation``; for names and factories its state is an
-      inject-hyperparams state whose ``learning_rate`` is the rate in force.
+      inject-hyperparams state whose ``learning_rate`` is the rate in force (for narrow
+      parameters inside a :class:`Float32MasterState`).
 
     Raises:
       ValueError: for an unknown optimizer or schedule name or a non-positive rate.
@@ -290,7 +371,7 @@ def make_optimizer(
                 "optimizer: a built optax.GradientTransformation keeps its own rate, so "
                 "schedule and clip cannot apply; pass a factory learning_rate -> transformation"
             )
-        return name
+        return float32_master(name)
     if callable(name):
         entry = OptimizerEntry("user factory", _rate_only(name), "user factory")
     else:
@@ -318,4 +399,4 @@ def make_optimizer(
     kwargs: dict[str, Any] = {k: float(knobs[k]) for k in entry.hyperparams}
     if clip is not None:
         kwargs["clip"] = float(clip)
-    return optax.inject_hyperparams(entry.build)(learning_rate=rate, **kwargs)
+    return float32_master(optax.inject_hyperparams(entry.build)(learning_rate=rate, **kwargs))

@@ -17,7 +17,8 @@ and is *not* vmapped, so ``lax.cond(i % every == 0, ...)`` of the instruments an
 ``i < n_active`` guard (the last round-trip may be shorter than K without a second compile) stay
 real conditionals instead of both-branch selects. Per step the scan returns, stacked ``(K, S)``:
 ``loss``, ``lr``, ``grad_norm``, the instrument metrics (NaN where not tracked), and a
-``finite`` flag (loss and every gradient entry finite).
+``finite`` flag (loss and every gradient entry finite). A bfloat16 model's outputs are float32
+(evaluation metrics are float32 for every run).
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from jax.sharding import PartitionSpec
 from gatezoo.instruments.attach import Attached
 from gatezoo.instruments.optimizer import learning_rate_in_force
 from gatezoo.metric_schema import metric_name
+from gatezoo.models.init import widened
 from gatezoo.streams import data_keys, stream_tag
 from gatezoo.training.seeds import over_seeds
 from gatezoo.training.sharding import constrain_batch, gather_slots, shards_seeds
@@ -141,9 +143,13 @@ def _slot_step(
                 (new_params, new_opt_state, new_model_state), (params, opt_state, model_state),
             )
         lr = learning_rate_in_force(out.opt_state)
-        own = {"loss": out.loss, "lr": jnp.asarray(jnp.nan, out.loss.dtype) if lr is None else lr,
-               "grad_norm": optax.tree.norm(out.grads)}
-        metrics = {**{metric_name("train", None, k): v for k, v in own.items()}, **out.metrics}
+        # a bfloat16 run writes float32 numbers: its norm summed in float32, not rounded to 3
+        # digits (float32 and float64 runs are untouched)
+        loss = widened(out.loss)
+        own = {"loss": loss, "lr": jnp.asarray(jnp.nan, loss.dtype) if lr is None else lr,
+               "grad_norm": optax.tree.norm(widened(out.grads))}
+        metrics = {**{metric_name("train", None, k): v for k, v in own.items()},
+                   **widened(out.metrics)}
         return new_params, new_opt_state, out.state, new_model_state, metrics, finite
 
     return one_step
