@@ -27,10 +27,9 @@ from flax import nnx
 
 import gatezoo as gz
 from gatezoo.metric_schema import metric_name
-from gatezoo.training import CheckpointError, Checkpoints
+from gatezoo.training import CheckpointError, CheckpointMismatch, Checkpoints
 from gatezoo.training import loop as loop_module
 from gatezoo.training import sinks as sinks_module
-from gatezoo.training.checkpoints import CheckpointMismatch
 from gatezoo.training.sinks import JsonlSink, TensorBoardSink, replace_file, truncate_jsonl
 
 HINT = "the run stopped (free space or make the folder writable, then resume)"

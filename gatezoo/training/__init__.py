@@ -1,7 +1,7 @@
 """Training: optimizers by name, the model's pure functions, the compiled train loop,
 checkpoints (orbax), metric sinks and multi-device sharding."""
 
-from gatezoo.training.checkpoints import CheckpointError, Checkpoints
+from gatezoo.training.checkpoints import CheckpointError, CheckpointMismatch, Checkpoints
 from gatezoo.training.config import RunResult, TrainConfig, parse_seeds
 from gatezoo.training.loop import TrainingDiverged, train
 from gatezoo.training.optimizers import (
@@ -20,6 +20,7 @@ from gatezoo.training.step import StepFns, TrainState, make_step_fns
 __all__ = [
     "Checkpoints",
     "CheckpointError",
+    "CheckpointMismatch",
     "RunResult",
     "TrainConfig",
     "parse_seeds",
