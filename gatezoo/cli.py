@@ -523,7 +523,7 @@ def _add_experiment_parsers(sub) -> None:
     p = sub.add_parser(
         "reproduce",
         help="reproduce the paper's experiments (appendix, s1, s2, all)",
-        description="Run the experiments of THEORY.md §6 with the paper's settings: appendix "
+        description="Run the experiments of theory §6 with the paper's settings: appendix "
         "(first-order expansion check, 20 seeds), s1 (effective-LR profiles, SGD, 600 steps; "
         "800 via 'all'), s2 (anisotropy, 800 iterations; 1200 via 'all'). Writes JSON "
         "summaries, figures and report.html.",

@@ -25,6 +25,6 @@ import pytest  # noqa: E402
 
 @pytest.fixture
 def x64():
-    """Runs a test body in float64 (THEORY.md §3.4: all expansion checks in double precision)."""
+    """Runs a test body in float64 (theory §3.4: all expansion checks in double precision)."""
     with jax.enable_x64(True):
         yield

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 import gatezoo as gz
+from gatezoo.metric_schema import metric_name
 from gatezoo.training import sinks as sinks_module
 
 # the float32 and bfloat16 runs' final eval losses agree to this relative tolerance (measured:
@@ -72,7 +73,8 @@ def test_the_economy_instruments_measure_bf16_runs_like_float32_ones():
     assert len(a) > 20 and a.keys() == b.keys()
     assert all(np.isfinite(v) for v in b.values()), [k for k, v in b.items() if not np.isfinite(v)]
     # the gradient-transport metrics of the same (bf16-rounded) initial weights
-    for key in ("transport/frozen_s", "optimizer/grad_norm"):
+    for key in (metric_name("transport", None, "frozen_s"),
+                metric_name("optimizer", None, "grad_norm")):
         np.testing.assert_allclose(b[key], a[key], rtol=0.05)
 
 

@@ -1,4 +1,4 @@
-"""The appendix check (THEORY.md §6.2): slope 2, F(1) = exact transport, paper-code identity."""
+"""The appendix check (theory §6.2): slope 2, F(1) = exact transport, paper-code identity."""
 
 import json
 
@@ -43,7 +43,7 @@ def test_small_eps_slope_is_two(summaries, compat, gate):
     # C2 is flat at small eps: the remainder is exactly second order
     c2 = np.asarray(g["aggregate"]["C2_median"])
     assert abs(c2[0] / c2[2] - 1) < 0.05
-    # the gate correction is a small one (THEORY §7 claim 12)
+    # the gate correction is a small one (docs/theory.md §7 claim 12)
     assert 0 < g["aggregate"]["r_median_of_medians"] < 1
 
 

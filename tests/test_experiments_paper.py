@@ -1,4 +1,4 @@
-"""S1 and S2 (THEORY.md §6.3-§6.4): probes against brute force, and tiny end-to-end runs whose
+"""S1 and S2 (docs/theory.md §6.3-§6.4): probes against brute force, and tiny end-to-end runs whose
 summaries carry every statistic the spec names."""
 
 import json

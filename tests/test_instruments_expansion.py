@@ -18,7 +18,7 @@ def _max_err(a, b):
 
 
 def _definition(fns, params, xs, ys):
-    """(G0, G1) = jax.jvp of jax.grad of the eps-deformed loss (THEORY.md §3.4 recipe 4)."""
+    """(G0, G1) = jax.jvp of jax.grad of the eps-deformed loss (docs/theory.md §3.4 recipe 4)."""
     grad = lambda e: jax.grad(lambda p: fns.loss(p, xs, ys, eps=e)[0])(params)  # noqa: E731
     return jax.jvp(grad, (0.0,), (1.0,))
 

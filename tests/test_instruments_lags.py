@@ -145,7 +145,7 @@ def test_paper_code_conventions(setup):
     alpha = 1 / (1 + np.exp(-(xs_t @ cp["U_g"] + prev @ cp["W_g"] + cp["b_g"])))
     sig = alpha * (1 - alpha)
     eye = np.eye(H)
-    # THEORY.md §2.1 closed forms (THEORY's W is the kernel's transpose)
+    # docs/theory.md §2.1 closed forms (the theory's W is the kernel's transpose)
     A = eye * (1 - alpha)[..., None, :] + (alpha * (1 - phi**2))[..., :, None] * cp["W"].T
     B_exact = ((phi - prev) * sig)[..., :, None] * cp["W_g"].T
     B_code = ((phi - h) * sig)[..., :, None] * cp["W_g"].T

@@ -1,4 +1,4 @@
-"""Closed-form Jacobians, the autodiff split, and Jacobian products (THEORY.md §2-§3), float64."""
+"""Closed-form Jacobians, the autodiff split, and Jacobian products (theory §2-§3), float64."""
 
 import chex
 import jax
@@ -86,7 +86,7 @@ def test_closed_form_state_jacobians_match_jacrev(name, use_bias, x64):
 
 
 def test_autodiff_split_is_linear_in_eps(x64):
-    # J(eps) = A + eps B for the deformed step, at any eps (THEORY §3.4 recipe 2)
+    # J(eps) = A + eps B for the deformed step, at any eps (docs/theory.md §3.4 recipe 2)
     cell = random_cell("gru", 1)
     carry, x = random_example(cell, 1)
     fn = gz.cell_fn(cell)
@@ -177,7 +177,7 @@ def test_user_registered_closed_form_is_dispatched():
 
 
 # --------------------------------------------------------------------------------------------
-# The paper-code convention (THEORY §2.3 item 1, §7 claim 13)
+# The paper-code convention (docs/theory.md §2.3 item 1, §7 claim 13)
 # --------------------------------------------------------------------------------------------
 
 
@@ -201,7 +201,7 @@ def test_paper_code_convention(name, x64):
 
 
 # --------------------------------------------------------------------------------------------
-# Products: F(eps), L1, truncation (THEORY §3.2)
+# Products: F(eps), L1, truncation (docs/theory.md §3.2)
 # --------------------------------------------------------------------------------------------
 
 
@@ -277,7 +277,7 @@ def test_reversed_order_is_the_paper_code_product(x64):
         lambda e: gz.deformed_product(As, Bs, e, compat="paper-code"), (0.0,), (1.0,)
     )
     assert rel(L1r, L1r_jvp) <= 1e-10
-    # the two orders differ in general (THEORY §2.3 item 2)
+    # the two orders differ in general (docs/theory.md §2.3 item 2)
     assert rel(gz.transport(Js, compat="paper-code"), gz.transport(Js)) > 1e-3
     eps = jnp.logspace(-5, -3, 5)
     slope = gz.loglog_slope(eps, gz.truncation_error(As, Bs, eps, compat="paper-code", norm="2"))

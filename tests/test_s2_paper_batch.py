@@ -1,4 +1,4 @@
-"""S2 paper-code training batch (THEORY.md §6.4 quirk): one fixed batch for every step, drawn
+"""S2 paper-code training batch (docs/theory.md §6.4 quirk): one fixed batch for every step, drawn
 per seed (issue 11: a batch shared by all seeds is a single draw that decides the gated models'
 late anisotropy, so the seed spread has to cover the draw)."""
 

@@ -13,7 +13,7 @@ from gatezoo.tasks import make_task
 SEEDS, STEPS, MARKS, BATCH = (1, 2, 3), 5, (0, 2, 5), 4
 
 
-def _const_key(s, i):  # THEORY.md §6.4: one fixed batch per seed for every step
+def _const_key(s, i):  # docs/theory.md §6.4: one fixed batch per seed for every step
     return stream_key(s, "batches")
 
 

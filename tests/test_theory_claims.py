@@ -1,4 +1,4 @@
-"""THEORY.md §7 claims 1-9, each checked against an independent computation in float64."""
+"""docs/theory.md §7 claims 1-9, each checked against an independent computation in float64."""
 
 import jax
 import jax.numpy as jnp
@@ -108,11 +108,11 @@ def test_claim3_immediate_gradient_factorisation(name, x64):
         expected = alpha.reshape((D_H,) + (1,) * (auto[p].ndim - 1)) * vanilla[p]
         assert rel(auto[p], expected) <= 1e-12
         assert rel(closed[p], expected) <= 1e-12
-    # ∂⁺h/∂vec(W) = (Γ D) ⊗ h^T, with THEORY's W = cell.W.T and row-major vec
+    # ∂⁺h/∂vec(W) = (Γ D) ⊗ h^T, with the theory's W = cell.W.T and row-major vec
     kron = np.kron(np.diag(alpha * (1 - phi**2)), np.asarray(h)[None, :])
     jw = np.asarray(auto["W"]).transpose(0, 2, 1).reshape(D_H, D_H * D_H)
     assert rel(jw, kron) <= 1e-12
-    # gradient of a loss <δ, h_t>: row i of THEORY's W-gradient (neuron i's incoming weights) is
+    # gradient of a loss <δ, h_t>: row i of the theory's W-gradient (neuron i's incoming weights) is
     # the vanilla one scaled by alpha_i (the same alpha for every row for the scalar gate)
     delta = jax.random.normal(jax.random.key(4), (D_H,), jnp.float64)
     g_gated = jnp.einsum("q,qik->ki", delta, auto["W"])
@@ -230,7 +230,7 @@ def test_claim6_linearised_constant_alpha_decays_per_eigendirection(x64):
     W = 0.5 * (W + W.T) / np.sqrt(D_H)  # symmetric: real eigenpairs
     U = jax.random.normal(jax.random.key(1), (D_IN, D_H), jnp.float64)
 
-    def linear_step(h, x):  # the leaky cell with phi = identity (THEORY's W is W.T = W)
+    def linear_step(h, x):  # the leaky cell with phi = identity (the theory's W is W.T = W)
         return (1 - alpha) * h + alpha * (h @ W + x @ U)
 
     xs = jax.random.normal(jax.random.key(2), (L, D_IN), jnp.float64)

@@ -1,5 +1,5 @@
 """Experiments: the side-by-side grid (``compare``) and the paper's reproductions
-(``appendix``, ``s1``, ``s2``; THEORY.md §6.2-§6.4).
+(``appendix``, ``s1``, ``s2``; docs/theory.md §6.2-§6.4).
 
 Each writes its results as JSON into a run folder; :mod:`gatezoo.report` turns a folder into
 figures and ``report.html``. The submodules import JAX-heavy code lazily where they can, so

@@ -1,8 +1,8 @@
-r"""The first-order expansion check of the paper's appendix (THEORY.md §6.2).
+r"""The first-order expansion check of the paper's appendix (docs/theory.md §6.2).
 
 An untrained scalar- or vector-gated cell (every matrix ``N(0, 0.2^2)``, no biases, float64) runs
 over one sinusoidal input sequence. Each step's state Jacobian splits as ``J_j = A_j + B_j``
-(gate-frozen and gate-induced parts, THEORY.md §2.1). For the whole window ``j = 1..T``:
+(gate-frozen and gate-induced parts, docs/theory.md §2.1). For the whole window ``j = 1..T``:
 
 .. math::
     F(\varepsilon) = \prod_{j=T}^{1} (A_j + \varepsilon B_j), \qquad
@@ -12,7 +12,7 @@ over one sinusoidal input sequence. Each step's state Jacobian splits as ``J_j =
 
 ``E`` is second order, so its log-log slope over the smallest ``eps`` is 2. Per-step spectral
 norms ``||A_j||_2``, ``||B_j||_2`` and ``r_j = ||B_j|| / ||A_j||`` measure how small the gate
-correction is. ``compat="paper-code"`` uses the release's conventions (THEORY.md §2.3): ``B`` from
+correction is. ``compat="paper-code"`` uses the release's conventions (theory §2.3): ``B`` from
 the post-update state, ``B_code = (I - Gamma_j) B``, and products in reversed order
 ``J_1 J_2 ... J_T``.
 
@@ -64,7 +64,7 @@ APPENDIX_GATES = ("scalar", "vector")
 
 @dataclasses.dataclass(frozen=True)
 class AppendixConfig:
-    """Settings of the appendix check; the defaults are THEORY.md §6.2's.
+    """Settings of the appendix check; the defaults are docs/theory.md §6.2's.
 
     Attributes:
       gates: which gated cells to check (``"scalar"``, ``"vector"``).
@@ -75,7 +75,7 @@ class AppendixConfig:
       noise_std: std of the additive input noise.
       t_max: the input's time grid is ``linspace(0, t_max, T)``.
       eps_grid: the deformation strengths; the first ``slope_points`` give the small-eps slope.
-      compat: ``"exact"`` or ``"paper-code"`` (THEORY.md §2.3).
+      compat: ``"exact"`` or ``"paper-code"`` (docs/theory.md §2.3).
     """
 
     gates: tuple[str, ...] = APPENDIX_GATES
@@ -133,7 +133,7 @@ def gate_factors(cell: nnx.Module, xs: jax.Array, compat: str = "exact"):
 
     The forward pass starts from ``h_0 = 0``; factor ``j`` is the closed-form split of
     :func:`gatezoo.models.jacobians.state_jacobians` at ``(h_{j-1}, x_j)``. Under
-    ``compat="paper-code"`` ``B`` is the release's ``(I - Gamma_j) B`` (THEORY.md §2.3 item 1).
+    ``compat="paper-code"`` ``B`` is the release's ``(I - Gamma_j) B`` (docs/theory.md §2.3 item 1).
     """
     fn = cell_fn(cell)
     h0 = jnp.zeros((cell.hidden_features,), xs.dtype)
@@ -195,7 +195,7 @@ def _gate_stats(gate: str, config: AppendixConfig) -> tuple[dict[str, np.ndarray
 
 
 def summarise_gate(stats: dict[str, np.ndarray], config: AppendixConfig) -> dict[str, Any]:
-    """Per-seed scalars, the outlier rule and the aggregates of THEORY.md §6.2 for one gate."""
+    """Per-seed scalars, the outlier rule and the aggregates of docs/theory.md §6.2 for one gate."""
     eps = np.asarray(config.eps_grid)
     n = config.slope_points
     e = stats["E"]

@@ -1,4 +1,4 @@
-r"""S1: lag-dependent effective learning rates during SGD training (THEORY.md §4.4, §6.3).
+r"""S1: lag-dependent effective learning rates during SGD training (docs/theory.md §4.4, §6.3).
 
 Three models (leaky with ``alpha = 0.8``, scalar gate, vector gate; ``d_h = 64``, no biases,
 PyTorch-style init) train with plain SGD (``eta = 1e-2``) on a task (``T = 80``, batch 64, fresh
@@ -21,7 +21,7 @@ The measurement is the ``sensitivity`` instrument's own
 ``norm="power"``: ``||.||_2`` is the largest singular value, by SVD at lag 1 (which normalises
 every profile) and for longer windows by ``power_iters`` steps of power iteration warm-started
 from the same window one lag shorter (converges to ``sigma_max``; tested against an SVD). Under
-``compat="paper-code"`` the release's conventions apply (THEORY.md §2.3 items 1-5): products in
+``compat="paper-code"`` the release's conventions apply (docs/theory.md §2.3 items 1-5): products in
 reversed order, ``B`` from the post-update state, gate windows of ``l + 1`` factors, and its norm
 estimate: 5 plain power iterations ``v <- P v / (||P v|| + 1e-12)`` in the model's float32 from
 a fresh Gaussian start for every window (a lower bound of ``||P||_2`` that collapses, or
@@ -61,7 +61,7 @@ S1_TASKS = ("adding", "recall", "sinmix", "short")
 
 @dataclasses.dataclass(frozen=True)
 class S1Config:
-    """Settings of S1; the defaults are THEORY.md §6.3's (``steps=800`` as through run_all).
+    """Settings of S1; the defaults are docs/theory.md §6.3's (``steps=800`` as through run_all).
 
     Attributes:
       tasks: task names (``adding``, ``recall``, ``sinmix``, ``short``).
@@ -181,7 +181,7 @@ def _every_hundred(fn):
 
 
 def _summarise_model(per_ckpt, ckpts, seeds, run) -> dict[str, Any]:
-    """Per-seed arrays ``(ckpt, seed, lag)`` and the aggregates of THEORY.md §6.3."""
+    """Per-seed arrays ``(ckpt, seed, lag)`` and the aggregates of docs/theory.md §6.3."""
     def stack(key):
         return np.array([[p[key] for p in row] for row in per_ckpt])
 

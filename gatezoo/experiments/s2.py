@@ -1,4 +1,4 @@
-r"""S2: joint anisotropy of propagation and of updates (THEORY.md §4.5, §6.4).
+r"""S2: joint anisotropy of propagation and of updates (docs/theory.md §4.5, §6.4).
 
 Three model/optimizer pairs train on a task (``T = 120``, batch 64, ``d_x = 6``, ``d_h = 64``, no
 biases): ``plain`` (Elman) with Adam 1e-3, ``scalar`` with SGD 1e-2, ``multi`` (vector gate) with
@@ -13,7 +13,7 @@ SGD 1e-2. At each checkpoint two anisotropy measurements are taken:
   rows (float64), each row normalised, columns centred, near-constant columns dropped, ``1e-8``
   jitter; ``AI`` and ``CE_10`` of its singular values (denominator: all of them).
 
-Project additions (not in the release, THEORY.md §8 item 11): effective rank ``erank``
+Project additions (not in the release, docs/theory.md §8 item 11): effective rank ``erank``
 ``exp(H(sigma^2 / sum sigma^2))`` and participation ratio ``pr`` ``(sum sigma^2)^2 / sum sigma^4``
 (:func:`gatezoo.instruments.spectrum_stats`).
 
@@ -69,7 +69,7 @@ _PAPER_FLOOR = 1e-12
 
 @dataclasses.dataclass(frozen=True)
 class S2Config:
-    """Settings of S2; the defaults are THEORY.md §6.4's (1200 iterations as through run_all)."""
+    """Settings of S2; the defaults are theory §6.4's (1200 iterations as through run_all)."""
 
     tasks: tuple[str, ...] = ("adding", "ar2", "movingavg", "delaysum", "narma10")
     models: tuple[str, ...] = tuple(S2_PAIRS)
@@ -176,7 +176,7 @@ def _train(models: SeededModels, prep: _S2Task, name: str, config: S2Config, log
     progress = _every_hundred(
         lambda d, n: log(f"s2 {prep.task.name}/{name}: step {d}/{n}"))
     if config.compat == "paper-code":
-        # the release's quirks (THEORY.md §6.4): one fixed batch for every step, 1e-6 jitter,
+        # the release's quirks (docs/theory.md §6.4): one fixed batch for every step, 1e-6 jitter,
         # and checkpoint c saved after the update of iteration c (c + 1 updates). The release
         # also shares its one batch across seeds; a batch shared here would be another single
         # draw, and which draw it is decides whether the gated models grow a slow recurrent
@@ -271,7 +271,7 @@ def _summarise(prop_rows, gc_rows, config, seeds, run, n_params, cell, opt, lr):
 
 
 def _headline(models: dict[str, Any]) -> dict[str, Any]:
-    """THEORY.md §7 claim 15: is multi+SGD's anisotropy >= plain+Adam's? Fractions over seeds,
+    """docs/theory.md §7 claim 15: is multi+SGD's anisotropy >= plain+Adam's? Fractions over seeds,
     lags and checkpoints (a sign test's raw material)."""
     if "multi" not in models or "plain" not in models:
         return {}

@@ -45,7 +45,7 @@ __all__ = ["SeededModels", "CheckpointRun", "train_with_checkpoints", "flat_size
 class SeededModels:
     """One architecture, many seeds: ``params`` has a leading seed axis on every leaf.
 
-    The models are those of the authors' release (THEORY.md §1.7): no biases anywhere, readout
+    The models are those of the authors' release (docs/theory.md §1.7): no biases anywhere, readout
     ``W_o h_T`` without bias, PyTorch-style uniform initialisation (``init="torch"``).
     """
 
@@ -163,7 +163,7 @@ def train_with_checkpoints(
         plain without momentum, and ``"adam"``) at the constant rate ``learning_rate``.
       checkpoints: iterations at which to keep parameters; the run lasts ``max(checkpoints)``.
       batch_key: ``batch_key(seed, step) -> key`` of the training batch (a constant key gives the
-        same batch every step: THEORY.md §6.4's quirk).
+        same batch every step: docs/theory.md §6.4's quirk).
       input_jitter: std of Gaussian noise added to the inputs each step (keyed by ``jitter_key``).
       seed_batch: seeds per ``jax.vmap`` inside the compiled step
         (:func:`gatezoo.training.seeds.over_seeds`; ``None``: by backend).

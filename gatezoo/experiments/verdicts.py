@@ -1,4 +1,4 @@
-r"""Verdicts on the claims of THEORY.md §7 that a reproduction tests, computed from its summary.
+r"""Verdicts on the claims of theory §7 that a reproduction tests, computed from its summary.
 
 Each claim comes back as a flat record: the claim's number and statement, what was measured (a
 number), its spread over seeds, a verdict (``reproduced``, ``not reproduced`` or
@@ -13,7 +13,7 @@ Rules (stated with each record):
 * claim 14 (S1): for the gated models, the profile decreases with lag (Spearman ρ of the
   seed-mean profile against lag ≤ -0.8 at the last checkpoint) and the gate-product fit holds
   (mean ``R^2`` ≥ 0.8 at every checkpoint). Paper-code runs add the release's own statistics
-  for the leaky cell (slope ≈ 2.5, ``R^2`` ≈ 0.96, THEORY.md §2.3 item 5).
+  for the leaky cell (slope ≈ 2.5, ``R^2`` ≈ 0.96, docs/theory.md §2.3 item 5).
 * claim 15 (S2): MultiGate + SGD's anisotropy ≥ Plain + Adam's: an exact two-sided sign test
   over (task, seed, checkpoint, lag) at level 0.05; the majority direction decides.
 
@@ -45,7 +45,7 @@ __all__ = [
 
 VERDICTS = ("reproduced", "not reproduced", "inconclusive")
 _LEVEL = 0.05
-_RELEASE_LEAKY = {"slope": 2.5, "r2": 0.96}  # THEORY.md §2.3 item 5, the release's statistics
+_RELEASE_LEAKY = {"slope": 2.5, "r2": 0.96}  # docs/theory.md §2.3 item 5, the release's statistics
 
 
 def sign_test(successes: int, n: int) -> float:
@@ -196,7 +196,7 @@ def s2_claims(doc: dict[str, Any]) -> list[dict[str, Any]]:
                 verdict_of_sign_test(frac, p),
                 "exact two-sided sign test at 0.05 over tasks, seeds, checkpoints"
                 + (" and lags" if kind == "propagation" else ""), "s2", compat,
-                "paper-code adds the release's 1e-12 floors to AI and CE (THEORY.md §2.3 "
+                "paper-code adds the release's 1e-12 floors to AI and CE (theory §2.3 "
                 "item 6): at long lags of the plain cell CE collapses and AI is capped"
                 if compat == "paper-code" else ""))
     return out

@@ -1,4 +1,4 @@
-r"""Gates beside the optimizer, as numbers (THEORY.md §3.5 and §5).
+r"""Gates beside the optimizer, as numbers (docs/theory.md §3.5 and §5).
 
 * ``effective_lr``: the per-neuron, per-lag effective learning rate
   :math:`\mu^{(q)}_\ell = \Lambda^{(q)}\,\bar\Gamma^{(q)}_\ell`, the optimizer's base rate per

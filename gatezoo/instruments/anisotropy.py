@@ -1,5 +1,5 @@
 r"""Direction-resolved effective learning rates: anisotropy by lag and of the update
-(THEORY.md §4.5 and §6.4, the S2 measurement), probe tier.
+(docs/theory.md §4.5 and §6.4, the S2 measurement), probe tier.
 
 Propagation: for each lag ``ell`` in ``{1, 2, 4, 8, 12, 16, 24, 32, 40}`` (capped at ``T - 1``),
 ``triples`` random ``(b, t, k = t - ell)`` on the probe batch; the singular values of the
@@ -14,7 +14,7 @@ added; the singular values of that ``M x P`` matrix give :math:`\sigma_1/\sigma_
 batch size.)
 
 Effective rank and participation ratio (``erank``, ``pr``) of both spectra are project additions
-(THEORY.md §8 item 11), over all singular values.
+(docs/theory.md §8 item 11), over all singular values.
 """
 
 from __future__ import annotations

@@ -22,7 +22,7 @@ loss ``loss_fn(model, xs, ys)`` (or a task) and instrument names, and returns
 
 Everything is jit-, vmap- and scan-compatible; gatezoo's own trainer calls this same
 ``update`` inside its compiled loop. ``first_order(params, xs, ys)`` returns each layer's
-:math:`G_0` and :math:`G_1` (THEORY.md §3.4) themselves.
+:math:`G_0` and :math:`G_1` (docs/theory.md §3.4) themselves.
 
 Example:
   >>> import jax, jax.numpy as jnp, optax

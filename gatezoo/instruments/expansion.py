@@ -1,6 +1,6 @@
 r"""First-order gate correction of the gradient: ``G0``, ``G1`` and ``G(1)`` at every step.
 
-THEORY.md §3.3: keep the forward trajectory fixed and deform only the backward transport,
+docs/theory.md §3.3: keep the forward trajectory fixed and deform only the backward transport,
 ``J_j(eps) = A_j + eps B_j``. With the adjoint recursion
 :math:`\lambda_k(\epsilon) = \delta_k + J_{k+1}(\epsilon)^\top \lambda_{k+1}(\epsilon)` and the
 immediate parameter Jacobians :math:`\partial^+ h_k/\partial\theta`,

@@ -1,7 +1,7 @@
 r"""Closed-form first-order adjoint streams for the built-in gated cells (speed only).
 
 :func:`gatezoo.instruments.first_order_gradients` needs, for every step, the residual
-``e = lambda - lambda(0)`` and the first-order adjoint ``lambda1`` (THEORY.md §3.3):
+``e = lambda - lambda(0)`` and the first-order adjoint ``lambda1`` (docs/theory.md §3.3):
 
 .. math::
     e_{k} = A_{k+1}^\top e_{k+1} + B_{k+1}^\top \lambda_{k+1}, \qquad

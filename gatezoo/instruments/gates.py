@@ -1,6 +1,6 @@
 r"""Gate statistics: the time-scale gate :math:`\alpha_t` and its time constants :math:`1/\alpha`.
 
-THEORY.md §1.2: a gate is a data-driven time step; neuron ``i`` at step ``t`` integrates with
+docs/theory.md §1.2: a gate is a data-driven time step; neuron ``i`` at step ``t`` integrates with
 time constant :math:`\tau_{i,t} = 1/\alpha_{i,t}` steps.
 """
 

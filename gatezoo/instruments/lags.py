@@ -1,4 +1,4 @@
-r"""The error signal by lag (THEORY.md §4.1-§4.3).
+r"""The error signal by lag (docs/theory.md §4.1-§4.3).
 
 Measured profile: the adjoint norm :math:`\|\partial L/\partial h_{T-\ell}\|` at lag ``ell`` from
 the last step, from the same backward pass as the gradient (no extra pass). What the theory

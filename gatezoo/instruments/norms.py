@@ -6,7 +6,7 @@ Three ways to take :math:`\|M\|_2` of a batch of matrices ``(n, d, d)``:
 * :func:`power_iteration`: iterations on :math:`M^\top M` from given start vectors, which converge
   to :math:`\sigma_{\max}` and return the vectors for a warm start of the next, similar matrix
   (the products of one window that grows by one factor per lag);
-* :func:`release_power_norm`: the estimate of the authors' release (THEORY.md §2.3 items 3, 5),
+* :func:`release_power_norm`: the estimate of the authors' release (docs/theory.md §2.3 items 3, 5),
   ``iters`` plain iterations :math:`v \leftarrow Mv / (\|Mv\| + 10^{-12})` then :math:`\|Mv\|`,
   a lower bound that collapses toward 0 once :math:`\|Mv\|` nears the floor.
 

@@ -2,7 +2,7 @@ r"""The optimizer side, for any Optax optimizer: measured from updates, read fro
 
 Measured (every optimizer): the per-coordinate effective step :math:`s = -\Delta\theta / g`
 from the step's ``updates`` (for bfloat16 parameters, the float32 update of their master copy:
-:func:`optimizer_update`) and ``grads``. Per neuron ``q`` of the cell (THEORY.md §5: the row
+:func:`optimizer_update`) and ``grads``. Per neuron ``q`` of the cell (docs/theory.md §5: the row
 ``q`` of every kernel, Flax's column ``q`` of a ``(fan_in, hidden)`` kernel) its least-squares
 value
 
@@ -135,7 +135,7 @@ def _kernels(tree: Any, hidden: int) -> list[jax.Array]:
 
 def per_neuron_rows(tree: Any, hidden: int) -> jax.Array | None:
     """Mean over incoming weights of each neuron, averaged over the kernels ``(fan_in, hidden)``
-    of ``tree`` (Flax orientation: THEORY's row ``i`` is column ``i``); ``None`` if none."""
+    of ``tree`` (Flax orientation: the theory's row ``i`` is column ``i``); ``None`` if none."""
     rows = [jnp.mean(leaf, axis=0) for leaf in _kernels(tree, hidden)]
     return None if not rows else jnp.mean(jnp.stack(rows), axis=0)
 

@@ -6,7 +6,7 @@ For end times ``t_n`` (1-indexed states ``h_t``), examples ``b_n`` and lags ``el
     M_{t,t-\ell} = M_{t,t-\ell+1} J_{t-\ell+1}  \quad (\text{exact order } J_t \cdots J_{t-\ell+1}),
 
 or, under ``compat="paper-code"``, :math:`R_{t,t-\ell} = J_{t-\ell+1} R_{t,t-\ell+1}` (the
-authors' reversed order, THEORY.md §2.3 item 2), both by
+authors' reversed order, docs/theory.md §2.3 item 2), both by
 :func:`gatezoo.models.jacobians.extend_product`. When the table of all ``T x batch`` step
 Jacobians fits in :data:`TABLE_LIMIT` entries it is formed once and gathered; otherwise each scan
 step computes the ``N`` Jacobians it needs from the stored states, so memory is ``O(N d^2)``

@@ -45,7 +45,7 @@ class LayerFns(NamedTuple):
       state_size: the size of the flattened carry (``2 d_h`` for the LSTM's ``(c, h)``).
       split_step: optional ``split_step(cell_params, carry, x, gate_carry) -> (carry, y)``, the
         cell's ``split_call`` (gates read ``gate_carry``). Its derivatives with respect to
-        ``carry`` and ``gate_carry`` are ``A_t`` and ``B_t`` (THEORY.md §2.1) in one pass; without
+        ``carry`` and ``gate_carry`` are ``A_t`` and ``B_t`` (theory §2.1) in one pass; without
         it the instruments take ``A = J(eps=0)`` and ``B = J(1) - J(0)`` from two passes of
         ``step`` (same numbers, about twice the cost).
       inputs: ``inputs(params, xs, ys=None) -> (batch, T, in)``, the sequence reaching this

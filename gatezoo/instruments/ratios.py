@@ -1,4 +1,4 @@
-r"""Per-step Jacobian ratios :math:`r_j = \|B_j\|_2 / \|A_j\|_2` (THEORY.md §3.2-§3.3).
+r"""Per-step Jacobian ratios :math:`r_j = \|B_j\|_2 / \|A_j\|_2` (docs/theory.md §3.2-§3.3).
 
 ``A_j`` is the gate-frozen step Jacobian and ``B_j`` the gate-induced one; the first-order
 truncation is accurate while ``n max_j r_j << 1`` over a window of ``n`` steps. The exact spectral
@@ -38,7 +38,7 @@ def ratios(fns, *, every: int | None = None, samples: int = 16, compat: str = "e
 
     Metrics: ``ratios/median``, ``ratios/p90``, ``ratios/max``, ``ratios/a_norm`` and
     ``ratios/b_norm`` (medians of the spectral norms). Under ``compat="paper-code"`` ``B`` is built
-    from the post-update state (THEORY.md §2.3 item 1).
+    from the post-update state (docs/theory.md §2.3 item 1).
     """
     steps.check_compat(compat)
 

@@ -235,7 +235,7 @@ def make_instruments(
         skips the gate instruments of layers without gates).
       every: tracking schedule per instrument name or per tier (``"step"``, ``"probe"``);
         defaults: 1 for per-step instruments, 50 for probes.
-      compat: ``"exact"`` or ``"paper-code"`` (THEORY.md §2.3) for the Jacobian-product ones.
+      compat: ``"exact"`` or ``"paper-code"`` (docs/theory.md §2.3) for the Jacobian-product ones.
       self_check: the ``expansion`` instrument also reports ``self_check``, the relative gap
         between the cell's gradient and the one rebuilt from the adjoints and the step function
         (rounding-level when ``__call__`` and ``split_call`` agree); adds ``expansion`` when

@@ -1,4 +1,4 @@
-r"""Exact lag sensitivity and its effective-learning-rate profile (THEORY.md §4.4), probe tier.
+r"""Exact lag sensitivity and its effective-learning-rate profile (docs/theory.md §4.4), probe tier.
 
 On the probe batch, for every example ``b`` and pair ``0 <= k < t <= T`` (lag ``ell = t - k``,
 optionally capped at ``max_lag`` and at a subset of end times):
@@ -10,7 +10,7 @@ optionally capped at ``max_lag`` and at a subset of end times):
    the candidate weight, and of :math:`\prod(1-\alpha_j)`, the retention) and the OLS power
    fit ``log S = c + s log P`` over all ``(b, t, k)`` with the 1 %/99 % trim, with its ``R^2``.
 
-``compat="paper-code"`` follows the authors' code instead (THEORY.md §2.3): pairs from
+``compat="paper-code"`` follows the authors' code instead (docs/theory.md §2.3): pairs from
 ``k = 1``, ``B`` from the post-update state, the reversed product :math:`J_{k+1}\cdots J_t`, 5
 plain power iterations for the norm, and ``ell + 1`` gate factors (:math:`\prod_{j=k}^{t}`) in
 the predictor.
@@ -197,7 +197,7 @@ def _log_predictor(log_f: jax.Array, ends: jax.Array, n_lags: int, paper: bool) 
 def lag_profile(
     sens: Sensitivity, trim: float = 0.01, predictor: str = "candidate"
 ) -> dict[str, jax.Array]:
-    r"""The normalised profile of one batch's sensitivities and its power fit (THEORY.md §4.4).
+    r"""The normalised profile of one batch's sensitivities and its power fit (docs/theory.md §4.4).
 
     Per lag ``ell = 1..n_lags``: ``profile`` :math:`\tilde\mu(\ell) = \mathrm{med}_{t-k=\ell}
     S / \mathrm{med}_{t-k=1} S`, ``zeroth_order`` :math:`\bar P(\ell)/\bar P(1)` (``P`` the

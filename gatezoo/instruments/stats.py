@@ -32,7 +32,7 @@ __all__ = [
 #: exp(window sum) = 0 without the NaN of (-inf) - (-inf) in cumulative-sum differences
 LOG_FLOOR = -1e3
 
-#: the lags of the S2 propagation-anisotropy measurement (THEORY.md §6.4)
+#: the lags of the S2 propagation-anisotropy measurement (docs/theory.md §6.4)
 ANISOTROPY_LAGS = (1, 2, 4, 8, 12, 16, 24, 32, 40)
 
 
@@ -132,7 +132,7 @@ def masked_median(x: jax.Array, mask: jax.Array, axis=None) -> jax.Array:
 def power_fit(
     log_p: jax.Array, log_s: jax.Array, mask: jax.Array, trim: float = 0.01
 ) -> tuple[jax.Array, jax.Array]:
-    r"""Slope ``s`` and :math:`R^2` of the OLS fit ``log S = c + s log P`` (THEORY.md §4.4).
+    r"""Slope ``s`` and :math:`R^2` of the OLS fit ``log S = c + s log P`` (docs/theory.md §4.4).
 
     Points enter where ``mask`` holds and both logs are finite; with ``trim > 0`` only points
     whose ``P`` lies between its ``trim`` and ``1 - trim`` quantiles (over the masked points)
@@ -152,13 +152,13 @@ def spectrum_stats(
     r"""Anisotropy summaries of singular values ``sv`` (descending, last axis).
 
     ``floor`` is added to the denominators of ``ai`` and ``ce`` (0 for the exact statistics; the
-    release's S2 uses ``1e-12``, THEORY.md §2.3 item 6).
+    release's S2 uses ``1e-12``, docs/theory.md §2.3 item 6).
 
     * ``ai``: anisotropy index :math:`\sigma_1/\sigma_r` (``r`` capped at the number of values);
     * ``ce``: energy concentration :math:`\sum_{i\le r}\sigma_i^2 / \sum_{i\le top}\sigma_i^2`
-      (``top=None``: all values; the S2 Jacobian measurement uses ``top=16``, THEORY.md §4.5);
+      (``top=None``: all values; the S2 Jacobian measurement uses ``top=16``, docs/theory.md §4.5);
     * ``erank``: effective rank :math:`\exp(-\sum p_i \log p_i)` with
-      :math:`p_i=\sigma_i^2/\sum\sigma^2` (a project addition, THEORY.md §8 item 11);
+      :math:`p_i=\sigma_i^2/\sum\sigma^2` (a project addition, docs/theory.md §8 item 11);
     * ``pr``: participation ratio :math:`(\sum\sigma^2)^2/\sum\sigma^4` (a project addition).
     """
     k = sv.shape[-1]

@@ -1,9 +1,9 @@
 """Per-step building blocks on a model's pure step function: shifted states, gates, A/B splits.
 
-Conventions (0-indexed arrays, 1-indexed maths as in THEORY.md): ``carries[i]`` is the state
+Conventions (0-indexed arrays, 1-indexed maths as in docs/theory.md): ``carries[i]`` is the state
 ``h_{i+1}`` produced by step ``i`` from ``prev[i] = h_i`` and ``xs_t[i] = x_{i+1}``; ``h_0`` is
 the layer's initial carry (zero unless the model gives another). The Jacobian of step ``i`` is
-``J_{i+1} = A_{i+1} + B_{i+1}`` (THEORY.md §2.1): ``A`` is the gate-frozen part, ``B`` the part
+``J_{i+1} = A_{i+1} + B_{i+1}`` (docs/theory.md §2.1): ``A`` is the gate-frozen part, ``B`` the part
 that flows through the gates' recurrent input.
 """
 
@@ -161,7 +161,7 @@ def split_jacobians(
     :func:`gatezoo.models.jacobians.state_jacobians`).
 
     ``J = A + B`` is the exact ``dh_t/dh_{t-1}``. Under ``compat="paper-code"`` ``B`` is built
-    from the post-update state as in the authors' code, ``B_code = (I - Gamma_t) B`` (THEORY.md
+    from the post-update state as in the authors' code, ``B_code = (I - Gamma_t) B`` (docs/theory.md
     §2.3 item 1; for a multi-leaf carry every leaf's rows are scaled by ``1 - alpha_t``).
     """
     hf = flatten_carry(h)

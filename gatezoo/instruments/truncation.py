@@ -1,4 +1,4 @@
-r"""The first-order truncation check of the Jacobian product (THEORY.md §3.2, §6.2), probe tier.
+r"""The first-order truncation check of the Jacobian product (theory §3.2, §6.2), probe tier.
 
 Over the last ``n`` steps of a probe sequence, :math:`F(\epsilon) = \prod_j (A_j + \epsilon B_j)`
 (temporal order, or the authors' reversed order under ``compat="paper-code"``, with their

@@ -23,8 +23,8 @@ class RecurrentCell(nnx.Module):
     """Base of the built-in cells: parameter creation, carry, and the input projection.
 
     Parameters are stored in Flax's kernel orientation, ``(fan_in, fan_out)``, so the
-    pre-activation ``a_t = W h_{t-1} + U x_t + b`` of THEORY.md is computed as
-    ``h @ W + x @ U + b``; the matrix called ``W`` in THEORY.md is ``cell.W.T``.
+    pre-activation ``a_t = W h_{t-1} + U x_t + b`` of docs/theory.md is computed as
+    ``h @ W + x @ U + b``; the matrix called ``W`` in docs/theory.md is ``cell.W.T``.
 
     Subclasses list their input-side blocks in ``_input_blocks`` (names of ``(U, b)`` pairs, in
     the order of the projected features) and implement ``recur(carry, xp, gate_carry)``, the step

@@ -7,7 +7,7 @@ the Flax cell's call, so outputs and training are Flax's to the last bit; only
 submodules, so that the gates read ``gate_carry`` while the candidate and the state update read
 ``carry`` (see :mod:`gatezoo.models.protocol`).
 
-Time-scale gates ``alpha_t`` (the weight of the new candidate, THEORY.md §1.1):
+Time-scale gates ``alpha_t`` (the weight of the new candidate, docs/theory.md §1.1):
 
 * ``nnx.GRUCell``: ``h' = (1 - z) n + z h`` where Flax's ``z`` is the *retention*, so
   ``alpha = 1 - z``. The reset gate ``r`` multiplies the candidate's recurrent projection

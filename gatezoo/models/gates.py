@@ -1,4 +1,4 @@
-"""Scalar-gated and vector-gated leaky cells (THEORY.md §1.4-§1.5)."""
+"""Scalar-gated and vector-gated leaky cells (docs/theory.md §1.4-§1.5)."""
 
 from __future__ import annotations
 
@@ -66,7 +66,7 @@ class ScalarGate(_GatedLeaky):
         h_t = (1 - \alpha_t) h_{t-1} + \alpha_t \tanh(W h_{t-1} + U x_t + b).
 
     Parameters: ``U (in, hidden)``, ``W (hidden, hidden)``, ``b (hidden,)``, ``U_g (in, 1)``,
-    ``W_g (hidden, 1)``, ``b_g (1,)``. Its gate-induced Jacobian has rank one (THEORY.md §2.1).
+    ``W_g (hidden, 1)``, ``b_g (1,)``. Its gate-induced Jacobian has rank one (docs/theory.md §2.1).
     """
 
     _gate_size = 1

@@ -1,4 +1,4 @@
-"""GRU in the convex-combination form of THEORY.md §1.6."""
+"""GRU in the convex-combination form of docs/theory.md §1.6."""
 
 from __future__ import annotations
 

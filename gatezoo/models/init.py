@@ -1,4 +1,4 @@
-"""Weight and gate-bias initialisation schemes (THEORY.md §1.7).
+"""Weight and gate-bias initialisation schemes (docs/theory.md §1.7).
 
 Three schemes cover the settings of the paper and of the frameworks users compare against:
 

@@ -1,23 +1,23 @@
-r"""Closed-form Jacobians of one step, and the ε-deformed Jacobian product (THEORY.md §2-§3).
+r"""Closed-form Jacobians of one step, and the ε-deformed Jacobian product (docs/theory.md §2-§3).
 
-State Jacobians (THEORY.md §2.1). For a step ``h_t = f(h_{t-1}, x_t)`` the Jacobian
+State Jacobians (docs/theory.md §2.1). For a step ``h_t = f(h_{t-1}, x_t)`` the Jacobian
 ``J_t = ∂h_t/∂h_{t-1}`` splits as ``J_t = A_t + B_t``: ``A_t`` is the *gate-frozen* part (the gates
 treated as constants) and ``B_t`` the *gate-induced* part (everything that flows through the gates'
 dependence on ``h_{t-1}``). :func:`state_jacobians` gives both in closed form for the built-in
 cells; :func:`autodiff_split` gives them for any cell that follows the gate protocol, by
 differentiating the deformed step of :mod:`gatezoo.models.protocol`.
 
-Parameter Jacobians (THEORY.md §2.2). :func:`param_jacobians` gives the immediate derivatives
+Parameter Jacobians (docs/theory.md §2.2). :func:`param_jacobians` gives the immediate derivatives
 ``∂⁺h_t/∂θ`` with ``h_{t-1}`` held fixed, e.g. ``(Γ_t D_t) ⊗ h_{t-1}^T`` for a recurrent matrix.
 
-Products (THEORY.md §3.2). For factors ``A_j, B_j``, ``j = k+1..t`` (stacked with the earliest step
+Products (theory §3.2). For factors ``A_j, B_j``, ``j = k+1..t`` (stacked with the earliest step
 first), the deformed product ``F(ε) = ∏_{j=t}^{k+1} (A_j + ε B_j)`` expands as
 ``F(ε) = F(0) + ε L₁ + O(ε²)`` with the Fréchet derivative
 ``L₁ = Σ_i (A_t ⋯ A_{i+1}) B_i (A_{i-1} ⋯ A_{k+1})``.
 
 All matrices act on the *flattened* carry (:func:`gatezoo.models.protocol.flatten_carry`); for
 the LSTM that is the joint state ``[c, h]`` of size ``2 d_h``. Parameters are stored in Flax's
-``(fan_in, fan_out)`` orientation, so THEORY.md's matrix ``W`` is ``cell.W[...].T``.
+``(fan_in, fan_out)`` orientation, so the theory page's matrix ``W`` is ``cell.W[...].T``.
 
 Example:
   >>> import jax, jax.numpy as jnp
@@ -172,7 +172,7 @@ def has_closed_form(cell: Any) -> bool:
 def state_jacobians(
     cell: Any, carry: Any, x: Array, *, compat: str = "exact", convention: str | None = None
 ) -> tuple[Array, Array]:
-    r"""Gate-frozen and gate-induced state Jacobians ``(A_t, B_t)`` in closed form (THEORY §2.1).
+    r"""Gate-frozen and gate-induced state Jacobians ``(A_t, B_t)`` in closed form (theory §2.1).
 
     * Leaky/Elman: ``A = (1-α) I + α D W``, ``B = 0``.
     * ScalarGate: ``A = (1-α_t) I + α_t D W``, ``B = σ'(s_t) Δ_t w_g^T`` (rank one).
@@ -188,7 +188,7 @@ def state_jacobians(
       cell: a built-in cell (or a class registered with :func:`register_state_jacobians`).
       carry: one example's carry, ``(hidden,)``, or ``(c, h)`` each ``(hidden,)`` for the LSTM.
       x: one input ``(in,)``.
-      compat: ``"exact"``, or ``"paper-code"`` for the authors' release (THEORY §2.3 item 1):
+      compat: ``"exact"``, or ``"paper-code"`` for the authors' release (theory §2.3 item 1):
         the gate term built from the post-update increment ``φ_t - h_t = (1-α_t) Δ_t``, i.e.
         ``B_code = (I - Γ_t) B_exact`` for the leaky cells. For the GRU only the update-gate term
         changes (``g - h_t = (1-z)(g - h_{t-1})``); the reset-gate term has no increment in it.
@@ -313,10 +313,10 @@ def _through(
 
 
 def param_jacobians(cell: Any, carry: Any, x: Array) -> dict[str, Array]:
-    r"""Immediate parameter Jacobians ``∂⁺h_t/∂θ`` with ``h_{t-1}`` held fixed (THEORY §2.2).
+    r"""Immediate parameter Jacobians ``∂⁺h_t/∂θ`` with ``h_{t-1}`` held fixed (theory §2.2).
 
     For a candidate parameter the result is ``Γ_t D_t ∂a_t/∂θ``; for the recurrent matrix this is
-    ``(Γ_t D_t) ⊗ h_{t-1}^T`` (row-major ``vec`` of THEORY's ``W = cell.W.T``). For gate
+    ``(Γ_t D_t) ⊗ h_{t-1}^T`` (row-major ``vec`` of the theory's ``W = cell.W.T``). For gate
     parameters it is ``diag(Δ_t σ'(s_t)) ∂s_t/∂θ_g`` (scalar gate: ``Δ_t σ'(s_t) ∂s_t/∂θ_g``).
 
     Args:
@@ -396,7 +396,7 @@ def _lstm_params(cell: LSTM, carry: Any, x: Array):
 
 
 def autodiff_split(step: Callable, params: Any, carry: Any, x: Array) -> tuple[Array, Array]:
-    """``(A, B)`` of any gated cell from its deformed step (THEORY.md §3.4 recipe 2).
+    """``(A, B)`` of any gated cell from its deformed step (docs/theory.md §3.4 recipe 2).
 
     ``step(params, carry, x, eps=eps)`` is :attr:`gatezoo.models.protocol.CellFn.step`; its
     Jacobian with respect to ``carry`` is ``J(ε) = A + ε B``. ``A = J(0)`` and ``B = dJ/dε``,
@@ -455,7 +455,7 @@ def extend_product(product: Array, factor: Array, *, older: bool, reverse: bool 
 
     In the temporal order :math:`J_t \cdots J_{k+1} = \partial h_t/\partial h_k` an ``older``
     factor (:math:`J_k`) multiplies on the right and a newer one (:math:`J_{t+1}`) on the left;
-    ``reverse=True``, the release's :math:`J_{k+1} \cdots J_t` (THEORY.md §2.3 item 2), swaps
+    ``reverse=True``, the release's :math:`J_{k+1} \cdots J_t` (docs/theory.md §2.3 item 2), swaps
     the sides.
     """
     return product @ factor if older != reverse else factor @ product
@@ -474,7 +474,7 @@ def transport(Js: Array, *, compat: str = "exact", order: str | None = None) -> 
     """The product of stacked Jacobians ``Js (n, d, d)``, ``Js[0]`` the earliest step ``k+1``.
 
     ``compat="exact"``: ``J_t ⋯ J_{k+1} = ∂h_t/∂h_k`` (the chain rule).
-    ``compat="paper-code"``: ``J_{k+1} ⋯ J_t``, the order of the authors' release (THEORY §2.3
+    ``compat="paper-code"``: ``J_{k+1} ⋯ J_t``, the order of the authors' release (theory §2.3
     item 2). An empty stack gives the identity. (``order="temporal"/"reversed"`` is the
     deprecated name of the same switch.)
     """
@@ -486,7 +486,7 @@ def transport(Js: Array, *, compat: str = "exact", order: str | None = None) -> 
 
 def deformed_product(As: Array, Bs: Array, eps: Array | float, *, compat: str = "exact",
                      order: str | None = None):
-    """``F(ε) = ∏_{j=t}^{k+1} (A_j + ε B_j)`` (THEORY §3.2); ``F(1)`` is the exact transport."""
+    """``F(ε) = ∏_{j=t}^{k+1} (A_j + ε B_j)`` (theory §3.2); ``F(1)`` is the exact transport."""
     order = _order_of(compat, order, "deformed_product")
     _check_factors(As, Bs)
     return _transport(As + jnp.asarray(eps, As.dtype) * Bs, order)
@@ -534,7 +534,7 @@ def first_order(As: Array, Bs: Array, **kwargs: Any) -> tuple[Array, Array]:
 
 def frechet_l1(As: Array, Bs: Array, *, compat: str = "exact",
                order: str | None = None) -> Array:
-    """``L₁ = d/dε F(ε)`` at ``ε = 0`` (THEORY §3.2); see :func:`product_first_order`."""
+    """``L₁ = d/dε F(ε)`` at ``ε = 0`` (docs/theory.md §3.2); see :func:`product_first_order`."""
     order = _order_of(compat, order, "frechet_l1")
     _check_factors(As, Bs)
     return _first_order(As, Bs, order)[1]
@@ -550,7 +550,7 @@ def truncation_error(
     As: Array, Bs: Array, eps_grid: Array, *, compat: str = "exact", norm: str = "fro",
     order: str | None = None,
 ) -> Array:
-    """``E(ε) = ‖F(ε) - F(0) - ε L₁‖`` for each ``ε`` of ``eps_grid`` (THEORY §3.2, §7 claim 9).
+    """``E(ε) = ‖F(ε) - F(0) - ε L₁‖`` for each ``ε`` of ``eps_grid`` (theory §3.2, §7 claim 9).
 
     ``norm`` is ``"fro"`` (Frobenius) or ``"2"`` (spectral). ``E(ε) = O(ε²)``, so its log-log slope
     (:func:`loglog_slope`) is 2 and ``E(ε)/ε²`` tends to a constant.

@@ -1,4 +1,4 @@
-"""Elman and leaky-integrator cells (THEORY.md §1.2-§1.3)."""
+"""Elman and leaky-integrator cells (docs/theory.md §1.2-§1.3)."""
 
 from __future__ import annotations
 

@@ -5,7 +5,7 @@ Each of them is, per state coordinate,
 .. math::
     h_t = a_t \odot h_{t-1} + b_t, \qquad (a_t, b_t) = \text{functions of } x_t \text{ alone},
 
-so its time-scale gate (THEORY.md §1.1) is :math:`\alpha_t = 1 - a_t` and the state retains
+so its time-scale gate (docs/theory.md §1.1) is :math:`\alpha_t = 1 - a_t` and the state retains
 :math:`a_t`. Two consequences drive the instruments:
 
 * **B = 0 within a layer.** No gate reads :math:`h_{t-1}`, so the gate-induced Jacobian

@@ -1,4 +1,4 @@
-"""LSTM on the joint state ``(c, h)`` (THEORY.md §1.6)."""
+"""LSTM on the joint state ``(c, h)`` (docs/theory.md §1.6)."""
 
 from __future__ import annotations
 

@@ -11,7 +11,7 @@ two methods, which is all a user-written cell needs to opt in to the gate instru
 
 ``time_scale(carry, x) -> alpha``
     The per-neuron weight ``alpha_t`` of the new candidate, shape ``batch + (hidden,)``, so that
-    the state retains ``1 - alpha_t`` (THEORY.md §1.1). For an LSTM it is ``1 - f_t``.
+    the state retains ``1 - alpha_t`` (docs/theory.md §1.1). For an LSTM it is ``1 - f_t``.
 
 A cell whose gates read only the input (minGRU, RG-LRU, S6: ``split_call`` ignores
 ``gate_carry``) may say so with the class attribute ``gates_read_state = False``. Then
@@ -19,7 +19,7 @@ A cell whose gates read only the input (minGRU, RG-LRU, S6: ``split_call`` ignor
 correction ``G1``); :func:`check_gate_protocol` verifies the claim.
 
 With ``gate_carry = deform(carry, eps)`` the value is unchanged, but the derivative with respect
-to ``carry`` becomes ``A + eps * B`` (THEORY.md §3.4 recipe 2): ``A`` is the gate-frozen Jacobian
+to ``carry`` becomes ``A + eps * B`` (theory §3.4 recipe 2): ``A`` is the gate-frozen Jacobian
 and ``B`` the gate-induced one. Nobody measuring means ``eps = None`` and the plain ``__call__``.
 """
 

@@ -106,7 +106,7 @@ def report_figures(run_dir: str | Path):
             "s1.json or s2.json)")
     title = "gatezoo report: " + ", ".join(parts)
     intro = _INTRO.get(parts[0], "") if len(parts) == 1 else (
-        "Reproduction of the experiments of Livi, arXiv 2508.12121 (THEORY.md §6).")
+        "Reproduction of the experiments of Livi, arXiv 2508.12121 (theory §6).")
     if findings:
         summary["findings"] = findings
     return title, intro, figures, tables, summary
@@ -124,13 +124,13 @@ _S2_BATCH_NOTE = (
 
 
 def claims_table(claims: list[dict]) -> Table:
-    """The claims of THEORY.md §7 a reproduction tested, with numbers and verdicts."""
+    """The claims of docs/theory.md §7 a reproduction tested, with numbers and verdicts."""
     rows = [[f"{c['claim']} ({c['part']})", c["statement"], c["measured"], c["spread"],
              c["verdict"], c["rule"] + (f". {c['note']}" if c["note"] else "")]
             for c in claims]
     compat = sorted({c["compat"] for c in claims})
     return Table(["claim", "statement", "measured", "seed spread", "verdict", "rule, note"],
-                 rows, title=f"Claims of THEORY.md §7 tested here ({', '.join(compat)})")
+                 rows, title=f"Claims of theory §7 tested here ({', '.join(compat)})")
 
 
 _INTRO = {
@@ -138,9 +138,9 @@ _INTRO = {
                "measuring inside the train step how the gates rescale gradients by lag and "
                "direction (gate-induced adaptivity) next to what the optimizer does "
                "(optimizer-induced adaptivity).",
-    "appendix": "First-order expansion check of the paper's appendix (THEORY.md §6.2).",
-    "s1": "S1: lag-dependent effective learning rates under SGD (THEORY.md §6.3).",
-    "s2": "S2: anisotropy of propagation and of updates (THEORY.md §6.4).",
+    "appendix": "First-order expansion check of the paper's appendix (theory §6.2).",
+    "s1": "S1: lag-dependent effective learning rates under SGD (theory §6.3).",
+    "s2": "S2: anisotropy of propagation and of updates (theory §6.4).",
 }
 
 

@@ -1,4 +1,4 @@
-"""Figures and table of the appendix check (THEORY.md §6.2), built from ``appendix.json``."""
+"""Figures and table of the appendix check (docs/theory.md §6.2), built from ``appendix.json``."""
 
 from __future__ import annotations
 
@@ -146,5 +146,5 @@ def appendix_table(summary: dict[str, Any]) -> Table:
     return Table(
         ["gate", "compat", "seeds kept", "slope mean", "slope std", "slope median",
          "E(1)/||F(1)||", "E(1)/||F(0)+L1||", "||L1||/||F(0)||", "median r_j", "median p90 r_j"],
-        rows, title="First-order expansion check (THEORY §6.2)",
+        rows, title="First-order expansion check (theory §6.2)",
     )

@@ -2,7 +2,7 @@
 
 Each finding is ``{"text", "value", "figure"}``: a sentence, the number(s) it states and the name
 of the figure that shows them (the page links to it). Nothing here is written in advance: a
-finding whose numbers are missing from the runs is left out, and a claim of THEORY.md §7 that
+finding whose numbers are missing from the runs is left out, and a claim of docs/theory.md §7 that
 the run tested and that did not hold is stated as such.
 """
 
@@ -162,12 +162,12 @@ def _gate_correction(cr) -> list[dict]:
         head = ("||G1||/||G0|| over training, median (range) over all optimizers: "
                 + ", ".join(parts) + ". ") if parts else ""
         tail = (f"{', '.join(zero)}: exactly 0: no gate of theirs reads the state (B = 0; "
-                "THEORY §7.2 for a constant gate), so their gates act on learning entirely at "
+                "theory §7.2 for a constant gate), so their gates act on learning entirely at "
                 "zeroth order, through the lag-dependent rate prod(1 - alpha)."
                 if zero else "")
         out.append(_f((head + tail).strip(), value, "gate_correction"))
     if broken:
-        out.append(_f(f"THEORY §7.12 ('corrections are small': 0 < ||G1||/||G0|| < 1 "
+        out.append(_f(f"theory §7.12 ('corrections are small': 0 < ||G1||/||G0|| < 1 "
                       f"throughout) did not hold for {', '.join(broken)}.",
                       {c: value[c] for c in broken}, "gate_correction"))
     return out

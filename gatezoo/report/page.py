@@ -9,6 +9,8 @@ from __future__ import annotations
 import base64
 import html
 import json
+import os
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -16,7 +18,10 @@ from typing import Any
 from gatezoo.experiments.stats import to_list
 from gatezoo.report.figures import ReportFigure
 
-__all__ = ["Table", "markdown_table", "html_table", "write_report"]
+__all__ = ["Table", "markdown_table", "html_table", "write_report", "docs_url", "link_theory"]
+
+#: a section of the documentation's theory page as reports, findings and verdicts cite it
+_THEORY_REF = re.compile(r"theory §(\d+)(?:\.(\d+))?")
 
 _CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;max-width:1100px;
@@ -71,6 +76,36 @@ def html_table(table: Table) -> str:
     return f"{title}<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
+def docs_url() -> str | None:
+    """Where the documentation site is: ``$GATEZOO_DOCS_URL`` if set, else the site built in
+    this checkout (``bash docs/build.sh`` writes ``docs/_build/html``), else ``None``."""
+    env = os.environ.get("GATEZOO_DOCS_URL", "").strip()
+    if env:
+        return env.rstrip("/") + "/"
+    built = Path(__file__).resolve().parents[2] / "docs" / "_build" / "html" / "theory.html"
+    return built.parent.as_uri() + "/" if built.is_file() else None
+
+
+def link_theory(escaped: str, base: str | None) -> str:
+    """Turns each ``theory §6.2`` of already escaped HTML into a link to that section of the
+    theory page (anchor ``theory-6-2``); without a site (``base=None``) the text stays."""
+    if base is None:
+        return escaped
+
+    def link(m: re.Match) -> str:
+        anchor = "theory-" + "-".join(g for g in m.groups() if g)
+        return f"<a href='{html.escape(base)}theory.html#{anchor}'>{m.group(0)}</a>"
+
+    return _THEORY_REF.sub(link, escaped)
+
+
+def _theory_note(base: str | None) -> str:
+    where = (f"<a href='{html.escape(base)}theory.html'>the theory page</a>" if base else
+             "the theory page of gatezoo's documentation (docs/theory.md; build the site with "
+             "<code>bash docs/build.sh</code>)")
+    return f"<p class='note'>Sections cited as “theory §” are those of {where}.</p>"
+
+
 def write_report(
     out_dir: str | Path,
     *,
@@ -90,6 +125,7 @@ def write_report(
     Returns the path of ``report.html``.
     """
     out = Path(out_dir)
+    base = docs_url()
     fig_dir = out / "figures"
     fig_dir.mkdir(parents=True, exist_ok=True)
     parts = [
@@ -121,9 +157,11 @@ def write_report(
             f"<img alt='{html.escape(fig.title)}' src='data:image/png;base64,{b64}'>"
             f"<figcaption>{html.escape(fig.caption)}</figcaption></figure>"
         )
+    parts.append(_theory_note(base))
     parts.append("</body></html>")
     page = out / "report.html"
-    page.write_text("\n".join(parts), encoding="utf-8")
+    head, body = parts[:2], parts[2:]  # no link inside <title>
+    page.write_text("\n".join(head + [link_theory("\n".join(body), base)]), encoding="utf-8")
     (out / "table.md").write_text(
         "\n".join(markdown_table(t) for t in tables) if tables else "(no table)\n"
     )

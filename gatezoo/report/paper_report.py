@@ -1,4 +1,4 @@
-"""Figures and tables of S1 (``s1.json``) and S2 (``s2.json``), THEORY.md §6.3-§6.4."""
+"""Figures and tables of S1 (``s1.json``) and S2 (``s2.json``), docs/theory.md §6.3-§6.4."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-r"""Dynamical-system targets of THEORY.md §6.4: ``ar2``, ``narma10``, ``narma20``.
+r"""Dynamical-system targets of docs/theory.md §6.4: ``ar2``, ``narma10``, ``narma20``.
 
 The recursions run as a ``lax.scan`` over time inside the sampler, so they jit like the others.
 """

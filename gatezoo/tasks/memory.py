@@ -1,4 +1,4 @@
-r"""Memory tasks of THEORY.md §6.3-§6.4: adding, recall, short, movingavg, delaysum.
+r"""Memory tasks of docs/theory.md §6.3-§6.4: adding, recall, short, movingavg, delaysum.
 
 Inputs are U(0, 1). The S1 tasks (adding, recall, short) have ``channels - 1`` content channels
 and a final marker channel (S1: ``channels = 4``; S2's adding: ``channels = 6``, five noise

@@ -1,4 +1,4 @@
-r"""The sinusoid-mixture task of THEORY.md §6.3 (``sinmix``) and its baseline by quadrature."""
+r"""The sinusoid-mixture task of docs/theory.md §6.3 (``sinmix``) and its baseline by quadrature."""
 
 from __future__ import annotations
 
