@@ -228,7 +228,7 @@ def scan_table(args: argparse.Namespace, lr: float, mesh: Mesh | None) -> None:
         for cell in args.scan_cells:
             runners = {
                 scan: jax_runner(scan_model(cell, d, h, scan, args.d_state), xs, ys, lr, mesh)
-                for scan in gz.SCANS
+                for scan in gz.models.SCANS
             }
             runners["flax-gru"] = flax_gru
             wall, cpu = time_rounds(runners, args.rounds, args.block, pause_s=0.02)
@@ -256,7 +256,7 @@ def main(argv: list[str] | None = None) -> None:
                              "XLA_FLAGS=--xla_force_host_platform_device_count=N); default 1")
     parser.add_argument("--quick", action="store_true",
                         help="T = 20 and 100 (scans: 64 and 256, hidden 16), 3 short rounds")
-    parser.add_argument("--scan-cells", nargs="+", choices=sorted(gz.CELLS),
+    parser.add_argument("--scan-cells", nargs="+", choices=sorted(gz.models.CELLS),
                         default=list(SCAN_CELLS), help="cells of the scan table")
     parser.add_argument("--scan-lengths", type=int, nargs="+", default=[1024, 4096],
                         help="T values of the scan table")
@@ -274,7 +274,7 @@ def main(argv: list[str] | None = None) -> None:
     if any(t < 1 for t in args.lengths + args.scan_lengths):
         raise SystemExit(f"--lengths/--scan-lengths must be >= 1, got "
                          f"{args.lengths} / {args.scan_lengths}")
-    no_scan = [c for c in args.scan_cells if "scan" not in gz.CELLS[c].options]
+    no_scan = [c for c in args.scan_cells if "scan" not in gz.models.CELLS[c].options]
     if no_scan:
         raise SystemExit(f"--scan-cells takes cells with a scan option; not {', '.join(no_scan)}")
     if args.devices > jax.device_count():

@@ -51,9 +51,9 @@ SIZES = {"64x80": (64, 80, 64), "64x120": (64, 120, 64), "128x1000": (128, 1000,
 
 
 def build(cell_name: str, hidden: int, d_in: int = 4):
-    cell = gz.make_cell(cell_name, d_in, hidden, rngs=nnx.Rngs(0), init=gz.InitSpec("torch"))
+    cell = gz.make_cell(cell_name, d_in, hidden, rngs=nnx.Rngs(0), init=gz.models.InitSpec("torch"))
     model = gz.SequenceModel(cell, 1, rngs=nnx.Rngs(1))
-    return gz.model_fns(model, lambda m, xs, ys: jnp.mean((m(xs) - ys) ** 2))
+    return gz.instruments.model_fns(model, lambda m, xs, ys: jnp.mean((m(xs) - ys) ** 2))
 
 
 def make_run(fns, params, instruments, opt, steps: int):

@@ -1,8 +1,8 @@
 """The one entry shape and the one way to register, shared by the four registries.
 
-Cells (:data:`gatezoo.CELLS`), tasks (:data:`gatezoo.TASKS`), optimizers
-(:data:`gatezoo.training.OPTIMIZERS`) and instruments (:data:`gatezoo.INSTRUMENTS`) each map a
-name to an :class:`Entry` subclass: the name, the builder (``factory``) and a one-line
+Cells (:data:`gatezoo.models.CELLS`), tasks (:data:`gatezoo.tasks.TASKS`), optimizers
+(:data:`gatezoo.training.OPTIMIZERS`) and instruments (:data:`gatezoo.instruments.INSTRUMENTS`)
+each map a name to an :class:`Entry` subclass: the name, the builder (``factory``) and a one-line
 description, plus the options of that kind. Each kind's ``register_*`` is called the same way,
 ``register_KIND(name, factory, description, *, <options>, replace=False)``, returns the stored
 entry, and goes through :func:`add` here. The module sits below models and tasks (it imports

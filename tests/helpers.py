@@ -1,5 +1,5 @@
 """Shared test helpers: models a user writes (outside the package), and the instrument tests'
-LayerFns, data and StepContext, all from gatezoo's own builders (``gz.model_fns``,
+LayerFns, data and StepContext, all from gatezoo's own builders (``gz.instruments.model_fns``,
 :func:`gatezoo.instruments.context.step_context`)."""
 
 import jax
@@ -50,7 +50,7 @@ def mse(pred, y):
 def model_fns(model, loss_fn=mse, *, split=True):
     """``(LayerFns, params)`` from gatezoo's own builder (``split=False`` drops ``split_step``
     to exercise the two-pass path)."""
-    fns, params = gz.model_fns(model, lambda m, xs, ys: loss_fn(m(xs), ys))
+    fns, params = gz.instruments.model_fns(model, lambda m, xs, ys: loss_fn(m(xs), ys))
     return (fns if split else fns._replace(split_step=None)), params
 
 

@@ -45,7 +45,7 @@ def perturb_biases(cell, seed=0):
 def test_plain_call_is_flax_and_runs_in_rnn_and_sequence_model(name):
     adapter = gz.make_cell(name, D_IN, D_H, rngs=nnx.Rngs(0))
     flax_cell = KINDS[name](D_IN, D_H, rngs=nnx.Rngs(0))  # the same parameters, by construction
-    assert isinstance(adapter, nnx.RNNCellBase) and gz.is_gated(adapter)
+    assert isinstance(adapter, nnx.RNNCellBase) and gz.models.is_gated(adapter)
     assert type(adapter.cell) is KINDS[name]
     for a, b in zip(jax.tree_util.tree_leaves(nnx.state(adapter, nnx.Param)),
                     jax.tree_util.tree_leaves(nnx.state(flax_cell, nnx.Param)), strict=True):
@@ -75,12 +75,12 @@ def test_split_sums_to_the_flax_jacobian(name, x64):
         perturb_biases(adapter, seed)
         carry = random_carry(adapter, seed=seed)
         x = jax.random.normal(jax.random.fold_in(jax.random.key(seed), 3), (D_IN,), jnp.float64)
-        fn = gz.cell_fn(adapter)
-        A, B = gz.autodiff_split(fn.step, fn.params, carry, x)
+        fn = gz.models.cell_fn(adapter)
+        A, B = gz.jacobians.autodiff_split(fn.step, fn.params, carry, x)
         flax_cell = adapter.cell
-        flat = gz.flatten_carry(carry)
+        flat = gz.models.flatten_carry(carry)
         J = jax.jacrev(
-            lambda v: gz.flatten_carry(flax_cell(gz.unflatten_carry(v, carry), x)[0])
+            lambda v: gz.models.flatten_carry(flax_cell(gz.models.unflatten_carry(v, carry), x)[0])
         )(flat)
         assert A.dtype == jnp.float64
         assert rel(A + B, J) <= 1e-8
@@ -113,8 +113,8 @@ def test_gru_split_matches_hand_formula(x64):
     B_hand = ((h - n) * _dsig(xz + hz))[:, None] * Khz.T + (dn * hn * _dsig(xr + hr))[
         :, None
     ] * Khr.T
-    fn = gz.cell_fn(adapter)
-    A, B = gz.autodiff_split(fn.step, fn.params, h, x)
+    fn = gz.models.cell_fn(adapter)
+    A, B = gz.jacobians.autodiff_split(fn.step, fn.params, h, x)
     assert rel(A, A_hand) <= 1e-12 and rel(B, B_hand) <= 1e-12
     np.testing.assert_allclose(adapter.time_scale(h, x), 1 - z, rtol=1e-14)
 
@@ -156,9 +156,9 @@ def test_lstm_and_simple_splits_match_gatezoo_closed_forms(name, x64):
     jax.tree_util.tree_map(
         lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-13), adapter(carry, x), ref(carry, x)
     )
-    fn = gz.cell_fn(adapter)
-    A, B = gz.autodiff_split(fn.step, fn.params, carry, x)
-    A_ref, B_ref = gz.state_jacobians(ref, carry, x)
+    fn = gz.models.cell_fn(adapter)
+    A, B = gz.jacobians.autodiff_split(fn.step, fn.params, carry, x)
+    A_ref, B_ref = gz.jacobians.state_jacobians(ref, carry, x)
     assert rel(A, A_ref) <= 1e-12
     assert rel(B, B_ref) <= 1e-12 if name != "flax-simple" else float(jnp.abs(B).max()) == 0.0
     np.testing.assert_allclose(adapter.time_scale(carry, x), ref.time_scale(carry, x), rtol=1e-13)
@@ -168,17 +168,18 @@ def test_lstm_and_simple_splits_match_gatezoo_closed_forms(name, x64):
 @pytest.mark.parametrize("name", ["flax-gru", "flax-lstm", "flax-optlstm"])
 def test_registry_options(name):
     zero = jnp.zeros(D_IN)
-    cell = gz.make_cell(name, D_IN, D_H, rngs=nnx.Rngs(0), init=gz.InitSpec(gate_bias=2.0))
+    cell = gz.make_cell(name, D_IN, D_H, rngs=nnx.Rngs(0), init=gz.models.InitSpec(gate_bias=2.0))
     carry = cell.initialize_carry((D_IN,))
     # with zero state and input the gate sees only its bias: alpha = sigmoid(gate_bias)
     np.testing.assert_allclose(cell.time_scale(carry, zero), jax.nn.sigmoid(2.0), rtol=1e-6)
     chrono = gz.make_cell(name, D_IN, D_H, rngs=nnx.Rngs(0),
-                          init=gz.InitSpec(gate_bias="chrono", chrono_tmax=50.0))
+                          init=gz.models.InitSpec(gate_bias="chrono", chrono_tmax=50.0))
     alpha = chrono.time_scale(carry, zero)
     # chrono: 1/alpha - 1 = u ~ U(1, T_max - 1)
     assert bool(jnp.all((1 / alpha - 1 >= 1 - 1e-4) & (1 / alpha - 1 <= 49 + 1e-3)))
     assert float(jnp.ptp(alpha)) > 0
-    torch_init = gz.make_cell(name, D_IN, D_H, rngs=nnx.Rngs(0), init=gz.InitSpec(scheme="torch"))
+    torch_init = gz.make_cell(name, D_IN, D_H, rngs=nnx.Rngs(0),
+                              init=gz.models.InitSpec(scheme="torch"))
     kernel = jax.tree_util.tree_leaves(nnx.state(torch_init, nnx.Param))
     assert max(float(jnp.abs(k).max()) for k in kernel) <= 1 / np.sqrt(min(D_IN, D_H))
     with pytest.raises(ValueError, match="use_bias=False is not supported"):
@@ -199,13 +200,13 @@ def test_param_dtype_is_honoured(name, x64):
 
 def test_flax_adapter_by_instance_and_wrong_types():
     cell = nnx.OptimizedLSTMCell(D_IN, D_H, rngs=nnx.Rngs(0))
-    adapter = gz.flax_adapter(cell)
-    assert isinstance(adapter, gz.FlaxOptimizedLSTM) and adapter.cell is cell
+    adapter = gz.models.flax_adapter(cell)
+    assert isinstance(adapter, gz.models.FlaxOptimizedLSTM) and adapter.cell is cell
     assert adapter.hidden_features == D_H and adapter.num_feature_axes == 1
     with pytest.raises(ValueError, match="no gate adapter for GRU"):
-        gz.flax_adapter(gz.GRU(D_IN, D_H, rngs=nnx.Rngs(0)))
+        gz.models.flax_adapter(gz.GRU(D_IN, D_H, rngs=nnx.Rngs(0)))
     with pytest.raises(ValueError, match="FlaxLSTM wraps a LSTMCell, got OptimizedLSTMCell"):
-        gz.FlaxLSTM(cell)
+        gz.models.FlaxLSTM(cell)
     assert {"flax-gru", "flax-lstm", "flax-optlstm", "flax-simple"} <= set(gz.cell_names())
     for name in KINDS:
-        assert gz.CELLS[name].description and "\n" not in gz.CELLS[name].description
+        assert gz.models.CELLS[name].description and "\n" not in gz.models.CELLS[name].description

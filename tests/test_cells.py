@@ -31,7 +31,7 @@ def test_split_call_keeps_value_and_time_scale_in_unit_interval(name):
     x = jax.random.normal(jax.random.key(4), (5, 3))
     ref, _ = cell(carry, x)
     for eps in (0.0, 0.5, 1.0):
-        out, _ = cell.split_call(carry, x, gz.deform(carry, eps))
+        out, _ = cell.split_call(carry, x, gz.models.deform(carry, eps))
         chex.assert_trees_all_close(out, ref, atol=1e-6)
     alpha = cell.time_scale(carry, x)
     assert alpha.shape == (5, 6)
@@ -71,11 +71,11 @@ def test_wrong_input_width_is_a_clear_error():
 
 @pytest.mark.slow
 def test_initialisation_schemes_and_biases():
-    torch_like = gz.VectorGate(4, 16, init=gz.InitSpec("torch"), rngs=nnx.Rngs(0))
+    torch_like = gz.VectorGate(4, 16, init=gz.models.InitSpec("torch"), rngs=nnx.Rngs(0))
     bound = 1 / np.sqrt(16)
     assert float(jnp.abs(torch_like.W[...]).max()) <= bound
     assert float(jnp.abs(torch_like.U[...]).max()) <= 1 / np.sqrt(4)
-    normal = gz.VectorGate(4, 200, init=gz.InitSpec("normal", std=0.2), rngs=nnx.Rngs(0))
+    normal = gz.VectorGate(4, 200, init=gz.models.InitSpec("normal", std=0.2), rngs=nnx.Rngs(0))
     assert abs(float(jnp.std(normal.W[...])) - 0.2) < 0.01
     nobias = gz.GRU(4, 8, use_bias=False, rngs=nnx.Rngs(0))
     assert nobias.b is None and nobias.b_z is None
@@ -85,7 +85,7 @@ def test_initialisation_schemes_and_biases():
 
 @pytest.mark.slow
 def test_chrono_gate_bias_gives_time_constants_up_to_tmax():
-    spec = gz.InitSpec(gate_bias="chrono", chrono_tmax=50.0)
+    spec = gz.models.InitSpec(gate_bias="chrono", chrono_tmax=50.0)
     cell = gz.VectorGate(2, 400, init=spec, rngs=nnx.Rngs(0))
     tau = 1 + jnp.exp(-cell.b_g[...])  # 1/alpha at zero input
     assert 1.5 < float(tau.min()) and float(tau.max()) <= 50.0
@@ -93,7 +93,7 @@ def test_chrono_gate_bias_gives_time_constants_up_to_tmax():
     np.testing.assert_allclose(lstm.b_f[...], -lstm.b_i[...])
     assert float(lstm.b_f[...].min()) >= 0.0
     with pytest.raises(ValueError, match="gate_bias"):
-        gz.InitSpec(gate_bias="warm")
+        gz.models.InitSpec(gate_bias="warm")
 
 
 @pytest.mark.slow

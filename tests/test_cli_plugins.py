@@ -77,7 +77,7 @@ def test_compare_with_imported_cell_and_optimizers(tmp_path, monkeypatch):
             assert all(abs(ln[corr]) <= 1.0 for ln in train)
             assert train[-1][step_mean] > 0
     finally:
-        gz.CELLS.pop("plugin-gated", None)
+        gz.models.CELLS.pop("plugin-gated", None)
         for name in NAMES:
             gz.training.OPTIMIZERS.pop(name, None)
         sys.modules.pop("gz_test_plugin", None)

@@ -42,7 +42,7 @@ def _s1_model(name, seed, T):
     models = SeededModels.build(name, 3, 5, [seed], dtype=jnp.float64)
     params = jax.tree_util.tree_map(lambda p: p[0], models.params)
     model = models.model(params)
-    fns, _ = gz.model_fns(model, make_task("adding", seq_len=T, channels=3))
+    fns, _ = gz.instruments.model_fns(model, make_task("adding", seq_len=T, channels=3))
     xs = jax.random.uniform(jax.random.key(seed - 1), (1, T, 3), jnp.float64)
     return model.cell, fns, params, xs, jnp.zeros((1, 1), jnp.float64)
 
@@ -235,7 +235,7 @@ def test_power_iteration_survives_tiny_products():
 def test_default_power_iterations_give_the_converged_profile():
     models = SeededModels.build("vector", 4, 16, [1])
     params = jax.tree_util.tree_map(lambda p: p[0], models.params)
-    fns, _ = gz.model_fns(models.model(params), make_task("adding", seq_len=30))
+    fns, _ = gz.instruments.model_fns(models.model(params), make_task("adding", seq_len=30))
     xs = jax.random.uniform(jax.random.key(4), (3, 30, 4))
     ys = jnp.zeros((3, 1))
     default = S1Config().power_iters

@@ -255,7 +255,7 @@ def test_a_subclass_step_is_run_and_its_broken_gate_protocol_refused_in_one_line
     xs = jax.random.normal(jax.random.key(5), (3, 5, 2))
     np.testing.assert_allclose(gz.Recurrent(cell)(xs), nnx.RNN(cell)(xs), rtol=1e-6, atol=1e-7)
     model = gz.SequenceModel(cell, 1, rngs=nnx.Rngs(1))
-    with pytest.raises(gz.GateProtocolError, match="differs from split_call"):
+    with pytest.raises(gz.models.GateProtocolError, match="differs from split_call"):
         gz.attach(model, lambda m, x, y: jnp.mean((m(x) - y) ** 2), ["gates"])
 
 

@@ -58,7 +58,7 @@ class UserGated(nnx.Module):
 
 
 def _register(name, factory, options=()):
-    gz.CELLS.pop(name, None)
+    gz.models.CELLS.pop(name, None)
     return gz.register_cell(name, factory, "test cell", options=options)
 
 
@@ -101,7 +101,7 @@ def test_unknown_cell_names_register_cell():
 def test_model_fns_works_on_flax_cells(kind):
     task = gz.make_task("adding", 5)
     model = gz.SequenceModel(kind(task.input_dim, D_H, rngs=nnx.Rngs(0)), 1, rngs=nnx.Rngs(1))
-    fns, params = gz.model_fns(model, task)
+    fns, params = gz.instruments.model_fns(model, task)
     xs, ys = task.sample(jax.random.key(0), 3)
     loss, carries = fns.loss(params, xs, ys)
     assert np.isclose(float(loss), float(task.loss(model(xs), ys)), rtol=1e-6)
@@ -146,24 +146,24 @@ def test_gate_protocol_is_checked_at_first_use(broken, message):
     cell = UserGated(task.input_dim, D_H, rngs=nnx.Rngs(0), **broken)
     model = gz.SequenceModel(cell, 1, rngs=nnx.Rngs(1))
     example = task.sample(jax.random.key(0), 2)
-    with pytest.raises(gz.GateProtocolError, match=message):
-        gz.model_fns(model, task, example=example)
+    with pytest.raises(gz.models.GateProtocolError, match=message):
+        gz.instruments.model_fns(model, task, example=example)
     _register("broken", lambda d_in, d_h, *, rngs: UserGated(d_in, d_h, rngs=rngs, **broken))
-    with pytest.raises(gz.GateProtocolError, match=message):
+    with pytest.raises(gz.models.GateProtocolError, match=message):
         gz.train(tiny(cell="broken"), progress=False)
 
 
 def test_unknown_input_width_asks_for_an_example():
     model = gz.SequenceModel(UserGated(D_IN, D_H, rngs=nnx.Rngs(0)), 1, rngs=nnx.Rngs(1))
     with pytest.raises(ValueError, match=r"in_features attribute or pass example"):
-        gz.model_fns(model, lambda m, x, y: jnp.mean((m(x) - y) ** 2))
+        gz.instruments.model_fns(model, lambda m, x, y: jnp.mean((m(x) - y) ** 2))
 
 
 @pytest.mark.slow
 def test_self_check_from_make_instruments_config_and_cli(tmp_path):
     task = gz.make_task("adding", 5)
     model = build_model(tiny(cell="vector"), task, seed=0)
-    fns, _ = gz.model_fns(model, task)
+    fns, _ = gz.instruments.model_fns(model, task)
     (inst,) = gz.make_instruments([], fns, self_check=True)
     assert inst.name == "expansion"
     result = gz.train(tiny(cell="vector", self_check=True), progress=False)

@@ -173,7 +173,7 @@ def test_closed_form_streams_in_a_stacked_model_equal_generic(x64):
     the layers below, as the generic path's one VJP does (G0, G1 of every parameter)."""
     model = _stacked(jnp.float64)
     loss = lambda m, x, y: jnp.mean((m(x) - y) ** 2)  # noqa: E731
-    net, params = gz.network_fns(model, loss)
+    net, params = gz.instruments.network_fns(model, loss)
     xs, ys = data(5, 3, 6, 3, dtype=jnp.float64)
     offsets = zero_offsets(net, params, xs, ys)
     (_, records), (grads, adjoints) = jax.jit(jax.value_and_grad(

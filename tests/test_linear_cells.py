@@ -68,7 +68,7 @@ def test_flax_contract_and_gate_protocol(name, x64):
     carry = jax.random.normal(jax.random.key(2), cell.initialize_carry((2, 3)).shape, jnp.float64)
     h, y = cell(carry, x)
     assert h.shape == carry.shape and y.shape == (2, 4) and cell.num_feature_axes == 1
-    assert gz.is_gated(cell)
+    assert gz.models.is_gated(cell)
     # the gates read no state: any gate_carry gives the same step
     h2, y2 = cell.split_call(carry, x, 100.0 * carry + 3.0)
     assert _max_diff((h, y), (h2, y2)) == 0.0
@@ -99,7 +99,7 @@ def test_papers_initialisations():
     assert dt.max() / dt.min() > 10  # spread over the range, log-uniform
     assert s6.initialize_carry((7, 3)).shape == (7, 64 * 5)
     # minLSTM: the gate-bias option puts sigmoid(s) on alpha at zero input
-    ml = gz.make_cell("minlstm", 3, 4, rngs=nnx.Rngs(0), init=gz.InitSpec(gate_bias=-2.0))
+    ml = gz.make_cell("minlstm", 3, 4, rngs=nnx.Rngs(0), init=gz.models.InitSpec(gate_bias=-2.0))
     alpha = ml.time_scale(jnp.zeros(4), jnp.zeros(3))
     assert np.allclose(alpha, jax.nn.sigmoid(-2.0), atol=1e-6)
 
@@ -124,7 +124,7 @@ def test_bad_options_are_one_line_errors():
 def test_expansion_gives_g1_zero_and_g0_equal_to_the_gradient(name, x64):
     T = 6
     model = _model(name, readout="all")
-    fns, params = gz.model_fns(model, _task(T))
+    fns, params = gz.instruments.model_fns(model, _task(T))
     xs, ys = _data(T)
     # brute force: d/d eps of the gradient of the eps-deformed loss, by forward mode
     grad = lambda e: jax.grad(lambda p: fns.loss(p, xs, ys, eps=e)[0])(params)  # noqa: E731
@@ -185,12 +185,13 @@ class LeakyGateReadingState(nnx.Module):
 @pytest.mark.slow
 def test_a_false_claim_that_gates_read_no_state_is_refused():
     cell = LeakyGateReadingState(3, 4, rngs=nnx.Rngs(0))
-    with pytest.raises(gz.GateProtocolError, match="LeakyGateReadingState.*gates_read_state"):
-        gz.check_gate_protocol(cell, 3)
+    with pytest.raises(gz.models.GateProtocolError,
+                       match="LeakyGateReadingState.*gates_read_state"):
+        gz.models.check_gate_protocol(cell, 3)
     cell.W[...] = jnp.zeros((4, 4))  # now the gate reads only x: the claim holds
-    gz.check_gate_protocol(cell, 3)
+    gz.models.check_gate_protocol(cell, 3)
     model = gz.SequenceModel(cell, 2, readout="all", rngs=nnx.Rngs(1))
-    assert not gz.model_fns(model, _task(5))[0].gates_read_state
+    assert not gz.instruments.model_fns(model, _task(5))[0].gates_read_state
 
 
 # -- single layer: exact lag products are products of retentions ----------------------------------
@@ -200,7 +201,7 @@ def test_a_false_claim_that_gates_read_no_state_is_refused():
 def test_lag_products_equal_products_of_retentions(name, x64):
     T, batch = 7, 2
     model = _model(name, readout="last")
-    fns, params = gz.model_fns(model, _task(T, "last"))
+    fns, params = gz.instruments.model_fns(model, _task(T, "last"))
     xs, _ = _data(T, batch)
     ys = jnp.zeros((batch, 2), jnp.float64)
     cp, prev, xs_t = probe_states(fns, params, xs, ys)
@@ -238,18 +239,20 @@ def test_linear_recurrence_scans_agree_in_values_and_gradients(x64):
     a = jax.random.uniform(k1, (T, 2, 3), jnp.float64, 0.5, 1.0)
     b = jax.random.normal(k2, (T, 2, 3), jnp.float64)
     h0 = jax.random.normal(k3, (2, 3), jnp.float64)
-    hs = {m: jax.jit(gz.linear_recurrence, static_argnums=3)(a, b, h0, m) for m in gz.SCANS}
+    scan = jax.jit(gz.models.linear_recurrence, static_argnums=3)
+    hs = {m: scan(a, b, h0, m) for m in gz.models.SCANS}
     loop = [np.asarray(h0)]
     for t in range(T):
         loop.append(np.asarray(a[t]) * loop[-1] + np.asarray(b[t]))
     assert np.allclose(hs["sequential"], np.stack(loop[1:]), atol=1e-13)
     assert np.allclose(hs["associative"], hs["sequential"], atol=1e-13)
     w = jax.random.normal(jax.random.key(4), (T, 2, 3), jnp.float64)
-    grads = {m: jax.jit(jax.grad(lambda a, b, h, m=m: jnp.sum(w * gz.linear_recurrence(a, b, h, m)),
-                                 argnums=(0, 1, 2)))(a, b, h0) for m in gz.SCANS}
+    grads = {m: jax.jit(jax.grad(
+        lambda a, b, h, m=m: jnp.sum(w * gz.models.linear_recurrence(a, b, h, m)),
+        argnums=(0, 1, 2)))(a, b, h0) for m in gz.models.SCANS}
     assert _max_diff(grads["associative"], grads["sequential"]) <= 1e-12
     with pytest.raises(ValueError, match="method must be one of"):
-        gz.linear_recurrence(a, b, h0, "fast")
+        gz.models.linear_recurrence(a, b, h0, "fast")
 
 
 @pytest.mark.slow
@@ -258,8 +261,8 @@ def test_sequence_paths_agree_in_values_gradients_and_adjoints(name, x64):
     T = 9
     xs, ys = _data(T)
     runs = {}
-    for scan in gz.SCANS:
-        fns, params = gz.model_fns(_model(name, seed=4, scan=scan), _task(T))
+    for scan in gz.models.SCANS:
+        fns, params = gz.instruments.model_fns(_model(name, seed=4, scan=scan), _task(T))
         runs[scan] = make_context(fns, params, xs, ys)
         # the eps path runs the cell step by step under lax.scan (no whole-sequence shortcut)
         step_grad = jax.grad(lambda p, f=fns: f.loss(p, xs, ys, eps=1.0)[0])(params)
@@ -277,7 +280,7 @@ def test_associative_scan_in_float32_on_a_long_sequence():
     T = 512
     xs = jax.random.normal(jax.random.key(0), (2, T, 3))
     out = {}
-    for scan in gz.SCANS:
+    for scan in gz.models.SCANS:
         model = _model("rglru", dtype=jnp.float32, readout="last", scan=scan)
         graphdef, params, rest = nnx.split(model, nnx.Param, ...)
         loss = lambda p, g=graphdef, r=rest: jnp.sum(nnx.merge(g, p, r)(xs) ** 2)  # noqa: E731
@@ -309,10 +312,10 @@ def test_closed_form_state_jacobians_match_autodiff(name, x64):
     cell = _model(name).cell
     h = jax.random.normal(jax.random.key(5), cell.initialize_carry((3,)).shape, jnp.float64)
     x = jax.random.normal(jax.random.key(6), (3,), jnp.float64)
-    assert gz.has_closed_form(cell)
-    A, B = gz.state_jacobians(cell, h, x)
-    fn = gz.cell_fn(cell)
-    A_ad, B_ad = gz.autodiff_split(fn.step, fn.params, h, x)
+    assert gz.jacobians.has_closed_form(cell)
+    A, B = gz.jacobians.state_jacobians(cell, h, x)
+    fn = gz.models.cell_fn(cell)
+    A_ad, B_ad = gz.jacobians.autodiff_split(fn.step, fn.params, h, x)
     J = jax.jacrev(lambda v: cell(v, x)[0])(h)
     assert float(jnp.max(jnp.abs(A - A_ad))) <= 1e-14 and float(jnp.max(jnp.abs(B_ad))) == 0.0
     assert float(jnp.max(jnp.abs(A - J))) <= 1e-14 and float(jnp.max(jnp.abs(B))) == 0.0
@@ -324,13 +327,13 @@ def test_auto_scan_is_sequential_on_a_cpu_and_the_cells_default_to_it():
     a, b = jnp.full((8, 2), 0.5), jnp.ones((8, 2))
 
     def primitives(method):
-        jaxpr = jax.make_jaxpr(lambda: gz.linear_recurrence(a, b, jnp.zeros(2), method))()
+        jaxpr = jax.make_jaxpr(lambda: gz.models.linear_recurrence(a, b, jnp.zeros(2), method))()
         return {str(eqn.primitive) for eqn in jaxpr.jaxpr.eqns}
 
     assert jax.default_backend() == "cpu"
     assert "scan" in primitives("auto") and "scan" in primitives("sequential")
     assert "scan" not in primitives("associative")
-    np.testing.assert_allclose(gz.linear_recurrence(a, b, jnp.zeros(2), "auto"),
-                               gz.linear_recurrence(a, b, jnp.zeros(2), "associative"))
+    np.testing.assert_allclose(gz.models.linear_recurrence(a, b, jnp.zeros(2), "auto"),
+                               gz.models.linear_recurrence(a, b, jnp.zeros(2), "associative"))
     for name in CELLS:
         assert gz.make_cell(name, 3, 4, rngs=nnx.Rngs(0), **OPTS.get(name, {})).scan == "auto"

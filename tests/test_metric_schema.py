@@ -159,13 +159,13 @@ def test_a_mistyped_name_is_refused_with_the_closest_quantity():
 
 def test_an_instrument_of_your_own_is_named_alike_and_may_be_declared():
     assert metric_name("schema_test_probe", "rnn", "score") == "schema_test_probe/rnn/score"
-    declare(gz.Quantity("schema_test_probe", "score@{lag}", "A test score by lag."))
+    declare(gz.metric_schema.Quantity("schema_test_probe", "score@{lag}", "A test score by lag."))
     assert quantity_of("schema_test_probe/score@3").name == "score@{lag}"
     assert quantities("schema_test_probe")[0].definition == "A test score by lag."
     with pytest.raises(ValueError, match="closest: 'score@{lag}'"):
         metric_name("schema_test_probe", None, "scores@3")
     with pytest.raises(ValueError, match="gatezoo's own"):
-        declare(gz.Quantity("gates", "extra", "Not allowed."))
+        declare(gz.metric_schema.Quantity("gates", "extra", "Not allowed."))
 
 
 # -- no metric name is spelled outside the schema ----------------------------------------------

@@ -168,7 +168,7 @@ def test_any_optax_optimizer_trains_with_optimizer_metrics(optimizer):
 
 def _optimizer_metrics(out) -> dict[str, float]:
     """The ``optimizer`` instrument's metrics of one step, by bare quantity."""
-    names = {k: gz.parse_metric_name(k) for k in out.metrics}
+    names = {k: gz.metric_schema.parse_metric_name(k) for k in out.metrics}
     return {n.quantity: float(out.metrics[k]) for k, n in names.items()
             if n.instrument == "optimizer"}
 

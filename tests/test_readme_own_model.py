@@ -22,7 +22,7 @@ def readme_blocks():
 def test_readme_own_model_loop_and_gz_train(capsys):
     blocks = readme_blocks()
     assert len(blocks) == 2, "the README section has its loop example and its gz.train example"
-    gz.CELLS.pop("mgu", None)
+    gz.models.CELLS.pop("mgu", None)
     gz.training.OPTIMIZERS.pop("clipped-lion", None)
     namespace: dict = {}
     try:
@@ -47,5 +47,5 @@ def test_readme_own_model_loop_and_gz_train(capsys):
         validate(CompareConfig(cells=("mgu", "gru"), optimizers=("clipped-lion", "adam"),
                                seq_len=20))
     finally:
-        gz.CELLS.pop("mgu", None)
+        gz.models.CELLS.pop("mgu", None)
         gz.training.OPTIMIZERS.pop("clipped-lion", None)

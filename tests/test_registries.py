@@ -49,10 +49,10 @@ def registered():
             quantities={"rms": "root mean square of the state over batch, time and neurons"}),
     }
     yield entries
-    gz.CELLS.pop(NAMES["cell"], None)
-    gz.TASKS.pop(NAMES["task"], None)
+    gz.models.CELLS.pop(NAMES["cell"], None)
+    gz.tasks.TASKS.pop(NAMES["task"], None)
     gz.training.OPTIMIZERS.pop(NAMES["optimizer"], None)
-    gz.INSTRUMENTS.pop(NAMES["instrument"], None)
+    gz.instruments.INSTRUMENTS.pop(NAMES["instrument"], None)
 
 
 def test_every_entry_has_the_one_shape(registered):
@@ -62,7 +62,8 @@ def test_every_entry_has_the_one_shape(registered):
     assert registered["task"].options == ("channels",)
     assert registered["instrument"].cadence == 2
     assert [q.name for q in quantities(NAMES["instrument"])] == ["rms"]
-    for table in (gz.CELLS, gz.TASKS, gz.training.OPTIMIZERS, gz.INSTRUMENTS):
+    for table in (gz.models.CELLS, gz.tasks.TASKS, gz.training.OPTIMIZERS,
+                  gz.instruments.INSTRUMENTS):
         assert all(isinstance(e, Entry) for e in table.values())
 
 
@@ -86,7 +87,7 @@ def test_make_functions_build_user_names(registered):
     opt = gz.make_optimizer(NAMES["optimizer"], 1e-3)
     assert opt.init({"w": jnp.ones(2)}) is not None
     model = gz.SequenceModel(cell, task.output_dim, rngs=nnx.Rngs(1))
-    fns, _ = gz.model_fns(model, task)
+    fns, _ = gz.instruments.model_fns(model, task)
     (inst,) = gz.make_instruments([NAMES["instrument"]], fns)
     assert (inst.every, inst.tier, inst.needs_gates) == (2, "step", False)
 
@@ -112,9 +113,10 @@ def test_duplicates_are_refused_unless_replaced(registered, kind):
 
 
 def test_builtin_instruments_declare_their_record_once():
-    sens = gz.INSTRUMENTS["sensitivity"]
+    sens = gz.instruments.INSTRUMENTS["sensitivity"]
     assert (sens.tier, sens.cadence, sens.takes_compat) == ("probe", 50, True)
-    assert gz.INSTRUMENTS["lags"].needs_adjoints and gz.INSTRUMENTS["gates"].needs_gates
+    table = gz.instruments.INSTRUMENTS
+    assert table["lags"].needs_adjoints and table["gates"].needs_gates
     with pytest.raises(ValueError, match="gatezoo's own"):
         gz.register_instrument("gates", carry_rms, replace=True)
 
@@ -122,13 +124,14 @@ def test_builtin_instruments_declare_their_record_once():
 def test_the_entry_object_form_still_works_with_a_warning():
     try:
         with pytest.warns(DeprecationWarning, match=r"register_cell\(name, factory"):
-            gz.register_cell(gz.CellEntry("old-cell", UserLeaky, "old form"))
+            gz.register_cell(gz.models.CellEntry("old-cell", UserLeaky, "old form"))
         with pytest.warns(DeprecationWarning, match=r"register_task\(name, factory"):
             gz.register_task(gz.tasks.TaskEntry("old-task", short_adding, "old form"))
-        assert gz.CELLS["old-cell"].description == gz.TASKS["old-task"].description == "old form"
+        assert (gz.models.CELLS["old-cell"].description
+                == gz.tasks.TASKS["old-task"].description == "old form")
     finally:
-        gz.CELLS.pop("old-cell", None)
-        gz.TASKS.pop("old-task", None)
+        gz.models.CELLS.pop("old-cell", None)
+        gz.tasks.TASKS.pop("old-task", None)
 
 
 def test_register_task_and_instrument_are_exported():

@@ -52,7 +52,7 @@ def test_each_layer_has_g1_zero_and_its_own_metrics(setup):
     # through each layer's streams, must agree with that declaration
     forced = att.net._replace(layers={n: f._replace(gates_read_state=True)
                                       for n, f in att.net.layers.items()})
-    full = gz.attach_fns(forced).first_order(params, xs, ys)
+    full = gz.instruments.attach_fns(forced).first_order(params, xs, ys)
     graphdef, _, rest = nnx.split(model, nnx.Param, ...)  # gz.Recurrent holds a carry stream
     grads = jax.grad(lambda p: _loss(nnx.merge(graphdef, p, nnx.as_pure(rest)), xs, ys))(params)
     for fo in [*first.values(), *full.values()]:
@@ -65,7 +65,7 @@ def test_each_layer_has_g1_zero_and_its_own_metrics(setup):
 
 def test_layer_two_lag_products_are_its_retention_products(setup):
     model, xs, ys = setup
-    net, params = gz.network_fns(model, _loss, example=(xs, ys))
+    net, params = gz.instruments.network_fns(model, _loss, example=(xs, ys))
     fns = net.layers["rnn2"]
     inputs = fns.inputs(params, xs)
     cp = fns.cell_params(params)

@@ -7,6 +7,8 @@ import pytest
 from flax import nnx
 
 import gatezoo as gz
+import gatezoo.jacobians as jac
+from gatezoo.models import flatten_carry, unflatten_carry
 
 D_IN, D_H = 3, 5
 
@@ -17,7 +19,7 @@ def rel(a, b):
 
 
 def make(name, seed=0, **opts):
-    init = gz.InitSpec(scheme="normal", std=0.5, gate_bias=0.4)
+    init = gz.models.InitSpec(scheme="normal", std=0.5, gate_bias=0.4)
     return gz.make_cell(
         name, D_IN, D_H, rngs=nnx.Rngs(seed), init=init, param_dtype=jnp.float64, **opts
     )
@@ -46,9 +48,9 @@ def sigmoid_prime(s):
 def test_claim1_closed_form_jacobians_equal_finite_differences(name, x64):
     cell = make(name, seed=1)
     carry, x = example(cell, 1)
-    A, B = gz.state_jacobians(cell, carry, x)
-    jit_step = jax.jit(lambda v: gz.flatten_carry(cell(gz.unflatten_carry(v, carry), x)[0]))
-    fd = central_difference_jacobian(jit_step, gz.flatten_carry(carry))
+    A, B = jac.state_jacobians(cell, carry, x)
+    jit_step = jax.jit(lambda v: flatten_carry(cell(unflatten_carry(v, carry), x)[0]))
+    fd = central_difference_jacobian(jit_step, flatten_carry(carry))
     assert rel(A + B, fd) <= 1e-8
 
 
@@ -56,16 +58,16 @@ def test_claim1_closed_form_jacobians_equal_finite_differences(name, x64):
 def test_claim2_structure_of_B(x64):
     leaky = make("leaky", alpha=0.6)
     h, x = example(leaky)
-    fn = gz.cell_fn(leaky)
-    assert float(jnp.abs(gz.autodiff_split(fn.step, fn.params, h, x)[1]).max()) == 0.0
-    assert float(jnp.abs(gz.state_jacobians(leaky, h, x)[1]).max()) == 0.0
+    fn = gz.models.cell_fn(leaky)
+    assert float(jnp.abs(jac.autodiff_split(fn.step, fn.params, h, x)[1]).max()) == 0.0
+    assert float(jnp.abs(jac.state_jacobians(leaky, h, x)[1]).max()) == 0.0
 
     for seed in range(3):  # scalar gate: rank one
         scalar = make("scalar", seed)
         h, x = example(scalar, seed)
-        fn = gz.cell_fn(scalar)
-        B_ad = gz.autodiff_split(fn.step, fn.params, h, x)[1]
-        for B in (gz.state_jacobians(scalar, h, x)[1], B_ad):
+        fn = gz.models.cell_fn(scalar)
+        B_ad = jac.autodiff_split(fn.step, fn.params, h, x)[1]
+        for B in (jac.state_jacobians(scalar, h, x)[1], B_ad):
             sv = np.linalg.svd(np.asarray(B), compute_uv=False)
             assert sv[0] > 1e-4 and sv[1] <= 1e-12 * sv[0]
 
@@ -75,8 +77,8 @@ def test_claim2_structure_of_B(x64):
     s = h @ vector.W_g[...] + x @ vector.U_g[...] + vector.b_g[...]
     assert s.shape == (D_H,)
     expected = jnp.diag(phi - h) @ jnp.diag(sigmoid_prime(s)) @ vector.W_g[...].T
-    fn = gz.cell_fn(vector)
-    assert rel(gz.autodiff_split(fn.step, fn.params, h, x)[1], expected) <= 1e-12
+    fn = gz.models.cell_fn(vector)
+    assert rel(jac.autodiff_split(fn.step, fn.params, h, x)[1], expected) <= 1e-12
     assert np.linalg.matrix_rank(np.asarray(expected)) > 1
 
 
@@ -89,7 +91,7 @@ def _elman_with_params_of(cell):
 
 
 def _jacrev_params(cell, h, x):
-    fn = gz.cell_fn(cell)
+    fn = gz.models.cell_fn(cell)
     tree = jax.jacrev(lambda p: fn.step(p, h, x)[0])(fn.params)
     return {path[0].key: leaf for path, leaf in jax.tree_util.tree_leaves_with_path(tree)}
 
@@ -99,7 +101,7 @@ def test_claim3_immediate_gradient_factorisation(name, x64):
     cell = make(name, 3, **({"alpha": 0.35} if name == "leaky" else {}))
     h, x = example(cell, 3)
     alpha = cell.time_scale(h, x)
-    closed = gz.param_jacobians(cell, h, x)
+    closed = jac.param_jacobians(cell, h, x)
     auto = _jacrev_params(cell, h, x)
     vanilla = _jacrev_params(_elman_with_params_of(cell), h, x)  # the same a_t
     phi = jnp.tanh(h @ cell.W[...] + x @ cell.U[...] + cell.b[...])
@@ -126,7 +128,7 @@ def test_claim3_immediate_gradient_factorisation(name, x64):
 @pytest.mark.slow
 def test_claim4_leaky_alpha_one_is_elman(x64):
     elman = gz.Elman(D_IN, D_H, rngs=nnx.Rngs(0), param_dtype=jnp.float64,
-                     init=gz.InitSpec(scheme="normal", std=0.5))
+                     init=gz.models.InitSpec(scheme="normal", std=0.5))
     elman.b[...] = 0.3 * jax.random.normal(jax.random.key(3), (D_H,), jnp.float64)
     leaky = gz.Leaky(D_IN, D_H, alpha=1.0, rngs=nnx.Rngs(5), param_dtype=jnp.float64)
     nnx.update(leaky, nnx.state(elman, nnx.Param))  # same parameters
@@ -144,8 +146,8 @@ def test_claim4_leaky_alpha_one_is_elman(x64):
     np.testing.assert_allclose(ys_l, ys_e, rtol=1e-14, atol=1e-15)
     # Jacobians: J = D W
     h1, x1 = np.asarray(hand[3][0]), xs[0, 4]
-    A_e, _ = gz.state_jacobians(elman, h1, x1)
-    A_l, B_l = gz.state_jacobians(leaky, h1, x1)
+    A_e, _ = jac.state_jacobians(elman, h1, x1)
+    A_l, B_l = jac.state_jacobians(leaky, h1, x1)
     phi = np.tanh(h1 @ W + np.asarray(x1) @ U + b)
     np.testing.assert_allclose(A_l, (1 - phi**2)[:, None] * W.T, rtol=1e-13)
     np.testing.assert_allclose(A_l, A_e, rtol=1e-14)
@@ -188,17 +190,17 @@ def test_claim5_pure_leak_kernel_and_heavy_ball_adjoint(x64):
     xs = jax.random.normal(keys[0], (1, T, D_IN), jnp.float64)
     targets = jax.random.normal(keys[1], (T, D_H), jnp.float64)
     # kernel: M_{t,k} = (1 - alpha)^{t-k} I exactly
-    fn = gz.cell_fn(cell)
+    fn = gz.models.cell_fn(cell)
     step = jax.jit(lambda h, x: fn.step(fn.params, h, x)[0])
-    jac = jax.jit(jax.jacrev(lambda h, x: fn.step(fn.params, h, x)[0]))
+    jacobian = jax.jit(jax.jacrev(lambda h, x: fn.step(fn.params, h, x)[0]))
     carry = jnp.zeros(D_H)
     Js = []
     for t in range(T):
-        Js.append(jac(carry, xs[0, t]))
+        Js.append(jacobian(carry, xs[0, t]))
         carry = step(carry, xs[0, t])
     for lag in (1, 4, T):
         np.testing.assert_allclose(
-            gz.transport(jnp.stack(Js[:lag])), (1 - alpha) ** lag * np.eye(D_H), atol=1e-15
+            jac.transport(jnp.stack(Js[:lag])), (1 - alpha) ** lag * np.eye(D_H), atol=1e-15
         )
     # adjoint = reverse-time heavy-ball accumulator with beta = 1 - alpha
     lam, delta = _adjoints(cell, xs, targets)
@@ -234,16 +236,16 @@ def test_claim6_linearised_constant_alpha_decays_per_eigendirection(x64):
         return (1 - alpha) * h + alpha * (h @ W + x @ U)
 
     xs = jax.random.normal(jax.random.key(2), (L, D_IN), jnp.float64)
-    jac, step = jax.jit(jax.jacrev(linear_step)), jax.jit(linear_step)
+    jacobian, step = jax.jit(jax.jacrev(linear_step)), jax.jit(linear_step)
     h, Js = jnp.ones(D_H), []
     for t in range(L):
-        Js.append(jac(h, xs[t]))
+        Js.append(jacobian(h, xs[t]))
         h = step(h, xs[t])
     Js = jnp.stack(Js)
     K = (1 - alpha) * np.eye(D_H) + alpha * np.asarray(W).T
     lam, V = np.linalg.eigh(np.asarray(W))
     mu = (1 - alpha) + alpha * lam
-    M_L = np.asarray(gz.transport(Js))
+    M_L = np.asarray(jac.transport(Js))
     np.testing.assert_allclose(M_L, np.linalg.matrix_power(K, L), atol=1e-13)
     np.testing.assert_allclose(np.linalg.eigvalsh((M_L + M_L.T) / 2), np.sort(mu**L), atol=1e-12)
     # M_ell v_i = mu_i^ell v_i, so log||M_ell v_i|| is linear in ell with slope log|mu_i|
@@ -269,8 +271,8 @@ def test_claim7_scalar_gates_commute_with_K_vector_gates_do_not(x64):
     a_scalar = np.asarray(jax.random.uniform(keys[1], (steps,), jnp.float64, 0.05, 0.95))
     a_vector = np.asarray(jax.random.uniform(keys[2], (steps, d), jnp.float64, 0.05, 0.95))
     I = np.eye(d)
-    M_s = np.asarray(gz.transport(jnp.stack([(1 - a) * I + a * K for a in a_scalar])))
-    M_v = np.asarray(gz.transport(jnp.stack([np.diag(1 - a) + np.diag(a) @ K for a in a_vector])))
+    M_s = np.asarray(jac.transport(jnp.stack([(1 - a) * I + a * K for a in a_scalar])))
+    M_v = np.asarray(jac.transport(jnp.stack([np.diag(1 - a) + np.diag(a) @ K for a in a_vector])))
 
     def commutator(M):
         return np.linalg.norm(M @ K - K @ M) / (np.linalg.norm(M) * np.linalg.norm(K))
@@ -291,7 +293,7 @@ def _factors(cell, T=12, seed=5):
     @jax.jit
     def run(carry, xs):
         _, prevs = jax.lax.scan(lambda c, x: (cell(c, x)[0], c), carry, xs)
-        return jax.vmap(lambda c, x: gz.state_jacobians(cell, c, x))(prevs, xs)
+        return jax.vmap(lambda c, x: jac.state_jacobians(cell, c, x))(prevs, xs)
 
     return run(carry, xs), (carry, xs)
 
@@ -299,11 +301,11 @@ def _factors(cell, T=12, seed=5):
 @pytest.mark.parametrize("compat", ["exact", "paper-code"])
 def test_claim8_frechet_derivative(compat, x64):
     (As, Bs), _ = _factors(make("scalar", 6))
-    L1 = gz.frechet_l1(As, Bs, compat=compat)
-    _, L1_jvp = jax.jvp(lambda e: gz.deformed_product(As, Bs, e, compat=compat), (0.0,), (1.0,))
+    L1 = jac.frechet_l1(As, Bs, compat=compat)
+    _, L1_jvp = jax.jvp(lambda e: jac.deformed_product(As, Bs, e, compat=compat), (0.0,), (1.0,))
     step = 1e-4
-    L1_cd = (gz.deformed_product(As, Bs, step, compat=compat)
-             - gz.deformed_product(As, Bs, -step, compat=compat)) / (2 * step)
+    L1_cd = (jac.deformed_product(As, Bs, step, compat=compat)
+             - jac.deformed_product(As, Bs, -step, compat=compat)) / (2 * step)
     assert rel(L1, L1_jvp) <= 1e-8
     assert rel(L1, L1_cd) <= 1e-7  # the central difference has its own O(step^2) error
     assert float(jnp.linalg.norm(L1)) > 1e-6
@@ -314,8 +316,8 @@ def test_claim9_second_order_truncation(name, x64):
     cell = make(name, 7)
     (As, Bs), (carry, xs) = _factors(cell)
     eps = jnp.logspace(-5, -3, 9)
-    E = gz.truncation_error(As, Bs, eps)
-    assert abs(float(gz.loglog_slope(eps, E)) - 2.0) <= 0.05
+    E = jac.truncation_error(As, Bs, eps)
+    assert abs(float(jac.loglog_slope(eps, E)) - 2.0) <= 0.05
     C2 = np.asarray(E / eps**2)
     assert C2.max() / C2.min() <= 1.05  # flat as eps -> 0
 
@@ -323,4 +325,4 @@ def test_claim9_second_order_truncation(name, x64):
     def unrolled(h0):
         return jax.lax.scan(lambda c, x: (cell(c, x)[0], None), h0, xs)[0]
 
-    assert rel(gz.deformed_product(As, Bs, 1.0), jax.jit(jax.jacrev(unrolled))(carry)) <= 1e-10
+    assert rel(jac.deformed_product(As, Bs, 1.0), jax.jit(jax.jacrev(unrolled))(carry)) <= 1e-10

@@ -34,8 +34,8 @@ def rel(a, b):
 def test_readme_cell_split_sums_to_full_jacobian_and_matches_vector_gate(x64):
     MyGatedCell = readme_cell_class()
     cell = MyGatedCell(D_IN, D_H, rngs=nnx.Rngs(0))
-    assert gz.is_gated(cell)
-    fn = gz.cell_fn(cell)
+    assert gz.models.is_gated(cell)
+    fn = gz.models.cell_fn(cell)
     # a vector-gate cell without biases and with U_g = 0, written with gatezoo's classes
     ref = gz.VectorGate(D_IN, D_H, use_bias=False, rngs=nnx.Rngs(1), param_dtype=jnp.float64)
     for name in ("W", "U", "W_g"):
@@ -45,11 +45,11 @@ def test_readme_cell_split_sums_to_full_jacobian_and_matches_vector_gate(x64):
         k1, k2 = jax.random.split(jax.random.key(seed))
         h = jax.random.normal(k1, (D_H,), jnp.float64)
         x = jax.random.normal(k2, (D_IN,), jnp.float64)
-        A, B = gz.autodiff_split(fn.step, fn.params, h, x)
+        A, B = gz.jacobians.autodiff_split(fn.step, fn.params, h, x)
         J = jax.jacrev(lambda v: cell(v, x)[0])(h)
         assert A.dtype == jnp.float64
         assert rel(A + B, J) <= 1e-8
-        A_ref, B_ref = gz.state_jacobians(ref, h, x)
+        A_ref, B_ref = gz.jacobians.state_jacobians(ref, h, x)
         assert rel(A, A_ref) <= 1e-12 and rel(B, B_ref) <= 1e-12
         assert float(jnp.linalg.norm(B)) > 1e-3
         np.testing.assert_allclose(cell.time_scale(h, x), ref.time_scale(h, x), rtol=1e-14)

@@ -28,7 +28,7 @@ class MyGatedCell(nnx.Module):
     def time_scale(self, h, x):
         return jax.nn.sigmoid(h @ self.W_g + x @ self.U_g)
 
-print(gz.is_gated(MyGatedCell(2, 8, rngs=nnx.Rngs(0))))
+print(gz.models.is_gated(MyGatedCell(2, 8, rngs=nnx.Rngs(0))))
 
 class Model(nnx.Module):
     def __init__(self, d_in, d_h, *, rngs):

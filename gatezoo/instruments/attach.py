@@ -124,11 +124,11 @@ def attach(
       loss: ``loss_fn(model, xs, ys) -> scalar`` or a task.
       names, every, compat, self_check: as in :func:`gatezoo.make_instruments`.
       example: ``(xs, ys)`` of one batch, for the gate-protocol check of cells without an
-        integer ``in_features`` (see :func:`gatezoo.network_fns`).
+        integer ``in_features`` (see :func:`gatezoo.instruments.network_fns`).
 
     Raises:
-      ValueError: as :func:`gatezoo.network_fns` and :func:`gatezoo.make_instruments`, and for
-        two instruments of one name on one layer.
+      ValueError: as :func:`gatezoo.instruments.network_fns` and
+        :func:`gatezoo.make_instruments`, and for two instruments of one name on one layer.
     """
     net, _ = network_fns(model, loss, example=example)
     return attach_fns(net, names, instruments=instruments, every=every, compat=compat,
@@ -144,7 +144,7 @@ def attach_fns(
     compat: str = "exact",
     self_check: bool = False,
 ) -> Attached:
-    """:func:`attach` for a model already split by :func:`gatezoo.network_fns`."""
+    """:func:`attach` for a model already split by :func:`gatezoo.instruments.network_fns`."""
     from gatezoo.instruments.registry import make_instruments
 
     attached = list(instruments)

@@ -13,7 +13,7 @@ Example:
   >>> task = gz.make_task("adding", seq_len=6)
   >>> model = gz.SequenceModel(gz.VectorGate(task.input_dim, 4, rngs=nnx.Rngs(0)),
   ...                          task.output_dim, rngs=nnx.Rngs(1))
-  >>> fns, params = gz.model_fns(model, task)
+  >>> fns, params = gz.instruments.model_fns(model, task)
   >>> xs, ys = task.sample(jax.random.key(0), 3)
   >>> ctx = step_context(fns, params, xs, ys)
   >>> ctx.adjoints.shape

@@ -104,7 +104,7 @@ def first_order_gradients(
       >>> cell = gz.VectorGate(task.input_dim, 4, rngs=nnx.Rngs(0))
       >>> model = gz.SequenceModel(cell, task.output_dim, rngs=nnx.Rngs(1))
       >>> att = gz.attach(model, task, ["expansion"])
-      >>> _, params = gz.model_fns(model, task)
+      >>> _, params = gz.instruments.model_fns(model, task)
       >>> fo = att.first_order(params, *task.sample(jax.random.key(0), 4))[""]
       >>> fo.g0["cell"]["W"].shape == fo.g1["cell"]["W"].shape == (4, 4)
       True

@@ -11,14 +11,14 @@ parameters and pure functions of them:
   holding the layer's ``carries`` and ``inputs``;
 * ``NetworkFns.layers[path]`` is the :class:`~gatezoo.instruments.protocol.LayerFns` of one
   layer: its loss deforms that layer's gate path only, its ``step``/``split_step``/
-  ``time_scale`` are those of :func:`gatezoo.cell_fn` on the layer's cell.
+  ``time_scale`` are those of :func:`gatezoo.models.cell_fn` on the layer's cell.
 
 Example:
   >>> import jax, jax.numpy as jnp
   >>> from flax import nnx
   >>> import gatezoo as gz
   >>> model = gz.SequenceModel(gz.GRU(2, 4, rngs=nnx.Rngs(0)), 1, rngs=nnx.Rngs(1))
-  >>> net, params = gz.network_fns(model, lambda m, x, y: jnp.mean((m(x) - y) ** 2))
+  >>> net, params = gz.instruments.network_fns(model, lambda m, x, y: jnp.mean((m(x) - y) ** 2))
   >>> loss, records = net.loss(params, jnp.ones((3, 6, 2)), jnp.zeros((3, 1)))
   >>> records[""]["carries"].shape
   (6, 3, 4)
@@ -186,7 +186,7 @@ def network_fns(
         has an integer ``in_features``.
 
     Every gated cell of a concrete model is checked once, here, with
-    :func:`gatezoo.check_gate_protocol` on a small random probe (an abstract model from
+    :func:`gatezoo.models.check_gate_protocol` on a small random probe (an abstract model from
     ``nnx.eval_shape`` is not checked).
 
     Raises:
@@ -261,7 +261,7 @@ def model_fns(model: nnx.Module, loss: Any, *, example: tuple | None = None):
     if len(net.layers) != 1:
         raise ValueError(
             f"{type(model).__name__} has {len(net.layers)} recurrent layers "
-            f"({', '.join(net.layers)}); use gz.network_fns for per-layer functions"
+            f"({', '.join(net.layers)}); use gz.instruments.network_fns for per-layer functions"
         )
     return next(iter(net.layers.values())), params
 

@@ -37,7 +37,7 @@ class LayerFns(NamedTuple):
         with ``offsets`` (zeros shaped like ``carries``) the gradient with respect to them is
         the adjoint ``dL/dh_t``.
       step: ``step(cell_params, carry, x, eps=None) -> (carry, y)`` for the *cell* alone (one
-        example or a batch), as in :func:`gatezoo.cell_fn`.
+        example or a batch), as in :func:`gatezoo.models.cell_fn`.
       time_scale: ``time_scale(cell_params, carry, x) -> alpha`` or ``None`` (no gate protocol).
       cell_params: ``cell_params(params) -> cell params`` (the sub-tree of the cell).
       gated: whether the cell follows the gate protocol.

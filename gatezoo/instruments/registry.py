@@ -7,7 +7,7 @@ Example:
   >>> task = gz.make_task("adding", seq_len=8)
   >>> model = gz.SequenceModel(gz.VectorGate(task.input_dim, 4, rngs=nnx.Rngs(0)),
   ...                          task.output_dim, rngs=nnx.Rngs(1))
-  >>> fns, params = gz.model_fns(model, task)
+  >>> fns, params = gz.instruments.model_fns(model, task)
   >>> sorted(i.name for i in make_instruments(["economy"], fns))
   ['analogies', 'effective_lr', 'gates', 'lags', 'optimizer', 'transport']
   >>> [i.name for i in make_instruments(["gates", "sensitivity"], fns,

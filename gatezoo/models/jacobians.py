@@ -24,8 +24,8 @@ Example:
   >>> from flax import nnx
   >>> import gatezoo as gz
   >>> cell = gz.VectorGate(3, 4, rngs=nnx.Rngs(0))
-  >>> A, B = gz.state_jacobians(cell, jnp.zeros(4) + 0.1, jnp.ones(3))
-  >>> F0, L1 = gz.product_first_order(jnp.stack([A, A]), jnp.stack([B, B]))
+  >>> A, B = gz.jacobians.state_jacobians(cell, jnp.zeros(4) + 0.1, jnp.ones(3))
+  >>> F0, L1 = gz.jacobians.product_first_order(jnp.stack([A, A]), jnp.stack([B, B]))
   >>> L1.shape
   (4, 4)
 """
@@ -416,8 +416,8 @@ def autodiff_split(step: Callable, params: Any, carry: Any, x: Array) -> tuple[A
       >>> import jax.numpy as jnp
       >>> from flax import nnx
       >>> import gatezoo as gz
-      >>> fn = gz.cell_fn(gz.GRU(2, 3, rngs=nnx.Rngs(0)))
-      >>> A, B = gz.autodiff_split(fn.step, fn.params, jnp.ones(3), jnp.ones(2))
+      >>> fn = gz.models.cell_fn(gz.GRU(2, 3, rngs=nnx.Rngs(0)))
+      >>> A, B = gz.jacobians.autodiff_split(fn.step, fn.params, jnp.ones(3), jnp.ones(2))
       >>> A.shape, B.shape
       ((3, 3), (3, 3))
     """
@@ -526,8 +526,9 @@ def _first_order(As: Array, Bs: Array, order: str) -> tuple[Array, Array]:
 def first_order(As: Array, Bs: Array, **kwargs: Any) -> tuple[Array, Array]:
     """Deprecated name of :func:`product_first_order` (``gz.attach(...).first_order`` gives the
     first-order *gradients* ``G0, G1``; this gives a Jacobian product's ``F(0), L₁``)."""
-    warnings.warn("gz.first_order is deprecated: use gz.product_first_order (F(0) and L1 of a "
-                  "Jacobian product); Attached.first_order gives the gradients G0, G1",
+    warnings.warn("gz.jacobians.first_order is deprecated: use "
+                  "gz.jacobians.product_first_order (F(0) and L1 of a Jacobian product); "
+                  "Attached.first_order gives the gradients G0, G1",
                   DeprecationWarning, stacklevel=2)
     return product_first_order(As, Bs, **kwargs)
 

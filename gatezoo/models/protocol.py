@@ -138,7 +138,7 @@ def cell_fn(cell: nnx.Module) -> CellFn:
       >>> import jax, jax.numpy as jnp
       >>> from flax import nnx
       >>> import gatezoo as gz
-      >>> fn = gz.cell_fn(gz.VectorGate(3, 5, rngs=nnx.Rngs(0)))
+      >>> fn = gz.models.cell_fn(gz.VectorGate(3, 5, rngs=nnx.Rngs(0)))
       >>> h, y = fn.step(fn.params, jnp.zeros(5), jnp.ones(3), eps=0.0)
     """
     graphdef, params, rest = nnx.split(cell, nnx.Param, ...)

@@ -139,9 +139,9 @@ def attach_run(
     model: ModelBuilder | None = None,
 ) -> Attached:
     """The model of ``config`` (or ``model(rngs)``; first seed, concrete, so its gate protocol is
-    checked on a random probe) split by :func:`gatezoo.network_fns` under the task's loss, with
-    ``given`` instruments plus those named in ``config.instruments`` attached
-    (:func:`gatezoo.attach_fns`)."""
+    checked on a random probe) split by :func:`gatezoo.instruments.network_fns` under the task's
+    loss, with ``given`` instruments plus those named in ``config.instruments`` attached
+    (:func:`gatezoo.instruments.attach_fns`)."""
     built = _builder(config, task, model)(config.seeds[0])
     example = jax.eval_shape(lambda k: task.sample(k, 2, split="train"), jax.random.key(0))
     net, _ = network_fns(built, task, example=example)

@@ -1,12 +1,12 @@
 """The model of a run: ``build_model(config, task, seed)`` makes the
 :class:`gatezoo.SequenceModel` a :class:`~gatezoo.training.config.TrainConfig` describes (its
-pure functions come from :func:`gatezoo.network_fns`, the one builder).
+pure functions come from :func:`gatezoo.instruments.network_fns`, the one builder).
 
 Example:
   >>> import gatezoo as gz
   >>> task = gz.make_task("adding", 20)
   >>> model = build_model(gz.TrainConfig(cell="gru", hidden=16), task, seed=0)
-  >>> fns, params = gz.model_fns(model, task)
+  >>> fns, params = gz.instruments.model_fns(model, task)
   >>> fns.hidden
   16
 """
