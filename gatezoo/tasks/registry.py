@@ -9,7 +9,7 @@ from typing import Any
 
 from gatezoo.registry_entry import Entry, add, legacy_entry
 from gatezoo.tasks import copy as copy_task
-from gatezoo.tasks import datasets, dynamics, memory, mqar, selective_copy, signals
+from gatezoo.tasks import datasets, dynamics, memory, mqar, multilag, selective_copy, signals
 from gatezoo.tasks.protocol import Task
 
 __all__ = ["TaskEntry", "TASKS", "register_task", "make_task", "task_names"]
@@ -58,6 +58,10 @@ def register_task(
     Raises:
       ValueError: a name already registered (unless ``replace``) or an empty one.
       TypeError: a factory that is not callable.
+
+    References:
+      None: registry plumbing, with no rule of its own; the factory's :class:`Task` states
+      its shapes and loss.
     """
     entry = legacy_entry("register_task", name, TaskEntry, _SIGNATURE)
     if entry is None:
@@ -66,6 +70,18 @@ def register_task(
 
 
 def task_names() -> list[str]:
+    """The names of the registered tasks, sorted (for :func:`make_task`, ``gz.train`` and the
+    command line's ``--task``); :func:`register_task` adds more.
+
+    Example:
+      >>> names = task_names()
+      >>> "adding" in names, "copy" in names, names == sorted(names)
+      (True, True, True)
+
+    References:
+      None: a registry lookup; each task's factory in :mod:`gatezoo.tasks` describes its
+      benchmark and where it comes from.
+    """
     return sorted(TASKS)
 
 
@@ -80,6 +96,10 @@ def make_task(name: str, seq_len: int | None = None, **options: Any) -> Task:
     Raises:
       ValueError: for an unknown name, an option the task does not take, or a bad value.
       DatasetNotPrepared: (a ValueError) for a dataset that is not on disk.
+
+    References:
+      None: a registry lookup; each task's factory in :mod:`gatezoo.tasks` describes its
+      benchmark and where it comes from.
     """
     entry = TASKS.get(name)
     if entry is None:
@@ -106,6 +126,7 @@ for _name, _factory, _description in (
     ("copy", copy_task.copy, copy_task.copy_description),
     ("selective-copy", selective_copy.selective_copy, selective_copy.selective_copy_description),
     ("mqar", mqar.mqar, mqar.mqar_description),
+    ("multilag", multilag.multilag, multilag.multilag_description),
     ("smnist", datasets.smnist, datasets.smnist_description),
     ("psmnist", datasets.psmnist, datasets.psmnist_description),
     ("digits", datasets.digits, datasets.digits_description),
