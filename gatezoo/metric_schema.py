@@ -319,6 +319,33 @@ def _probes() -> list[Quantity]:
     ]
 
 
+def _learnability() -> list[Quantity]:
+    q = _q("learnability")
+    mu = (r":math:`\mu^{(q)}_{t,\ell}=\Lambda^{(q)}_{t-\ell}\Gamma^{(q)}_{t,\ell}` with the "
+          r"first-order diagonal :math:`\Gamma=\prod_j\mathrm{leak}_j[1+\sum_j"
+          r"\mathrm{rdiag}_j/\mathrm{leak}_j]` over the window :math:`j=t-\ell+1..t`")
+    return [
+        q("rate", r"Mean over probe steps and neurons of the optimizer's rate "
+          r":math:`\Lambda^{(q)}_k` on the recurrent kernels, weighted by the squared "
+          "pre-synaptic output (Adam's lr/(sqrt(nu_hat)+eps); else the rate in force; else 1)."),
+        q("envelope@{lag}", r"The envelope :math:`f(\ell)=E_{b,t}\sum_q|\mu^{(q)}_{t,\ell}|`, "
+          + mu + "."),
+        q("envelope_gates@{lag}", r"The gates' share :math:`f_{gates}(\ell)=\mathrm{lr}\,"
+          r"E_{b,t}\sum_q|\prod_j\mathrm{leak}^{(q)}_j|`: zeroth order, one uniform rate."),
+        q("envelope_ratio@{lag}", r":math:`f(\ell)/f_{gates}(\ell)`: how much the optimizer's "
+          "per-weight rate and the first-order gate term change the gates' envelope."),
+        q("first_order_ratio@{lag}", r":math:`\sum|\Lambda\Gamma_{first}|/\sum|\Lambda"
+          r"\Gamma_{exact}|` at a few end times, :math:`\Gamma_{exact}` the diagonal of the "
+          r"exact transport :math:`J_t\cdots J_{t-\ell+1}`: 1 where the follow-up's "
+          "first-order diagonal is exact."),
+        q("psi_mean@{lag}", r"Mean over the probe sequences of the matched statistic "
+          r":math:`\bar\psi(\ell)`, the sequence mean of :math:`\sum_q\mu^{(q)}_{t,\ell}"
+          r"\delta^{(q)}_t v^{(q)}_{t-\ell}` averaged over random parameter directions."),
+        q("psi_std@{lag}", r"Standard deviation over the probe sequences of "
+          r":math:`\bar\psi(\ell)`."),
+    ]
+
+
 def _trainer() -> list[Quantity]:
     t, e = _q("train"), _q("eval")
     return [
@@ -343,7 +370,7 @@ def _trainer() -> list[Quantity]:
 #: every quantity gatezoo's instruments and trainer emit
 QUANTITIES: tuple[Quantity, ...] = (
     *_gates(), *_lags(), *_optimizer(), *_analogies(), *_expansion(), *_jacobians(),
-    *_probes(), *_trainer(),
+    *_probes(), *_learnability(), *_trainer(),
 )
 
 _BUILTIN = frozenset(q.instrument for q in QUANTITIES)
@@ -428,6 +455,18 @@ def metric_name(instrument: str, layer: str | None, quantity: str) -> str:
     Raises:
       ValueError: in one line, a quantity the instrument does not declare (naming the closest
         one), a layer given to a trainer metric, or a part that is empty or holds ``"/"``.
+
+    Example:
+      >>> metric_name("gates", None, "alpha_mean")
+      'gates/alpha_mean'
+      >>> metric_name("lags", "layers.1", "ratio@4")
+      'lags/layers.1/ratio@4'
+      >>> metric_name("train", None, "loss")  # the trainer's metrics keep their bare names
+      'loss'
+
+    References:
+      None: a naming rule, with no mathematics of its own; what each quantity means is in
+      :data:`QUANTITIES` and docs/theory.md §3-§4.
     """
     _check_part("instrument", instrument)
     _check_part("quantity", quantity)

@@ -7,7 +7,7 @@ from flax import nnx
 
 import gatezoo as gz
 
-NAMES = ["elman", "leaky", "scalar", "vector", "gru", "lstm"]
+NAMES = ["elman", "leaky", "scalar", "vector", "gru", "lstm", "slstm"]
 
 
 @pytest.mark.slow

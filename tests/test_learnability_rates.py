@@ -65,8 +65,8 @@ def test_exact_diagonal_transport_is_the_diagonal_of_d_h_t_d_h_t_minus_ell(x64):
 
         full = jax.jacrev(unrolled)(hs[t - ell + 1])
         np.testing.assert_allclose(got[i], jnp.diagonal(full), rtol=1e-10, atol=1e-14)
-    with pytest.raises(ValueError, match="lags must lie in 1..t"):
-        lr_mod.exact_diagonal_transport(Js, 2, [3])
+    with pytest.raises(ValueError, match=r"lags must lie in 1..t\+1 = 3"):
+        lr_mod.exact_diagonal_transport(Js, 2, [4])
 
 
 def test_the_first_order_diagonal_misses_only_second_order_terms(x64):
@@ -135,7 +135,7 @@ def test_envelope_and_matched_statistic_against_loops(x64):
     delta, v = rng.normal(size=(B, T, H)), rng.normal(size=(K, B, T, H))
     gamma = lr_mod.diagonal_transport(jnp.asarray(leak), jnp.asarray(rdiag), LAGS)
     mu = lr_mod.effective_rate(jnp.asarray(rate), gamma, LAGS)
-    f = np.asarray(lr_mod.envelope(mu))
+    f = np.asarray(lr_mod.envelope(mu, LAGS))
     psi = np.asarray(lr_mod.matched_statistic(mu, jnp.asarray(delta), jnp.asarray(v), LAGS))
     for i, ell in enumerate(LAGS):
         mus = {(b, t): rate[b, t - ell] * brute_diagonal_transport(leak[b], rdiag[b], [ell])[0, t]
@@ -145,3 +145,27 @@ def test_envelope_and_matched_statistic_against_loops(x64):
             want = np.mean([np.mean([np.sum(mus[b, t] * delta[b, t] * v[k, b, t - ell])
                                      for t in range(ell, T)]) for k in range(K)])
             assert psi[i, b] == pytest.approx(want, rel=1e-10)
+
+
+def test_compiled_and_eager_agree_and_a_zero_leak_gives_a_finite_window():
+    # XLA's CPU exp of NaN is 0: undefined windows must never pass through exp as NaN
+    rng = np.random.default_rng(5)
+    leak = rng.uniform(0.05, 0.96, (6, 10, 4)).astype(np.float32)
+    leak[:, 3] = 0.0  # a step that forgets everything (sLSTM from its empty state)
+    rdiag = rng.normal(0, 0.05, leak.shape).astype(np.float32)
+
+    def f(leak, rdiag):
+        gamma = lr_mod.diagonal_transport(leak, rdiag, LAGS)
+        return gamma, lr_mod.envelope(gamma, LAGS)
+
+    (g, e), (gj, ej) = f(leak, rdiag), jax.jit(f)(leak, rdiag)
+    np.testing.assert_allclose(np.asarray(gj), np.asarray(g), rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(np.asarray(ej), np.asarray(e), rtol=1e-5)
+    mask = lr_mod.defined_windows(10, LAGS)[:, None, :, None]
+    assert np.all(np.isfinite(np.asarray(gj))[np.broadcast_to(mask, gj.shape)])
+    assert np.all(np.isnan(np.asarray(gj))[~np.broadcast_to(mask, gj.shape)])
+    # through the zero leak the first-order term is rdiag_j times the other leaks
+    t, ell = 4, 2
+    want = leak[:, 4] * 0.0 + rdiag[:, 3] * leak[:, 4]
+    np.testing.assert_allclose(np.asarray(g)[LAGS.index(ell), :, t], want, rtol=1e-4,
+                               atol=1e-9)

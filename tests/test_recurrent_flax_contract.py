@@ -41,7 +41,7 @@ FLAX_CELLS = ("nnx.GRUCell", "nnx.LSTMCell", "nnx.OptimizedLSTMCell", "nnx.Simpl
 CELL_IDS = (*gz.cell_names(), *FLAX_CELLS)
 GZ_CLASSES = (
     gz.Elman, gz.Leaky, gz.ScalarGate, gz.VectorGate, gz.GRU, gz.LSTM, gz.MinGRU, gz.MinLSTM,
-    gz.RGLRU, gz.S6,
+    gz.RGLRU, gz.S6, gz.models.SLSTM,
 )
 RNN_CLASSES = [pytest.param(nnx.RNN, id="flax"), pytest.param(gz.Recurrent, id="gatezoo")]
 

@@ -3,14 +3,16 @@
 The directive ``{gatezoo-metrics}`` writes one section per instrument of
 ``gatezoo.metric_schema.QUANTITIES`` (in the schema's order; the trainer's ``train`` and
 ``eval`` namespaces last), its description and record from the instrument registry, and each
-quantity with its full metric name, its definition, when it is emitted and, where the docs keep
-one, a note on its units and on what a high or low value means (``metric_notes.NOTES``).
+quantity with its full metric name, its definition, when it is emitted and its note: its units
+and what a high or low value means (``metric_notes.NOTES``, one per quantity).
 
 The list itself is generated, so it cannot drift; the build fails (``ExtensionError``) when
 
 * a quantity of the schema has no entry on the page (the directive was removed, or a new
   instrument's quantities were not rendered),
-* a registered instrument of gatezoo's own has no quantity in the schema, or
+* a registered instrument of gatezoo's own has no quantity in the schema,
+* a quantity of the schema has no note in ``metric_notes.NOTES`` (a new quantity needs its
+  units and its reading written down before the docs build), or
 * a note is kept for a quantity the schema no longer has (a stale note).
 
 Every quantity gets the label ``metric-<instrument>-<quantity>`` (lower case, runs of other
@@ -21,17 +23,13 @@ from __future__ import annotations
 
 import re
 
+import metric_notes
 from docutils import nodes
 from docutils.statemachine import StringList
 from sphinx.application import Sphinx
 from sphinx.errors import ExtensionError
-from sphinx.util import logging
 from sphinx.util.docutils import SphinxDirective
 from sphinx.util.nodes import nested_parse_with_titles
-
-import metric_notes
-
-logger = logging.getLogger(__name__)
 
 _TRAINER_TEXT = {
     "train": "The trainer's own metrics of every training step. They carry no instrument "
@@ -112,7 +110,7 @@ class Metrics(SphinxDirective):
                 lines += [_one_line(q.definition), ""]
                 facts = [f"Emitted: {'with ' + q.when if q.when else 'always'}."]
                 note = metric_notes.NOTES.get((instrument, q.name))
-                if note:
+                if note:  # none: _check fails the build
                     facts.append(note)
                 lines += [f"| {fact}" for fact in facts] + [""]
                 rendered.add((instrument, q.name))
@@ -149,10 +147,12 @@ def _check(app: Sphinx, env) -> None:
     if stale:
         raise ExtensionError("docs/ext/metric_notes.py keeps notes for quantities the schema "
                              "does not declare: " + ", ".join(f"{i}/{n}" for i, n in stale))
-    without = sorted(declared - set(metric_notes.NOTES))
+    without = sorted(declared - {k for k, v in metric_notes.NOTES.items() if v.strip()})
     if without:
-        logger.info("metrics reference: no interpretation note yet for "
-                    + ", ".join(f"{i}/{n}" for i, n in without))
+        raise ExtensionError(
+            f"docs/ext/metric_notes.py has no note for {len(without)} quantity(ies) of "
+            "gatezoo.metric_schema.QUANTITIES (every quantity needs its units and what a high "
+            "or low value means): " + ", ".join(f"{i}/{n}" for i, n in without))
 
 
 def _purge(app: Sphinx, env, docname: str) -> None:

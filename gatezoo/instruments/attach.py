@@ -117,7 +117,19 @@ def attach(
     self_check: bool = False,
     example: tuple | None = None,
 ) -> Attached:
-    """Attaches the instruments ``names`` (and ``instruments`` objects) to ``model``.
+    r"""Attaches the instruments ``names`` (and ``instruments`` objects) to ``model``.
+
+    The instruments measure how the gates reshape the gradient. Deforming the gate path of the
+    backward transport by :math:`\varepsilon` (docs/theory.md §3.3-§3.4) splits the gradient as
+
+    .. math::
+        \nabla_\theta L = G(1) = G_0 + G_1 + R, \qquad G_0 = G(0), \quad
+        G_1 = \frac{\mathrm{d}G}{\mathrm{d}\varepsilon}\Big|_{\varepsilon=0},
+
+    with :math:`G_0` backpropagation through frozen gates and :math:`G_1` the first-order gate
+    correction (``expansion``); the gate products along lags give the effective learning rates
+    of docs/theory.md §4 (``lags``, ``effective_lr``). The returned ``Attached`` holds the pure
+    ``init``/``update`` pair of the module docstring, which shows a whole jitted step.
 
     Args:
       model: an ``nnx.Module`` with one or more :class:`gatezoo.Recurrent` layers.
@@ -129,6 +141,20 @@ def attach(
     Raises:
       ValueError: as :func:`gatezoo.instruments.network_fns` and
         :func:`gatezoo.make_instruments`, and for two instruments of one name on one layer.
+
+    Example:
+      >>> from flax import nnx
+      >>> import gatezoo as gz
+      >>> model = gz.SequenceModel(gz.VectorGate(2, 4, rngs=nnx.Rngs(0)), 1, rngs=nnx.Rngs(1))
+      >>> task = gz.make_task("adding", seq_len=6, channels=2)
+      >>> att = attach(model, task, ["gates", "expansion"])
+      >>> [(inst.name, inst.tier) for inst in att.instruments]
+      [('gates', 'step'), ('expansion', 'step')]
+      >>> state = att.init(nnx.state(model, nnx.Param))  # then att.update(...) at every step
+
+    References:
+      Livi, `Time-Scale Coupling Between States and Parameters in Recurrent Neural Networks
+      <https://arxiv.org/abs/2508.12121>`__, arXiv:2508.12121, 2025.
     """
     net, _ = network_fns(model, loss, example=example)
     return attach_fns(net, names, instruments=instruments, every=every, compat=compat,
@@ -293,7 +319,7 @@ def _check_attached(net: NetworkFns, attached: list[Instrument]) -> None:
 
 
 # instruments built on first-order gradients, which read the adjoints of the states
-_FIRST_ORDER = frozenset({"expansion", "truncation"})
+_FIRST_ORDER = frozenset({"expansion", "truncation", "learnability"})
 
 
 def _output_refusal(what: str, layer: str) -> str:

@@ -40,8 +40,11 @@ from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 __all__ = [
+    "LEAK_FLOOR",
+    "defined_windows",
     "diagonal_transport",
     "exact_diagonal_transport",
     "adam_rate_matrix",
@@ -54,16 +57,31 @@ __all__ = [
 Array = jax.Array
 
 
+#: leaks below this count as this (a window through a step that forgets everything has a
+#: product of zero, and its first-order term ``rdiag_j / leak_j`` stays finite); the release
+#: guards the same division with 1e-12
+LEAK_FLOOR = 1e-12
+
+
+def defined_windows(seq_len: int, lags: Sequence[int]) -> np.ndarray:
+    """``(len(lags), seq_len)`` booleans: the window of lag ``ell`` ending at ``t`` exists
+    (``t >= ell``)."""
+    return np.arange(seq_len)[None, :] >= np.asarray(lags)[:, None]
+
+
 def _windows(x: Array, lags: Sequence[int]) -> Array:
-    """``out[i, ..., t, :] = x[..., t, :] - x[..., t - lags[i], :]`` for ``t >= lags[i]``, NaN
-    before: the sum over a window of a prefix-summed ``x``."""
-    T = x.shape[-2]
-    t = jnp.arange(T)
-    out = []
-    for ell in lags:
-        shifted = jnp.roll(x, ell, axis=-2)
-        out.append(jnp.where((t >= ell)[:, None], x - shifted, jnp.nan))
-    return jnp.stack(out)
+    """``out[i, ..., t, :] = x[..., t, :] - x[..., t - lags[i], :]`` for ``t >= lags[i]``, 0
+    before: the sum over a window of a prefix-summed ``x``. No NaN is made here: XLA's CPU
+    ``exp`` of NaN is 0, so undefined windows are masked at the end, not carried as NaN."""
+    mask = defined_windows(x.shape[-2], lags)
+    return jnp.stack([jnp.where(mask[i][:, None], x - jnp.roll(x, ell, axis=-2), 0.0)
+                      for i, ell in enumerate(lags)])
+
+
+def _undefined_to_nan(values: Array, lags: Sequence[int]) -> Array:
+    mask = defined_windows(values.shape[-2], lags)
+    mask = mask.reshape(mask.shape[:1] + (1,) * (values.ndim - 3) + mask.shape[1:] + (1,))
+    return jnp.where(mask, values, jnp.nan)
 
 
 def diagonal_transport(leak: Array, rdiag: Array | None, lags: Sequence[int]) -> Array:
@@ -76,10 +94,10 @@ def diagonal_transport(leak: Array, rdiag: Array | None, lags: Sequence[int]) ->
     the product of the retentions with its first-order diagonal correction; ``rdiag=None``
     gives the zeroth order :math:`\Gamma_0 = \prod_j \mathrm{leak}_j`. Computed from prefix sums
     of :math:`\log \mathrm{leak}` and of :math:`\mathrm{rdiag}/\mathrm{leak}`, as the follow-up
-    does (leaks must be positive).
+    does, with leaks floored at :data:`LEAK_FLOOR`.
 
     Args:
-      leak: ``(..., T, H)`` retentions, in ``(0, 1]``.
+      leak: ``(..., T, H)`` retentions, in ``[0, 1]``.
       rdiag: ``(..., T, H)`` the step Jacobian's diagonal minus ``leak``, or ``None``.
       lags: the lags :math:`\ell \ge 1`.
 
@@ -97,12 +115,11 @@ def diagonal_transport(leak: Array, rdiag: Array | None, lags: Sequence[int]) ->
       Livi, `Learnability Window in Gated RNNs <https://arxiv.org/abs/2512.05790>`__,
       arXiv:2512.05790, 2025.
     """
-    log_leak = jnp.cumsum(jnp.log(leak), axis=-2)
-    product = jnp.exp(_windows(log_leak, lags))
-    if rdiag is None:
-        return product
-    correction = _windows(jnp.cumsum(rdiag / leak, axis=-2), lags)
-    return product * (1.0 + correction)
+    leak = jnp.maximum(leak, LEAK_FLOOR)
+    product = jnp.exp(_windows(jnp.cumsum(jnp.log(leak), axis=-2), lags))
+    if rdiag is not None:
+        product = product * (1.0 + _windows(jnp.cumsum(rdiag / leak, axis=-2), lags))
+    return _undefined_to_nan(product, lags)
 
 
 def exact_diagonal_transport(jacobians: Array, t: int, lags: Sequence[int]) -> Array:
@@ -114,7 +131,7 @@ def exact_diagonal_transport(jacobians: Array, t: int, lags: Sequence[int]) -> A
 
     Args:
       jacobians: ``(..., T, H, H)`` step Jacobians.
-      t: the window's last step (``t >= max(lags)``).
+      t: the window's last step (``t + 1 >= max(lags)``: the window holds steps ``0..t``).
       lags: the lags.
 
     Returns:
@@ -127,8 +144,8 @@ def exact_diagonal_transport(jacobians: Array, t: int, lags: Sequence[int]) -> A
       [0.25, 0.64]
     """
     lags = list(lags)
-    if not lags or min(lags) < 1 or max(lags) > t:
-        raise ValueError(f"lags must lie in 1..t = {t}, got {lags}")
+    if not lags or min(lags) < 1 or max(lags) > t + 1:
+        raise ValueError(f"lags must lie in 1..t+1 = {t + 1}, got {lags}")
     H = jacobians.shape[-1]
     M = jnp.broadcast_to(jnp.eye(H, dtype=jacobians.dtype), jacobians.shape[:-3] + (H, H))
     out = {}
@@ -201,11 +218,15 @@ def effective_rate(rate: Array, gamma: Array, lags: Sequence[int]) -> Array:
     return shifted * gamma
 
 
-def envelope(mu: Array) -> Array:
+def envelope(mu: Array, lags: Sequence[int]) -> Array:
     r"""The envelope :math:`f(\ell) = E_{b,t} \sum_q |\mu^{(q)}_{t,\ell}|` over the defined
     windows (``t >= ell``), one value per lag: ``(len(lags),)``."""
-    mass = jnp.sum(jnp.abs(mu), axis=-1)
-    return jnp.nanmean(mass.reshape(mass.shape[0], -1), axis=-1)
+    T = mu.shape[-2]
+    mask = defined_windows(T, lags)
+    mask = mask.reshape(mask.shape[:1] + (1,) * (mu.ndim - 3) + mask.shape[1:])
+    mass = jnp.where(mask, jnp.sum(jnp.where(mask[..., None], jnp.abs(mu), 0.0), axis=-1), 0.0)
+    count = np.sum(np.broadcast_to(mask, mass.shape).reshape(len(lags), -1), axis=-1)
+    return jnp.sum(mass.reshape(len(lags), -1), axis=-1) / count
 
 
 def matched_statistic(mu: Array, delta: Array, tangents: Array, lags: Sequence[int]) -> Array:
@@ -230,9 +251,8 @@ def matched_statistic(mu: Array, delta: Array, tangents: Array, lags: Sequence[i
       ``(L, B)``.
     """
     v_lagged = jnp.stack([jnp.roll(tangents, ell, axis=-2) for ell in lags])  # v at t - ell
-    psi = jnp.einsum("lbtq,btq,lkbtq->lkbt", jnp.nan_to_num(mu), delta, v_lagged)
-    T = mu.shape[-2]
-    t = jnp.arange(T)
-    defined = jnp.stack([t >= ell for ell in lags])[:, None, None, :]
-    per_sequence = jnp.sum(psi * defined, axis=-1) / jnp.sum(defined, axis=-1)
+    defined = defined_windows(mu.shape[-2], lags)
+    mu = jnp.where(defined[:, None, :, None], mu, 0.0)
+    psi = jnp.einsum("lbtq,btq,lkbtq->lkbt", mu, delta, v_lagged)
+    per_sequence = jnp.sum(psi, axis=-1) / np.sum(defined, axis=-1)[:, None, None]
     return jnp.mean(per_sequence, axis=1)

@@ -136,7 +136,7 @@ class StepContext(NamedTuple):
 
 
 class Instrument(NamedTuple):
-    """An Optax-style instrument.
+    r"""An Optax-style instrument.
 
     Attributes:
       name: the instrument's name, the first part of its metric names
@@ -151,6 +151,27 @@ class Instrument(NamedTuple):
       needs_adjoints: True if it reads ``ctx.adjoints`` (the trainer then injects offsets).
       layer: the path of the recurrent layer it measures (``""``: the model itself, e.g. a
         SequenceModel); its context is built for that layer.
+
+    Like an optax ``GradientTransformation``, an instrument is a pair of pure functions and
+    its state is threaded by the caller: at a tracked step :math:`i`,
+    :math:`(m_i, s_{i+1}) = \mathrm{update}(\mathrm{ctx}_i, s_i)` from
+    :math:`s_0 = \mathrm{init}(\theta_0)`. The built-in ones (:func:`gatezoo.make_instruments`)
+    measure the quantities of docs/theory.md §3.3-§3.4 and §4.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> def count(ctx, state):  # a stateful instrument: how often it ran
+      ...     return {"runs": state + 1}, state + 1
+      >>> inst = Instrument("counter", lambda params: jnp.zeros((), jnp.int32), count, every=10)
+      >>> inst.tier, inst.needs_gates, inst.every
+      ('step', False, 10)
+      >>> metrics, state = inst.update(None, inst.init({}))
+      >>> int(metrics["runs"]), int(state)
+      (1, 1)
+
+    References:
+      Livi, `Time-Scale Coupling Between States and Parameters in Recurrent Neural Networks
+      <https://arxiv.org/abs/2508.12121>`__, arXiv:2508.12121, 2025.
     """
 
     name: str

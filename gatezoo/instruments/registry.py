@@ -34,6 +34,7 @@ from gatezoo.instruments.steps import check_compat
 from gatezoo.instruments.transport import gate_transport
 from gatezoo.instruments.truncation import truncation
 from gatezoo.instruments.views import Measure
+from gatezoo.instruments.window import learnability
 from gatezoo.metric_schema import Quantity, declare
 from gatezoo.registry_entry import Entry, accepts, add, descriptions
 
@@ -120,6 +121,10 @@ def register_instrument(
     Raises:
       ValueError: a name already registered (unless ``replace``), an unknown tier, a bad
         ``every``, or a quantity the schema refuses.
+
+    References:
+      None: registry plumbing, with no rule of its own; the built-in instruments and their
+      quantities are defined in docs/theory.md §3.3-§3.4 and §4.
     """
     if tier not in TIERS:
         raise ValueError(f"instrument {name!r}: tier must be one of {TIERS}, got {tier!r}")
@@ -171,6 +176,9 @@ for _args, _record in (
       "and of per-sample gradients"), dict(tier="probe", takes_compat=True)),
     (("truncation", truncation, "probe: first-order truncation error E(eps) and its log-log "
       "slope"), dict(tier="probe", needs_gates=True, takes_compat=True)),
+    (("learnability", learnability, "probe: the follow-up's effective lr mu = Lambda x Gamma "
+      "(first-order and exact Gamma), envelope f(l), f/f_gates, matched statistic psi"),
+     dict(tier="probe", needs_gates=True)),
 ):
     register_instrument(*_args, **_record)
     _BUILT_IN.add(_args[0])
@@ -250,6 +258,25 @@ def make_instruments(
     Raises:
       ValueError: an unknown name, a gate instrument for a cell without gates, a bad ``every``
         or ``compat``.
+
+    Example:
+      >>> from flax import nnx
+      >>> import gatezoo as gz
+      >>> from gatezoo.instruments import network_fns
+      >>> model = gz.SequenceModel(gz.ScalarGate(2, 4, rngs=nnx.Rngs(0)), 1, rngs=nnx.Rngs(1))
+      >>> net, _ = network_fns(model, gz.make_task("adding", seq_len=6, channels=2))
+      >>> [inst.name for inst in make_instruments(["economy"], net)]
+      ['gates', 'lags', 'transport', 'optimizer', 'effective_lr', 'analogies']
+      >>> [(i.name, i.every) for i in make_instruments("gates,lags", net, every={"lags": 5})]
+      [('gates', 1), ('lags', 5)]
+
+    References:
+      Livi, `Time-Scale Coupling Between States and Parameters in Recurrent Neural Networks
+      <https://arxiv.org/abs/2508.12121>`__, arXiv:2508.12121, 2025.
+
+      Kingma and Ba, `Adam: A Method for Stochastic Optimization
+      <https://arxiv.org/abs/1412.6980>`__, ICLR 2015 (the optimizer the ``optimizer`` and
+      ``analogies`` instruments set beside the gates).
     """
     check_compat(compat)
     every = dict(every or {})

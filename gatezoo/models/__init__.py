@@ -54,6 +54,7 @@ from gatezoo.models.registry import CELLS, CellEntry, cell_names, make_cell, reg
 from gatezoo.models.rglru import RGLRU
 from gatezoo.models.s6 import S6
 from gatezoo.models.sequence import READOUTS, SequenceModel
+from gatezoo.models.slstm import SLSTM
 
 __all__ = [
     "RecurrentCell",
@@ -67,6 +68,7 @@ __all__ = [
     "MinLSTM",
     "RGLRU",
     "S6",
+    "SLSTM",
     "InputGatedCell",
     "SCANS",
     "linear_recurrence",

@@ -20,7 +20,17 @@ def _check_features(in_features: int, hidden_features: int) -> None:
 
 
 class RecurrentCell(nnx.Module):
-    """Base of the built-in cells: parameter creation, carry, and the input projection.
+    r"""Base of the built-in cells: parameter creation, carry, and the input projection.
+
+    The leaky and gated cells have the convex-combination form of docs/theory.md §1.1,
+
+    .. math::
+        h_t = (1 - \alpha_t) \odot h_{t-1} + \alpha_t \odot \phi_t,
+        \qquad \phi_t = \tanh(W h_{t-1} + U x_t + b),
+
+    with the time-scale gate :math:`\alpha_t` (what ``time_scale`` answers) the weight of the
+    new candidate and :math:`1 - \alpha_t` the retention of the old state; the GRU, the LSTM
+    and the input-gated cells map onto it as docs/theory.md §1.6 says.
 
     Parameters are stored in Flax's kernel orientation, ``(fan_in, fan_out)``, so the
     pre-activation ``a_t = W h_{t-1} + U x_t + b`` of docs/theory.md is computed as
@@ -32,6 +42,22 @@ class RecurrentCell(nnx.Module):
     what :class:`gatezoo.SequenceModel` does, a single large matmul instead of T small ones.
     Cells with several blocks may instead implement ``_fuse`` (concatenated kernels, built once
     per sequence) and ``_recur(fused, carry, xp, gate_carry)``, as the GRU and LSTM do.
+
+    Example:
+      >>> from flax import nnx
+      >>> import jax.numpy as jnp
+      >>> from gatezoo.models import VectorGate
+      >>> cell = VectorGate(3, 8, rngs=nnx.Rngs(0))
+      >>> isinstance(cell, RecurrentCell), cell.U.shape, cell.W.shape
+      (True, (3, 8), (8, 8))
+      >>> h0 = cell.initialize_carry((2, 3))
+      >>> alpha = cell.time_scale(h0, jnp.ones((2, 3)))
+      >>> alpha.shape, bool(((alpha > 0) & (alpha < 1)).all())
+      ((2, 8), True)
+
+    References:
+      Livi, `Time-Scale Coupling Between States and Parameters in Recurrent Neural Networks
+      <https://arxiv.org/abs/2508.12121>`__, arXiv:2508.12121, 2025.
     """
 
     _input_blocks: tuple[tuple[str, str], ...] = ()

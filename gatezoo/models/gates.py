@@ -67,6 +67,23 @@ class ScalarGate(_GatedLeaky):
 
     Parameters: ``U (in, hidden)``, ``W (hidden, hidden)``, ``b (hidden,)``, ``U_g (in, 1)``,
     ``W_g (hidden, 1)``, ``b_g (1,)``. Its gate-induced Jacobian has rank one (docs/theory.md §2.1).
+    The gate acts on learning as a data-driven learning-rate schedule (docs/theory.md §1.4,
+    §4.2).
+
+    Example:
+      >>> from flax import nnx
+      >>> import jax.numpy as jnp
+      >>> cell = ScalarGate(3, 8, rngs=nnx.Rngs(0))
+      >>> h, y = cell(cell.initialize_carry((2, 3)), jnp.ones((2, 3)))
+      >>> h.shape, cell.W_g.shape
+      ((2, 8), (8, 1))
+      >>> alpha = cell.time_scale(h, jnp.ones((2, 3)))  # one gate, broadcast over the neurons
+      >>> alpha.shape, bool((alpha == alpha[:, :1]).all())
+      ((2, 8), True)
+
+    References:
+      Livi, `Time-Scale Coupling Between States and Parameters in Recurrent Neural Networks
+      <https://arxiv.org/abs/2508.12121>`__, arXiv:2508.12121, 2025.
     """
 
     _gate_size = 1
@@ -80,7 +97,21 @@ class VectorGate(_GatedLeaky):
         h_t = (1 - \alpha_t) \odot h_{t-1} + \alpha_t \odot \tanh(W h_{t-1} + U x_t + b).
 
     Parameters: as :class:`ScalarGate` with ``U_g (in, hidden)``, ``W_g (hidden, hidden)``,
-    ``b_g (hidden,)``.
+    ``b_g (hidden,)``. The gate acts on learning as a per-neuron diagonal preconditioner
+    (docs/theory.md §1.5, §4.3).
+
+    Example:
+      >>> from flax import nnx
+      >>> import jax.numpy as jnp
+      >>> cell = VectorGate(3, 8, rngs=nnx.Rngs(0))
+      >>> h, y = cell(cell.initialize_carry((2, 3)), jnp.ones((2, 3)))
+      >>> alpha = cell.time_scale(h, jnp.ones((2, 3)))  # one gate per neuron
+      >>> h.shape, alpha.shape, cell.W_g.shape
+      ((2, 8), (2, 8), (8, 8))
+
+    References:
+      Livi, `Time-Scale Coupling Between States and Parameters in Recurrent Neural Networks
+      <https://arxiv.org/abs/2508.12121>`__, arXiv:2508.12121, 2025.
     """
 
     _gate_size = 0

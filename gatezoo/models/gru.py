@@ -27,6 +27,24 @@ class GRU(RecurrentCell):
     The time-scale gate is ``alpha_t = z_t``. (Flax's ``nnx.GRUCell`` names the retention ``z``
     instead; the adapter accounts for that.) Parameters ``U*`` are ``(in, hidden)``, ``W*``
     ``(hidden, hidden)``, ``b*`` ``(hidden,)``; ``b_z`` follows the gate-bias initialisation.
+    This is the vector-gate cell of docs/theory.md §1.5 with a reset gate inside the candidate
+    (docs/theory.md §1.6).
+
+    Example:
+      >>> from flax import nnx
+      >>> import jax.numpy as jnp
+      >>> cell = GRU(3, 8, rngs=nnx.Rngs(0))
+      >>> h, y = cell(cell.initialize_carry((2, 3)), jnp.ones((2, 3)))
+      >>> z = cell.time_scale(cell.initialize_carry((2, 3)), jnp.ones((2, 3)))
+      >>> h.shape, z.shape, bool(((z > 0) & (z < 1)).all())
+      ((2, 8), (2, 8), True)
+
+    References:
+      Cho et al., `Learning Phrase Representations using RNN Encoder-Decoder for Statistical
+      Machine Translation <https://arxiv.org/abs/1406.1078>`__, arXiv:1406.1078, 2014.
+
+      Livi, `Time-Scale Coupling Between States and Parameters in Recurrent Neural Networks
+      <https://arxiv.org/abs/2508.12121>`__, arXiv:2508.12121, 2025.
     """
 
     _input_blocks = (("U_z", "b_z"), ("U_r", "b_r"), ("U", "b"))

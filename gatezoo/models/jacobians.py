@@ -49,6 +49,7 @@ from gatezoo.models.leaky import Leaky
 from gatezoo.models.linear_cell import InputGatedCell
 from gatezoo.models.lstm import LSTM
 from gatezoo.models.protocol import flatten_carry, unflatten_carry
+from gatezoo.models.slstm import SLSTM, forget_cap
 
 __all__ = [
     "CONVENTIONS",
@@ -180,6 +181,8 @@ def state_jacobians(
     * GRU: ``A = diag(1-z) + diag(z g') W diag(r)``,
       ``B = diag((g-h) z') W_z + diag(z g') W diag(h r') W_r`` (update and reset gates).
     * LSTM on ``[c, h]``: ``A`` holds ``i, f, o`` fixed, ``B`` collects the terms through them.
+    * sLSTM on ``[c, n, m, h]``: ``A`` holds ``i', f', o`` fixed (its ``m`` row is zero), ``B``
+      the terms through the gate pre-activations and the stabiliser ``m_{t-1}``.
     * minGRU, minLSTM, RG-LRU, S6 (gates read only ``x``): ``A = diag(1 - α_t)``, ``B = 0``.
 
     with ``D = diag(1 - φ_t²)``, ``Δ_t = φ_t - h_{t-1}``, ``g' = 1 - g²``, ``z' = z(1-z)``.
@@ -289,6 +292,70 @@ def _lstm_state(cell: LSTM, carry: Any, x: Array, convention: str):
     ] * dc_dh_B
     zero = jnp.zeros_like(dc_dc)
     B = jnp.block([[zero, dc_dh_B], [zero, dh_dh_B]])
+    return A, B
+
+
+def _block_dense(R: Array) -> Array:
+    """The ``(hidden, hidden)`` block-diagonal matrix of the blocks ``R (heads, d, d)``."""
+    heads, d, _ = R.shape
+    return jnp.einsum("hij,hg->higj", R, jnp.eye(heads, dtype=R.dtype)).reshape(
+        heads * d, heads * d)
+
+
+@_state_rule.register(SLSTM)
+def _slstm_state(cell: SLSTM, carry: Any, x: Array, convention: str):
+    """sLSTM on ``[c, n, m, h]``: ``A`` holds ``i', f', o`` and ``m_t`` fixed (the candidate
+    path and the read ``o c / n``), ``B`` the terms through ``i~, f~, o~`` and ``m_{t-1}``."""
+    if convention == "paper-code":
+        raise ValueError(
+            "convention 'paper-code' (B from the post-update increment) is defined only for "
+            "cells of the form h + alpha (phi - h): leaky, scalar, vector, gru; not for SLSTM"
+        )
+    c, n, m, h = carry
+    RT = {k: _block_dense(_param(cell, f"R_{k}")).T for k in "zifo"}  # theory orientation
+    pre = {}
+    for k in "zifo":
+        bias = _param(cell, f"b_{k}")
+        pre[k] = x @ _param(cell, f"U_{k}") + RT[k] @ h + (0.0 if bias is None else bias)
+    z, o = jnp.tanh(pre["z"]), jax.nn.sigmoid(pre["o"])
+    sig = cell.forget == "sigmoid"
+    log_f = jax.nn.log_sigmoid(pre["f"]) if sig else pre["f"]
+    dlog_f = jax.nn.sigmoid(-pre["f"]) if sig else jnp.ones_like(pre["f"])
+    kept = log_f + m
+    empty = n == 0  # an empty memory starts the stabiliser at log i (see SLSTM)
+    m_new = jnp.where(empty, pre["i"], jnp.maximum(kept, pre["i"]))
+    # d m_t / d kept: the branch of the maximum, 1/2 at a tie (jnp.maximum's convention)
+    w = jnp.where(empty, 0.0, jnp.where(kept > pre["i"], 1.0,
+                                        jnp.where(kept == pre["i"], 0.5, 0.0)))
+    bound = forget_cap(kept.dtype)
+    capped = empty & (kept - m_new > bound)  # f' held at its cap: no derivative
+    i, f = jnp.exp(pre["i"] - m_new), jnp.exp(jnp.where(capped, bound, kept - m_new))
+    c_new, n_new = f * c + i * z, f * n + i
+    read, r = o / n_new, c_new / n_new  # ∂h_t/∂c_t and the read memory c_t / n_t
+    dr = read * r  # -∂h_t/∂n_t
+    diag, zero = jnp.diag, jnp.zeros((h.shape[0], h.shape[0]), h.dtype)
+    # A: gates frozen; only the candidate z reads h, and c, n enter linearly
+    dc_dh = (i * (1.0 - z**2))[:, None] * RT["z"]
+    A = jnp.block([
+        [diag(f), zero, zero, dc_dh],
+        [zero, diag(f), zero, zero],
+        [zero, zero, zero, zero],
+        [diag(read * f), diag(-dr * f), zero, read[:, None] * dc_dh],
+    ])
+    # B: through m_{t-1} (columns of m) and the gate pre-activations (columns of h)
+    dm = {"m": diag(w), "h": (w * dlog_f)[:, None] * RT["f"] + (1.0 - w)[:, None] * RT["i"]}
+    live = jnp.where(capped, 0.0, 1.0)[:, None]
+    dlf = {"m": live * diag(1.0 - w), "h": live * (dlog_f[:, None] * RT["f"] - dm["h"])}
+    dli = {"m": -diag(w), "h": RT["i"] - dm["h"]}
+    cols = {}
+    for v in ("m", "h"):
+        dc = (f * c)[:, None] * dlf[v] + (i * z)[:, None] * dli[v]
+        dn = (f * n)[:, None] * dlf[v] + i[:, None] * dli[v]
+        dh = read[:, None] * dc - dr[:, None] * dn
+        if v == "h":
+            dh = dh + (o * (1.0 - o) * r)[:, None] * RT["o"]
+        cols[v] = (dc, dn, dm[v], dh)
+    B = jnp.block([[zero, zero, cols["m"][k], cols["h"][k]] for k in range(4)])
     return A, B
 
 

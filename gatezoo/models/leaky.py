@@ -23,7 +23,9 @@ class Leaky(RecurrentCell):
 
     Shapes: ``carry`` is ``batch + (hidden,)``, ``x`` is ``batch + (in,)``; the output is the new
     state. ``alpha = 1`` is the Elman cell. The gate protocol answers the constant ``alpha``, and
-    the gate-induced Jacobian ``B`` is zero.
+    the gate-induced Jacobian ``B`` is zero. The constant gate rescales every immediate
+    parameter contribution by ``alpha`` and weights the state path with a lag kernel
+    (docs/theory.md §1.3, §4.1).
 
     Example:
       >>> from flax import nnx
@@ -32,6 +34,12 @@ class Leaky(RecurrentCell):
       >>> h, y = cell(cell.initialize_carry((2, 3)), jnp.ones((2, 3)))
       >>> h.shape
       (2, 8)
+      >>> bool((cell.time_scale(h, jnp.ones((2, 3))) == jnp.float32(0.8)).all())
+      True
+
+    References:
+      Livi, `Time-Scale Coupling Between States and Parameters in Recurrent Neural Networks
+      <https://arxiv.org/abs/2508.12121>`__, arXiv:2508.12121, 2025.
     """
 
     _input_blocks = (("U", "b"),)
@@ -76,8 +84,26 @@ class Leaky(RecurrentCell):
 
 
 class Elman(Leaky):
-    r"""The vanilla (Elman) RNN, :math:`h_t = \tanh(W h_{t-1} + U x_t + b)`: ``Leaky`` with
-    ``alpha = 1``."""
+    r"""The vanilla (Elman) RNN: ``Leaky`` with ``alpha = 1``.
+
+    .. math::
+        h_t = \tanh(W h_{t-1} + U x_t + b).
+
+    The state is replaced at every step (no leak), so its time-scale gate is the constant 1 and
+    the gate-induced Jacobian is zero (docs/theory.md §1.2).
+
+    Example:
+      >>> from flax import nnx
+      >>> import jax.numpy as jnp
+      >>> cell = Elman(3, 8, rngs=nnx.Rngs(0))
+      >>> h, y = cell(cell.initialize_carry((2, 3)), jnp.zeros((2, 3)))
+      >>> h.shape, cell.alpha, bool((h == 0).all())  # tanh(0) from a zero state and input
+      ((2, 8), 1.0, True)
+
+    References:
+      Elman, `Finding Structure in Time <https://doi.org/10.1207/s15516709cog1402_1>`__,
+      Cognitive Science 14(2), 1990.
+    """
 
     def __init__(
         self,

@@ -27,6 +27,29 @@ class LSTM(RecurrentCell):
     bias option sets the pre-activation of ``alpha``, hence ``b_f = -gate_bias``; chrono
     initialisation sets ``b_f = log u`` and ``b_i = -log u`` with ``u ~ U(1, T_max - 1)``.
     Parameters ``U*`` are ``(in, hidden)``, ``W*`` ``(hidden, hidden)``, ``b*`` ``(hidden,)``.
+    See docs/theory.md §1.6 for how it fits the gated-cell form.
+
+    Example:
+      >>> from flax import nnx
+      >>> import jax.numpy as jnp
+      >>> cell = LSTM(3, 8, rngs=nnx.Rngs(0))
+      >>> carry = cell.initialize_carry((2, 3))
+      >>> (c, h), y = cell(carry, jnp.ones((2, 3)))
+      >>> c.shape, h.shape, bool((y == h).all())
+      ((2, 8), (2, 8), True)
+      >>> cell.time_scale(carry, jnp.ones((2, 3))).shape  # 1 - f_t
+      (2, 8)
+
+    References:
+      Hochreiter and Schmidhuber, `Long Short-Term Memory
+      <https://doi.org/10.1162/neco.1997.9.8.1735>`__, Neural Computation 9(8), 1997.
+
+      Gers, Schmidhuber and Cummins, `Learning to Forget: Continual Prediction with LSTM
+      <https://doi.org/10.1162/089976600300015015>`__, Neural Computation 12(10), 2000 (the
+      forget gate).
+
+      Tallec and Ollivier, `Can Recurrent Neural Networks Warp Time?
+      <https://arxiv.org/abs/1804.11188>`__, ICLR 2018 (the chrono initialisation).
     """
 
     _input_blocks = (("U_i", "b_i"), ("U_f", "b_f"), ("U_o", "b_o"), ("U", "b"))

@@ -42,6 +42,10 @@ class MinGRU(InputGatedCell):
       >>> h, y = cell(cell.initialize_carry((2, 3)), jnp.ones((2, 3)))
       >>> h.shape
       (2, 8)
+
+    References:
+      Feng et al., `Were RNNs All We Needed? <https://arxiv.org/abs/2410.01201>`__,
+      arXiv:2410.01201, 2024.
     """
 
     _input_blocks = (("U_z", "b_z"), ("U", "b"))
@@ -91,6 +95,19 @@ class MinLSTM(InputGatedCell):
     Parameters: ``U_f, U_i, U (in, hidden)``, ``b_f, b_i, b (hidden,)``. The gate-bias option sets
     ``b_i = s`` and ``b_f = -s`` for the chosen ``s``, so that at zero input
     :math:`\alpha = \sigma(s)`, the same convention as the other cells.
+
+    Example:
+      >>> from flax import nnx
+      >>> import jax.numpy as jnp
+      >>> cell = MinLSTM(3, 8, rngs=nnx.Rngs(0))
+      >>> h, y = cell(cell.initialize_carry((2, 3)), jnp.ones((2, 3)))
+      >>> alpha = cell.time_scale(h, jnp.ones((2, 3)))  # i'_t, in (0, 1)
+      >>> h.shape, alpha.shape, bool(((alpha > 0) & (alpha < 1)).all())
+      ((2, 8), (2, 8), True)
+
+    References:
+      Feng et al., `Were RNNs All We Needed? <https://arxiv.org/abs/2410.01201>`__,
+      arXiv:2410.01201, 2024.
     """
 
     _input_blocks = (("U_f", "b_f"), ("U_i", "b_i"), ("U", "b"))

@@ -199,6 +199,22 @@ class Recurrent(nnx.Module):
       shape, int) marks steps ``t >= seq_lengths`` as padding: the returned carry is each
       sequence's carry at its last valid step, a reversed layer flips the valid part only, and
       the instruments leave padded steps out.
+
+    Example:
+      >>> from flax import nnx
+      >>> import jax.numpy as jnp
+      >>> import gatezoo as gz
+      >>> layer = gz.Recurrent(gz.Leaky(2, 8, alpha=0.5, rngs=nnx.Rngs(0)))
+      >>> layer(jnp.ones((4, 10, 2))).shape
+      (4, 10, 8)
+      >>> carry, ys = layer(jnp.ones((4, 10, 2)), return_carry=True)
+      >>> carry.shape, bool((carry == ys[:, -1]).all())
+      ((4, 8), True)
+
+    References:
+      None: the layer is the scan of docs/theory.md §1.1 around any cell, with no rule of its
+      own; the cells cite their papers, and what the instruments measure on the layer is in
+      docs/theory.md §3.3-§3.4 and §4.
     """
 
     def __init__(

@@ -18,6 +18,7 @@ from gatezoo.models.lstm import LSTM
 from gatezoo.models.mingated import MinGRU, MinLSTM
 from gatezoo.models.rglru import RGLRU
 from gatezoo.models.s6 import S6
+from gatezoo.models.slstm import SLSTM
 from gatezoo.registry_entry import Entry, add, legacy_entry
 
 __all__ = ["CellEntry", "CELLS", "register_cell", "make_cell", "cell_names", "accepted_kwargs"]
@@ -62,6 +63,11 @@ def register_cell(
     Raises:
       ValueError: a name already registered (unless ``replace``) or an empty one.
       TypeError: a factory that is not callable.
+
+    References:
+      None: registry plumbing, with no rule of its own. A user's cell gets the gate
+      instruments by answering the gate protocol of docs/theory.md §3.4 (``split_call``,
+      ``time_scale``).
     """
     entry = legacy_entry("register_cell", name, CellEntry, _SIGNATURE)
     if entry is None:
@@ -70,6 +76,22 @@ def register_cell(
 
 
 def cell_names() -> list[str]:
+    """The names of the registered cells, sorted (for :func:`make_cell`, ``gz.train`` and the
+    command line's ``--cell``).
+
+    The built-in names are the zoo's cells (``elman``, ``leaky``, ``scalar``, ``vector``,
+    ``gru``, ``lstm``, ``mingru``, ``minlstm``, ``rglru``, ``s6``, ``slstm``) and the adapters
+    of Flax's own cells (``flax-*``); :func:`register_cell` adds more.
+
+    Example:
+      >>> names = cell_names()
+      >>> "gru" in names, "leaky" in names, names == sorted(names)
+      (True, True, True)
+
+    References:
+      None: a registry lookup; each cell's class cites its paper, and docs/theory.md §1 states
+      the cells' update rules side by side.
+    """
     return sorted(CELLS)
 
 
@@ -86,8 +108,26 @@ def make_cell(
 ) -> nnx.Module:
     """Builds the cell registered as ``name``.
 
+    ``options`` are the cell's own keywords (``alpha`` for ``leaky``, ``d_state`` for ``s6``,
+    ...); ``rngs``, ``init``, ``use_bias`` and ``param_dtype`` are passed to the factories that
+    take them.
+
+    Example:
+      >>> from flax import nnx
+      >>> import jax.numpy as jnp
+      >>> cell = make_cell("leaky", 3, 8, rngs=nnx.Rngs(0), alpha=0.5)
+      >>> type(cell).__name__, cell.alpha
+      ('Leaky', 0.5)
+      >>> h, y = cell(cell.initialize_carry((2, 3)), jnp.ones((2, 3)))
+      >>> h.shape
+      (2, 8)
+
     Raises:
       ValueError: for an unknown name or an option the cell does not take.
+
+    References:
+      None: a registry lookup; each cell's class cites its paper, and docs/theory.md §1 states
+      the cells' update rules side by side.
     """
     entry = CELLS.get(name) if isinstance(name, str) else None
     if entry is None:
@@ -163,6 +203,8 @@ for _name, _factory, _description, *_options in (
      ("scan", "c")),
     ("s6", S6, "selective diagonal SSM (Mamba S6); (hidden, d_state) state per example",
      ("scan", "d_state")),
+    ("slstm", SLSTM, "sLSTM (xLSTM): exponential input gate, normaliser n, stabiliser m; "
+     "block-diagonal recurrence", ("num_heads", "forget")),
 ):
     register_cell(_name, _factory, _description, options=_options[0] if _options else ())
 

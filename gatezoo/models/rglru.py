@@ -50,6 +50,13 @@ class RGLRU(InputGatedCell):
       >>> cell = RGLRU(3, 8, rngs=nnx.Rngs(0))
       >>> bool(((cell.a_base() >= 0.9) & (cell.a_base() <= 0.999)).all())
       True
+      >>> h, y = cell(cell.initialize_carry((2, 3)), jnp.ones((2, 3)))
+      >>> h.shape, y.shape
+      ((2, 8), (2, 8))
+
+    References:
+      De et al., `Griffin: Mixing Gated Linear Recurrences with Local Attention for Efficient
+      Language Models <https://arxiv.org/abs/2402.19427>`__, arXiv:2402.19427, 2024.
     """
 
     _input_blocks = (("U_a", "b_a"), ("U_x", "b_x"), ("U", "b"))

@@ -60,6 +60,10 @@ class S6(InputGatedCell):
       >>> h, y = cell(cell.initialize_carry((2, 3)), jnp.ones((2, 3)))
       >>> h.shape, y.shape
       ((2, 20), (2, 4))
+
+    References:
+      Gu and Dao, `Mamba: Linear-Time Sequence Modeling with Selective State Spaces
+      <https://arxiv.org/abs/2312.00752>`__, arXiv:2312.00752, 2023.
     """
 
     _input_blocks = (("U", "b"), ("U_dt", "b_dt"), ("U_B", None), ("U_C", None))

@@ -31,7 +31,8 @@ class SequenceModel(Recurrent):
     parameters are ``cell`` and ``W_o``/``b_o``. The readout follows the cell's parameter dtype.
     Built-in GRU/LSTM and the input-gated linear cells (minGRU, minLSTM, RG-LRU, S6) run a
     whole-sequence function when ``eps`` is None (see :class:`Recurrent`); ``unroll`` applies
-    to the generic ``lax.scan`` only.
+    to the generic ``lax.scan`` only. The paper's experiments read the last step without a
+    bias, ``readout_bias=False``, under a mean squared error loss (docs/theory.md §1.7).
 
     Example:
       >>> from flax import nnx
@@ -40,6 +41,10 @@ class SequenceModel(Recurrent):
       >>> model = gz.SequenceModel(gz.GRU(2, 16, rngs=nnx.Rngs(0)), 1, rngs=nnx.Rngs(1))
       >>> model(jnp.ones((4, 10, 2))).shape
       (4, 1)
+
+    References:
+      Livi, `Time-Scale Coupling Between States and Parameters in Recurrent Neural Networks
+      <https://arxiv.org/abs/2508.12121>`__, arXiv:2508.12121, 2025.
     """
 
     def __init__(

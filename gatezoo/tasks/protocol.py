@@ -89,6 +89,11 @@ class Task:
       >>> x, ys = padded.sample(jax.random.key(0), 4)
       >>> padded.variable_length, ys.target.shape, ys.lengths.shape
       (True, (4, 1), (4,))
+
+    References:
+      Hochreiter and Schmidhuber, `Long Short-Term Memory
+      <https://doi.org/10.1162/neco.1997.9.8.1735>`__, Neural Computation 9(8), 1997 (the
+      adding problem of the example).
     """
 
     name: str

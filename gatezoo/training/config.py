@@ -58,6 +58,24 @@ class TrainConfig:
     ``lr_trials``: learning rates tried side by side (``()``: just ``learning_rate``); with
     ``N`` of them the run trains ``N x len(seeds)`` slots, trial-major, in one compiled program
     (:mod:`gatezoo.training.trials`; needs the constant schedule).
+
+    Example:
+      >>> config = TrainConfig(cell="leaky", cell_options={"alpha": 0.2}, hidden=16,
+      ...                      seeds=(0, 1), lr_trials=(1e-3, 1e-2))
+      >>> config.optimizer, config.task, config.slot_seeds()
+      ('adam', 'adding', (0, 1, 0, 1))
+      >>> TrainConfig.from_dict(config.to_dict()) == config  # what config.json holds
+      True
+      >>> config.replace(hidden=32).hidden
+      32
+
+    References:
+      Kingma and Ba, `Adam: A Method for Stochastic Optimization
+      <https://arxiv.org/abs/1412.6980>`__, ICLR 2015 (the default optimizer).
+
+      Livi, `Time-Scale Coupling Between States and Parameters in Recurrent Neural Networks
+      <https://arxiv.org/abs/2508.12121>`__, arXiv:2508.12121, 2025 (what the instruments
+      measure; ``compat``: docs/theory.md §2.3).
     """
 
     cell: str = "gru"
@@ -324,6 +342,17 @@ class RunResult:
         trace per run).
       diverged: per slot, the first step whose loss or gradient was not finite (-1: none);
         only runs with ``lr_trials`` get here with a diverged slot (others raise).
+
+    Example:
+      >>> import dataclasses
+      >>> [field.name for field in dataclasses.fields(RunResult)][:4]
+      ['params', 'opt_state', 'final_loss', 'final_eval']
+
+      The example of :func:`gatezoo.train` gets one from a short run.
+
+    References:
+      None: a record of a finished run, with no rule of its own; :func:`gatezoo.train` cites
+      what the run computes.
     """
 
     params: Any

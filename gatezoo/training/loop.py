@@ -464,7 +464,17 @@ def train(
     task: Any = None,
     model: ModelBuilder | None = None,
 ) -> RunResult:
-    """Trains ``config.seeds`` side by side and returns the final state and metrics.
+    r"""Trains ``config.seeds`` side by side and returns the final state and metrics.
+
+    Every slot (seed, or learning-rate trial x seed) takes ``config.steps`` optax updates,
+
+    .. math::
+        g_i = \nabla_\theta L(\theta_i; x_i, y_i), \quad
+        (u_i, s_{i+1}) = \mathrm{update}(g_i, s_i, \theta_i), \quad \theta_{i+1} = \theta_i + u_i,
+
+    on a fresh batch :math:`(x_i, y_i)` of the task each step (one fixed batch with
+    ``fixed_batch``), while the instruments measure the gates' share in :math:`g_i`
+    (docs/theory.md §3.3-§3.4, §4).
 
     Args:
       config: the run (see :class:`TrainConfig`); ``dtype="float64"`` runs inside
@@ -506,6 +516,13 @@ def train(
       >>> result = train(config, progress=False)  # pass a folder to keep files and checkpoints
       >>> result.final_loss.shape  # one per seed
       (2,)
+
+    References:
+      Livi, `Time-Scale Coupling Between States and Parameters in Recurrent Neural Networks
+      <https://arxiv.org/abs/2508.12121>`__, arXiv:2508.12121, 2025.
+
+      Kingma and Ba, `Adam: A Method for Stochastic Optimization
+      <https://arxiv.org/abs/1412.6980>`__, ICLR 2015 (the default optimizer).
     """
     t_start = time.perf_counter()
     if not isinstance(config, TrainConfig):

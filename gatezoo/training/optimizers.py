@@ -220,6 +220,10 @@ def register_optimizer(
     Raises:
       ValueError: a name already registered (unless ``replace``) or an empty one.
       TypeError: a factory that is not callable, or an already built transformation.
+
+    References:
+      None: registry plumbing, with no rule of its own; the registered factory's optax
+      transformation is the rule (:func:`make_optimizer` cites the built-in ones).
     """
     if not callable(factory) or isinstance(factory, optax.GradientTransformation):
         raise TypeError(
@@ -321,6 +325,16 @@ def make_schedule(
     )
 
 
+def _built(tx: optax.GradientTransformation, schedule: str, clip: float | None):
+    """A built transformation, used as it is: its rate is its own."""
+    if schedule != "constant" or clip is not None:
+        raise ValueError(
+            "optimizer: a built optax.GradientTransformation keeps its own rate, so "
+            "schedule and clip cannot apply; pass a factory learning_rate -> transformation"
+        )
+    return float32_master(tx)
+
+
 def make_optimizer(
     name: str | optax.GradientTransformation | Callable[..., optax.GradientTransformation],
     learning_rate: float,
@@ -338,7 +352,15 @@ def make_optimizer(
     eps: float = 1e-8,
     rmsprop_decay: float = 0.9,
 ) -> optax.GradientTransformation:
-    """The optimizer ``name`` with the rate schedule ``schedule``, wrapped by inject_hyperparams.
+    r"""The optimizer ``name`` with the rate schedule ``schedule``, wrapped by inject_hyperparams.
+
+    ``sgd`` and ``adam`` step as below, :math:`g_i` the gradient, :math:`\eta_i` the scheduled
+    rate and :math:`\hat m_i, \hat v_i` Adam's bias-corrected moments (the module docstring has
+    every rule and schedule; docs/theory.md §5 compares each with a gate):
+
+    .. math::
+        \theta_{i+1} = \theta_i - \eta_i\, g_i, \qquad
+        \theta_{i+1} = \theta_i - \eta_i\, \hat m_i / (\sqrt{\hat v_i} + \epsilon).
 
     Args:
       name: a registered name (:data:`OPTIMIZERS`: ``sgd``, ``momentum``, ``nesterov``,
@@ -364,14 +386,23 @@ def make_optimizer(
 
     Raises:
       ValueError: for an unknown optimizer or schedule name or a non-positive rate.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> opt, params = make_optimizer("adam", 1e-3), {"w": jnp.ones(3)}
+      >>> updates, state = opt.update({"w": jnp.full(3, 2.0)}, opt.init(params), params)
+      >>> [round(float(u), 6) for u in updates["w"]]  # Adam's first step: -eta sign(g)
+      [-0.001, -0.001, -0.001]
+
+    References:
+      Kingma and Ba, `Adam: A Method for Stochastic Optimization
+      <https://arxiv.org/abs/1412.6980>`__, ICLR 2015.
+
+      Loshchilov and Hutter, `Decoupled Weight Decay Regularization
+      <https://arxiv.org/abs/1711.05101>`__, ICLR 2019 (``adamw``).
     """
     if isinstance(name, optax.GradientTransformation):
-        if schedule != "constant" or clip is not None:
-            raise ValueError(
-                "optimizer: a built optax.GradientTransformation keeps its own rate, so "
-                "schedule and clip cannot apply; pass a factory learning_rate -> transformation"
-            )
-        return float32_master(name)
+        return _built(name, schedule, clip)
     if callable(name):
         entry = OptimizerEntry("user factory", _rate_only(name), "user factory")
     else:
