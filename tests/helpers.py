@@ -83,3 +83,36 @@ def jit_update(inst, fns):
         return inst.update(ctx._replace(fns=fns), state)
 
     return lambda ctx, state: run(ctx._replace(fns=None), state)
+
+
+def max_tree_err(a, b) -> float:
+    """The largest absolute difference between two pytrees of the same structure."""
+    return max(float(jnp.max(jnp.abs(x - y))) for x, y in
+               zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b), strict=True))
+
+
+def first_order_definition(fns, params, xs, ys):
+    """(G0, G1) = jax.jvp of jax.grad of the eps-deformed loss (docs/theory.md §3.4 recipe 4)."""
+    grad = lambda e: jax.grad(lambda p: fns.loss(p, xs, ys, eps=e)[0])(params)  # noqa: E731
+    return jax.jvp(grad, (0.0,), (1.0,))
+
+
+def check_first_order_against_definition(fns, params, xs, ys):
+    """gatezoo's first-order gradients equal their forward-over-reverse definition to 1e-12 of
+    the gradient's scale, G1 is not zero, and the adjoints rebuild the cell's gradient."""
+    from gatezoo.instruments import first_order_gradients
+
+    ctx = make_context(fns, params, xs, ys)
+    fo = jax.jit(
+        lambda p, x, c, a, g: first_order_gradients(fns, p, x, c, a, g, self_check=True)
+    )(params, xs, ctx.carries, ctx.adjoints, ctx.grads)
+    g0, g1 = jax.jit(lambda p: first_order_definition(fns, p, xs, ys))(params)
+    scale = max(float(jnp.max(jnp.abs(x))) for x in jax.tree_util.tree_leaves(ctx.grads))
+    assert max_tree_err(fo.g0, g0) <= 1e-12 * scale
+    assert max_tree_err(fo.g1, g1) <= 1e-12 * scale
+    assert max(float(jnp.max(jnp.abs(x))) for x in jax.tree_util.tree_leaves(g1)) > 1e-6
+    plain = jax.grad(lambda q: fns.loss(q, xs, ys)[0])(params)
+    assert max_tree_err(ctx.grads, plain) <= 1e-10
+    assert max_tree_err(fo.exact_cell["cell"], plain["cell"]) <= 1e-10
+    return plain
+

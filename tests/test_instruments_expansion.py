@@ -5,22 +5,19 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
-from helpers import data, make_context, make_model, model_fns
+from helpers import (
+    check_first_order_against_definition,
+    data,
+    first_order_definition,
+    make_context,
+    make_model,
+    max_tree_err,
+    model_fns,
+)
 
 import gatezoo as gz
 from gatezoo.instruments import first_order_gradients, zero_offsets
 from gatezoo.instruments.expansion import expansion_metrics, param_group_names
-
-
-def _max_err(a, b):
-    return max(float(jnp.max(jnp.abs(x - y))) for x, y in
-               zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b), strict=True))
-
-
-def _definition(fns, params, xs, ys):
-    """(G0, G1) = jax.jvp of jax.grad of the eps-deformed loss (docs/theory.md §3.4 recipe 4)."""
-    grad = lambda e: jax.grad(lambda p: fns.loss(p, xs, ys, eps=e)[0])(params)  # noqa: E731
-    return jax.jvp(grad, (0.0,), (1.0,))
 
 
 @pytest.mark.slow
@@ -33,24 +30,11 @@ def test_matches_forward_over_reverse_definition(name, split, readout, x64):
     model = make_model(name, readout=readout, dtype=jnp.float64, seed=3)
     fns, params = model_fns(model, split=split)
     xs, ys = data(1, 3, 6, 3, dtype=jnp.float64, readout=readout)
-    ctx = make_context(fns, params, xs, ys)
-    fo = jax.jit(
-        lambda p, x, c, a, g: first_order_gradients(fns, p, x, c, a, g, self_check=True)
-    )(params, xs, ctx.carries, ctx.adjoints, ctx.grads)
-    g0, g1 = jax.jit(lambda p: _definition(fns, p, xs, ys))(params)
-    scale = max(float(jnp.max(jnp.abs(x))) for x in jax.tree_util.tree_leaves(ctx.grads))
-    assert _max_err(fo.g0, g0) <= 1e-12 * scale
-    assert _max_err(fo.g1, g1) <= 1e-12 * scale
-    assert max(float(jnp.max(jnp.abs(x))) for x in jax.tree_util.tree_leaves(g1)) > 1e-6
-    # G(1): the eps-step at eps = 1 is the ordinary gradient, and the adjoints rebuild its cell
-    # part through the immediate parameter Jacobians
-    exact, plain = jax.jit(lambda p: (
-        jax.grad(lambda q: fns.loss(q, xs, ys, eps=1.0)[0])(p),
-        jax.grad(lambda q: fns.loss(q, xs, ys)[0])(p),
-    ))(params)
-    assert _max_err(exact, plain) <= 1e-10
-    assert _max_err(ctx.grads, plain) <= 1e-10
-    assert _max_err(fo.exact_cell["cell"], plain["cell"]) <= 1e-10
+    # G(1): the adjoints rebuild the cell part of the ordinary gradient through the immediate
+    # parameter Jacobians, and the eps-step at eps = 1 is that gradient
+    plain = check_first_order_against_definition(fns, params, xs, ys)
+    exact = jax.jit(lambda p: jax.grad(lambda q: fns.loss(q, xs, ys, eps=1.0)[0])(p))(params)
+    assert max_tree_err(exact, plain) <= 1e-10
 
 
 @pytest.mark.slow
@@ -125,12 +109,12 @@ def test_closed_form_streams_equal_generic_and_definition(name, readout, opts, x
             params, xs, ctx.carries, ctx.adjoints, ctx.grads)
 
     fast, slow = run(fns), run(generic)
-    g0, g1 = jax.jit(lambda p: _definition(fns, p, xs, ys))(params)
+    g0, g1 = jax.jit(lambda p: first_order_definition(fns, p, xs, ys))(params)
     scale = max(float(jnp.max(jnp.abs(x))) for x in jax.tree_util.tree_leaves(ctx.grads))
-    assert _max_err(fast.g0, slow.g0) <= 1e-12 * scale
-    assert _max_err(fast.g1, slow.g1) <= 1e-12 * scale
-    assert _max_err(fast.g0, g0) <= 1e-12 * scale
-    assert _max_err(fast.g1, g1) <= 1e-12 * scale
+    assert max_tree_err(fast.g0, slow.g0) <= 1e-12 * scale
+    assert max_tree_err(fast.g1, slow.g1) <= 1e-12 * scale
+    assert max_tree_err(fast.g0, g0) <= 1e-12 * scale
+    assert max_tree_err(fast.g1, g1) <= 1e-12 * scale
     assert max(float(jnp.max(jnp.abs(x))) for x in jax.tree_util.tree_leaves(g1)) > 1e-6
 
 
@@ -186,5 +170,5 @@ def test_closed_form_streams_in_a_stacked_model_equal_generic(x64):
             f, p, xs, records[name]["carries"], adjoints[name], grads, self_check=True))(params)
             for f in (fns, generic))
         for a, b in ((got.g0, want.g0), (got.g1, want.g1), (got.exact_cell, want.exact_cell)):
-            assert _max_err(a, b) <= 1e-12 * scale
+            assert max_tree_err(a, b) <= 1e-12 * scale
         assert float(jnp.max(jnp.abs(got.g1["proj"]["kernel"][...]))) > 1e-8

@@ -6,10 +6,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
-from helpers import data, make_context, make_model, model_fns
+from helpers import check_first_order_against_definition, data, make_model, model_fns
 
 import gatezoo as gz
-from gatezoo.instruments import first_order_gradients
 from gatezoo.models import SLSTM, flatten_carry, unflatten_carry
 from gatezoo.models.protocol import output_is_state
 
@@ -299,11 +298,6 @@ def _definition(fns, params, xs, ys):
     return jax.jvp(grad, (0.0,), (1.0,))
 
 
-def _max_err(a, b):
-    return max(float(jnp.max(jnp.abs(x - y))) for x, y in
-               zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b), strict=True))
-
-
 @pytest.mark.parametrize("forget,readout", [("sigmoid", "last"), ("exp", "all")])
 def test_first_order_gradients_match_forward_over_reverse_definition(forget, readout, x64):
     model = make_model("slstm", readout=readout, dtype=jnp.float64, seed=3, num_heads=1,
@@ -311,18 +305,7 @@ def test_first_order_gradients_match_forward_over_reverse_definition(forget, rea
     fns, params = model_fns(model)
     assert fns.first_order_streams is None  # the generic per-step linearisation
     xs, ys = data(1, 3, 6, 3, dtype=jnp.float64, readout=readout)
-    ctx = make_context(fns, params, xs, ys)
-    fo = jax.jit(
-        lambda p, x, c, a, g: first_order_gradients(fns, p, x, c, a, g, self_check=True)
-    )(params, xs, ctx.carries, ctx.adjoints, ctx.grads)
-    g0, g1 = jax.jit(lambda p: _definition(fns, p, xs, ys))(params)
-    scale = max(float(jnp.max(jnp.abs(x))) for x in jax.tree_util.tree_leaves(ctx.grads))
-    assert _max_err(fo.g0, g0) <= 1e-12 * scale
-    assert _max_err(fo.g1, g1) <= 1e-12 * scale
-    assert max(float(jnp.max(jnp.abs(x))) for x in jax.tree_util.tree_leaves(g1)) > 1e-6
-    plain = jax.grad(lambda q: fns.loss(q, xs, ys)[0])(params)
-    assert _max_err(ctx.grads, plain) <= 1e-10
-    assert _max_err(fo.exact_cell["cell"], plain["cell"]) <= 1e-10
+    check_first_order_against_definition(fns, params, xs, ys)
 
 
 def test_trains_on_adding_with_expansion_and_gates_instruments():
