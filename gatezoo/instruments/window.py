@@ -84,8 +84,10 @@ def _rate_matrix(fns: LayerFns, opt_state: Any, y_dim: int) -> tuple[Any, jax.Ar
     return jnp.broadcast_to(rows, (y_dim, fns.hidden)), lr
 
 
-def _trace(fns: LayerFns, params: Any, xs: jax.Array, ys: Any, opt_state: Any) -> _Trace:
-    cell_params, prev, xs_t = probe_states(fns, params, xs, ys)
+def _trace(fns: LayerFns, params: Any, xs: jax.Array, ys: Any, opt_state: Any,
+           states: tuple | None = None) -> _Trace:
+    """``states``: :func:`probe_states` of the same batch, when the caller has them."""
+    cell_params, prev, xs_t = states or probe_states(fns, params, xs, ys)
     flat_prev = steps.flat_states(prev)  # (T, B, n)
     n = flat_prev.shape[-1]
     alpha = steps.gate_trace(fns, cell_params, prev, xs_t)
@@ -162,10 +164,11 @@ def _tangents(fns: LayerFns, params: Any, xs: jax.Array, ys: Any, key: jax.Array
     return jax.lax.map(one, jax.random.split(key, projections))
 
 
-def _exact_gamma(fns: LayerFns, params: Any, xs: jax.Array, ys: Any, ends: np.ndarray,
+def _exact_gamma(fns: LayerFns, states: tuple, ends: np.ndarray,
                  lags: Sequence[int]) -> jax.Array:
-    """The exact diagonal transport ``(L, n_ends, B, n)`` at the end times ``ends``."""
-    cell_params, prev, xs_t = probe_states(fns, params, xs, ys)
+    """The exact diagonal transport ``(L, n_ends, B, n)`` at the end times ``ends``, from the
+    :func:`probe_states` ``states``."""
+    cell_params, prev, xs_t = states
     h_like = jax.tree_util.tree_map(lambda a: a[0, 0], prev)
 
     def jacobian(h_flat, x):
@@ -296,9 +299,10 @@ def learnability(fns: LayerFns, *, every: int | None = None, projections: int = 
             return {}, state
         ends = np.unique(np.round(np.linspace(max(lags), T - 1, num_ends)).astype(int))
         args = (ctx.fns, ctx.params, ctx.probe_xs, ctx.probe_ys)
-        tr = _trace(*args, ctx.opt_state)
+        states = probe_states(*args)  # one forward pass for the trace and the exact transport
+        tr = _trace(*args, ctx.opt_state, states)
         psi = _psi(args, tr, lags, projections, direction_seed)
-        exact = _exact_gamma(*args, ends, lags)
+        exact = _exact_gamma(ctx.fns, states, ends, lags)
         return _window_metrics(tr, exact, ends, lags, psi), state
 
     return Measure("learnability", lambda p: (), measure, every=every)
